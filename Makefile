@@ -1,0 +1,47 @@
+# gridminer: `make test` works on a fresh Debian clone; it installs what it needs itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TYPINGS := build/typings
+MPY_STUBS := micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2
+SETUP_STAMP := $(VENV)/.gridminer-setup
+EXT_SOURCES := $(wildcard ext/*.pyx ext/*.c ext/*.h)
+PYTEST_ARGS ?=
+
+.PHONY: setup test bench lint
+
+setup: $(SETUP_STAMP) $(TYPINGS)/.stamp mosquitto
+
+$(SETUP_STAMP): pyproject.toml setup.py $(EXT_SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -U pip setuptools wheel
+	$(PIP) install -e '.[test]'
+	touch $@
+
+$(TYPINGS)/.stamp: | $(SETUP_STAMP)
+	$(PIP) install --no-deps --target $(TYPINGS) $(MPY_STUBS)
+	touch $@
+
+# The real broker the integration tests start on loopback (Debian package `mosquitto`).
+mosquitto:
+	@if command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null; \
+	elif command -v sudo >/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto >/dev/null; \
+	else echo "WARNING: mosquitto is missing and cannot be installed; broker tests will fail" >&2; fi
+
+.PHONY: mosquitto
+
+# Every lane CI runs: unit, integration, hil (short scenarios), mpy (MicroPython). Soaks are `slow`.
+test: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m agent bench
+
+lint: setup
+	$(VENV)/bin/ruff check agent firmware_bridge hil tests
+	$(VENV)/bin/mypy

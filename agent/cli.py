@@ -1,0 +1,44 @@
+"""The `gridminer` command line: one subcommand per module, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from agent import __version__
+
+# name -> (module, one-line help). Each module has `configure(parser)` and `run(args) -> int`.
+# Lab subcommands live in `hil` and are imported lazily, so the agent never needs them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("agent.bench", "measure the SHA-256d kernels (MH/s, one thread and all cores)"),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the `selected` subcommand's module is imported to add its options."""
+    parser = argparse.ArgumentParser(prog="gridminer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gridminer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(_module=module_name)
+        if name == selected:
+            importlib.import_module(module_name).configure(cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
