@@ -1,0 +1,452 @@
+"""The agent's configuration: a TOML file (or command-line flags) validated into frozen dataclasses.
+
+Every error names the key and what is allowed, e.g.
+``envelope.max_power_w: 5000 is out of range [1, 4000]``; unknown sections and keys are rejected
+by name, so a typo never silently drops a limit. Defaults that depend on the chip family (voltage
+and frequency bounds, the V/f curve, the power cap) are derived after parsing.
+`agent/agent.sample.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.errors import ConfigError
+from firmware_bridge.chips import FAMILIES, profile
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_MISSING = dataclasses.MISSING
+
+
+def _key(
+    default: Any = _MISSING,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    path: bool = False,
+) -> Any:
+    """A config key: its default (absent: required), numeric range or choices; `path` keys are
+    resolved against the config file's folder."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "path": path}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """[chain]: the ASIC chain's serial port and how to drive it."""
+
+    port: str = _key()  # pyserial port or URL (/dev/ttyUSB0, rfc2217://host:port, asicemu://...)
+    family: str = _key("BM1370", choices=FAMILIES)
+    chips: int = _key(1, lo=1, hi=256)
+    baud: int = _key(115200, lo=9600, hi=10_000_000)
+    freq_step_mhz: float = _key(6.25, lo=0.5, hi=200.0)
+    freq_step_interval_s: float = _key(0.004, lo=0.0, hi=10.0)
+    nonce_difficulty: float | None = _key(None, lo=1e-6, hi=2.0**64)
+    ticket_difficulty: int = _key(256, lo=1, hi=2**32)
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """[board]: the board-management link to the bridge firmware."""
+
+    port: str = _key()
+
+
+@dataclass(frozen=True)
+class EnvelopeConfig:
+    """[envelope]: the hard safety envelope; no command can lift it."""
+
+    max_chip_temp_soft_c: float = _key(65.0, lo=30.0, hi=120.0)
+    max_chip_temp_hard_c: float = _key(75.0, lo=35.0, hi=125.0)
+    trip_clear_temp_c: float | None = _key(None, lo=10.0, hi=115.0)  # default: soft - 10
+    max_vr_temp_c: float = _key(105.0, lo=50.0, hi=150.0)
+    max_power_w: float | None = _key(None, lo=1.0, hi=4000.0)  # default: model at max f/V, warm
+    overpower_margin_pct: float = _key(10.0, lo=0.0, hi=100.0)
+    overpower_s: float = _key(2.0, lo=0.1, hi=60.0)
+    min_freq_mhz: float = _key(100.0, lo=50.0, hi=800.0)
+    max_freq_mhz: float | None = _key(None, lo=50.0, hi=800.0)  # default: family default
+    min_vcore_mv: int | None = _key(None, lo=1000, hi=1800)  # default: family preset floor
+    max_vcore_mv: int | None = _key(None, lo=1000, hi=1800)  # default: family default
+    ramp_max_w_s: float | None = _key(None, lo=0.1, hi=100_000.0)  # default: 2 * max_power_w
+    trip_hold_s: float = _key(30.0, lo=0.0, hi=3600.0)
+    sensor_stale_s: float = _key(1.0, lo=0.05, hi=60.0)
+    sensor_frozen_s: float = _key(10.0, lo=0.5, hi=3600.0)
+
+
+@dataclass(frozen=True)
+class GovernorConfig:
+    """[governor]: power tracking, the V/f curve, the power model and the fan loop."""
+
+    default_target_w: float | None = _key(None, lo=0.0, hi=4000.0)  # default: max_power_w
+    control_period_s: float = _key(0.1, lo=0.01, hi=5.0)
+    correction: str = _key("gain", choices=("gain", "offset"))
+    correction_ki_per_s: float = _key(3.0, lo=0.0, hi=50.0)
+    correction_limit_pct: float = _key(50.0, lo=0.0, hi=90.0)
+    learn_offset: bool = _key(True)
+    response_delay_s: float = _key(0.2, lo=0.0, hi=5.0)
+    response_tau_s: float = _key(0.1, lo=0.0, hi=5.0)
+    freq_settle_s: float = _key(0.3, lo=0.0, hi=5.0)
+    thermal_derate_pct_c_s: float = _key(5.0, lo=0.1, hi=100.0)
+    thermal_release_pct_s: float = _key(2.0, lo=0.1, hi=100.0)
+    fan_target_temp_c: float = _key(60.0, lo=30.0, hi=90.0)
+    fan_min_pct: int = _key(25, lo=0, hi=100)
+    fan_startup_pct: int = _key(70, lo=0, hi=100)
+    fan_kp_pct_c: float = _key(5.0, lo=0.0, hi=100.0)
+    fan_ki_pct_c_s: float = _key(0.5, lo=0.0, hi=100.0)
+    vf_points: tuple[tuple[float, float], ...] | None = _key(None)  # [[freq_mhz, vcore_mv], ...]
+    chip_power_w: float | None = _key(None, lo=0.1, hi=500.0)  # at family default f/V, 60 degC
+    regulator_efficiency: float = _key(0.92, lo=0.3, hi=1.0)
+    board_overhead_w: float = _key(1.5, lo=0.0, hi=1000.0)
+
+
+@dataclass(frozen=True)
+class OperatorKey:
+    """One operator public key: its COSE key id and the PEM file."""
+
+    kid: str = _key()
+    path: str = _key(path=True)
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """[grid]: the MQTT link (semantics: agent/gridlink.py); a validated container here."""
+
+    broker_url: str | None = _key(None)  # mqtts://host:8883; absent: no grid link
+    site: str | None = _key(None)
+    device: str | None = _key(None)
+    prefix: str = _key("gridminer")
+    operator_keys: tuple[OperatorKey, ...] = _key(())
+    client_cert_file: str | None = _key(None, path=True)
+    client_key_file: str | None = _key(None, path=True)
+    ca_file: str | None = _key(None, path=True)
+    username: str | None = _key(None)
+    password_file: str | None = _key(None, path=True)
+    state_dir: str = _key("state", path=True)
+    telemetry_period_s: float = _key(1.0, lo=0.05, hi=3600.0)
+    max_validity_s: float = _key(86400.0, lo=1.0, hi=30 * 86400.0)
+    clock_skew_s: float = _key(30.0, lo=0.0, hi=3600.0)
+    restart_spread_s: float = _key(30.0, lo=0.0, hi=3600.0)
+    insecure_no_tls: bool = _key(False)
+    telemetry_buffer: int = _key(3600, lo=0, hi=10_000_000)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[log]: logging level and how often a status line is logged."""
+
+    level: str = _key("INFO", choices=_LOG_LEVELS)
+    status_period_s: float = _key(10.0, lo=0.0, hi=86400.0)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole configuration; every derived default is filled in."""
+
+    chain: ChainConfig
+    board: BoardConfig
+    envelope: EnvelopeConfig
+    governor: GovernorConfig
+    grid: GridConfig
+    log: LogConfig
+    source: str = "<args>"  # file the config came from
+
+
+_SECTIONS: dict[str, type] = {
+    "chain": ChainConfig,
+    "board": BoardConfig,
+    "envelope": EnvelopeConfig,
+    "governor": GovernorConfig,
+    "grid": GridConfig,
+    "log": LogConfig,
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _convert(tp: Any, value: Any, key: str, base_dir: Path | None, meta: Mapping[str, Any]) -> Any:
+    """Check `value` against the annotated type `tp`; return it converted (int -> float, list ->
+    tuple, nested tables -> dataclasses)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = next(a for a in args if a is not type(None))
+        if value is None:
+            return None
+        return _convert(inner, value, key, base_dir, meta)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_fmt(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_fmt(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {_fmt(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a non-empty string, got {_fmt(value)}")
+        if meta.get("path") and base_dir is not None:
+            return str(base_dir / Path(value).expanduser())
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {_fmt(value)}")
+        item_tp = args[0]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(
+                _convert(item_tp, v, f"{key}[{i}]", base_dir, meta) for i, v in enumerate(value)
+            )
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+        return tuple(
+            _convert(a, v, f"{key}[{i}]", base_dir, meta)
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), key, value, base_dir)
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - programming error
+
+
+def _build(cls: type, section: str, raw: Any, base_dir: Path | None) -> Any:
+    """One dataclass from one TOML table: unknown keys, types, ranges and choices checked."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{section}: expected a table, got {_fmt(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{section}.{name}: unknown key (allowed: {allowed})")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{section}.{name}"
+        if name not in raw:
+            if f.default is _MISSING:
+                raise ConfigError(f"{key}: required")
+            values[name] = f.default
+            continue
+        value = _convert(hints[name], raw[name], key, base_dir, f.metadata)
+        _check_range(key, value, f.metadata)
+        values[name] = value
+    return cls(**values)
+
+
+def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if value is None:
+        return
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: {_fmt(value)} is not one of {', '.join(choices)}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(f"{key}: {_fmt(value)} is out of range [{_fmt(lo)}, {_fmt(hi)}]")
+
+
+def _range_error(key: str, value: float, lo: float, hi: float, why: str) -> ConfigError:
+    return ConfigError(f"{key}: {_fmt(value)} is out of range [{_fmt(lo)}, {_fmt(hi)}] ({why})")
+
+
+def _derive(cfg: AgentConfig) -> AgentConfig:
+    """Fill family-dependent defaults and check the keys that constrain each other."""
+    from agent.power_model import MIN_VCORE_MV, ModelParams, PowerModel, VfCurve
+
+    prof = profile(cfg.chain.family)
+    env, gov = cfg.envelope, cfg.governor
+    env = dataclasses.replace(
+        env,
+        max_freq_mhz=env.max_freq_mhz if env.max_freq_mhz is not None
+        else float(max(prof.default_freq_mhz, env.min_freq_mhz + 1)),
+        min_vcore_mv=env.min_vcore_mv if env.min_vcore_mv is not None
+        else MIN_VCORE_MV[prof.family],
+        max_vcore_mv=env.max_vcore_mv if env.max_vcore_mv is not None
+        else int(prof.default_vcore_mv),
+        trip_clear_temp_c=env.trip_clear_temp_c if env.trip_clear_temp_c is not None
+        else env.max_chip_temp_soft_c - 10.0,
+    )
+    assert env.max_freq_mhz is not None and env.min_vcore_mv is not None
+    assert env.max_vcore_mv is not None and env.trip_clear_temp_c is not None
+    if env.max_chip_temp_hard_c <= env.max_chip_temp_soft_c:
+        raise _range_error("envelope.max_chip_temp_hard_c", env.max_chip_temp_hard_c,
+                           env.max_chip_temp_soft_c, 125, "above max_chip_temp_soft_c")
+    if env.trip_clear_temp_c >= env.max_chip_temp_soft_c:
+        raise _range_error("envelope.trip_clear_temp_c", env.trip_clear_temp_c, 10,
+                           env.max_chip_temp_soft_c, "below max_chip_temp_soft_c")
+    if env.max_freq_mhz <= env.min_freq_mhz:
+        raise _range_error("envelope.max_freq_mhz", env.max_freq_mhz, env.min_freq_mhz, 800,
+                           "above min_freq_mhz")
+    if env.max_vcore_mv < env.min_vcore_mv:
+        raise _range_error("envelope.max_vcore_mv", env.max_vcore_mv, env.min_vcore_mv, 1800,
+                           "at least min_vcore_mv")
+    if gov.vf_points is None:
+        foot = (env.min_freq_mhz, float(env.min_vcore_mv))
+        knee_f = float(prof.default_freq_mhz)
+        if knee_f <= env.min_freq_mhz:
+            knee_f = env.max_freq_mhz
+        gov = dataclasses.replace(gov, vf_points=(foot, (knee_f, float(prof.default_vcore_mv))))
+    assert gov.vf_points is not None
+    if len(gov.vf_points) < 2:
+        raise ConfigError("governor.vf_points: needs at least two [freq_mhz, vcore_mv] points")
+    for i, (f, v) in enumerate(gov.vf_points):
+        _check_range(f"governor.vf_points[{i}][0]", f, {"lo": 50.0, "hi": 800.0})
+        _check_range(f"governor.vf_points[{i}][1]", v, {"lo": 500.0, "hi": 1800.0})
+    try:
+        curve = VfCurve(gov.vf_points, env.min_vcore_mv, env.max_vcore_mv)
+    except ValueError as exc:
+        raise ConfigError(f"governor.vf_points: {exc}") from None
+    if not curve.supports(env.min_freq_mhz, env.max_vcore_mv):
+        raise ConfigError(
+            f"governor.vf_points: min_freq_mhz {_fmt(env.min_freq_mhz)} needs more than "
+            f"envelope.max_vcore_mv {env.max_vcore_mv}"
+        )
+    if env.max_power_w is None:
+        model = PowerModel(ModelParams.for_family(
+            prof.family, cfg.chain.chips, chip_power_w=gov.chip_power_w,
+            regulator_efficiency=gov.regulator_efficiency, overhead_w=gov.board_overhead_w))
+        # what the board draws at full speed when warm, rounded down so 100 % is reachable
+        top = model.curve_power_w(env.max_freq_mhz, curve, env.max_chip_temp_soft_c)
+        env = dataclasses.replace(env, max_power_w=float(min(4000, max(1, math.floor(top)))))
+    assert env.max_power_w is not None
+    max_power_w: float = env.max_power_w
+    if env.ramp_max_w_s is None:
+        env = dataclasses.replace(env, ramp_max_w_s=2.0 * max_power_w)
+    if gov.default_target_w is None:
+        gov = dataclasses.replace(gov, default_target_w=max_power_w)
+    assert gov.default_target_w is not None
+    if gov.default_target_w > max_power_w:
+        raise _range_error("governor.default_target_w", gov.default_target_w, 0, max_power_w,
+                           "envelope.max_power_w")
+    if gov.fan_target_temp_c >= env.max_chip_temp_soft_c:
+        raise _range_error("governor.fan_target_temp_c", gov.fan_target_temp_c, 30,
+                           env.max_chip_temp_soft_c, "below envelope.max_chip_temp_soft_c")
+    _check_grid(cfg.grid)
+    return dataclasses.replace(cfg, envelope=env, governor=gov)
+
+
+def _check_grid(grid: GridConfig) -> None:
+    for name in ("site", "device"):
+        value = getattr(grid, name)
+        if value is not None and not _NAME_RE.match(value):
+            raise ConfigError(f"grid.{name}: {value!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if grid.broker_url is None:
+        return
+    m = re.match(r"^(mqtts?|wss?)://([^/:]+|\[[0-9A-Fa-f:]+\])(:(\d{1,5}))?/?$", grid.broker_url)
+    if not m:
+        raise ConfigError(
+            f"grid.broker_url: {grid.broker_url!r} is not mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+        )
+    if m.group(4) is not None and not 1 <= int(m.group(4)) <= 65535:
+        raise ConfigError(f"grid.broker_url: port {m.group(4)} is out of range [1, 65535]")
+    for name in ("site", "device"):
+        if getattr(grid, name) is None:
+            raise ConfigError(f"grid.{name}: required when grid.broker_url is set")
+    if not grid.operator_keys:
+        raise ConfigError("grid.operator_keys: at least one {kid, path} is required")
+    kids = [k.kid for k in grid.operator_keys]
+    if len(set(kids)) != len(kids):
+        raise ConfigError("grid.operator_keys: duplicate kid")
+
+
+def config_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None,
+                        source: str = "<args>") -> AgentConfig:
+    """Validate a TOML-shaped mapping into an AgentConfig (raises ConfigError)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config: expected a table")
+    for name in raw:
+        if name not in _SECTIONS:
+            raise ConfigError(f"{name}: unknown section (allowed: {', '.join(_SECTIONS)})")
+    sections = {name: _build(cls, name, raw.get(name, {}), base_dir)
+                for name, cls in _SECTIONS.items()}
+    return _derive(AgentConfig(source=source, **sections))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The raw table of a TOML file (ConfigError when unreadable or not TOML)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate a TOML config file; relative paths are taken from the file's folder."""
+    p = Path(path)
+    return config_from_mapping(read_toml(p), p.resolve().parent, str(p))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The agent's config flags: `--config FILE` and the flags that override (or replace) it."""
+    parser.add_argument("--config", metavar="FILE", help="TOML config (see agent.sample.toml)")
+    parser.add_argument("--chain", metavar="PORT", help="ASIC chain serial port or pyserial URL")
+    parser.add_argument("--board", metavar="PORT", help="board-management serial port or URL")
+    parser.add_argument("--target-w", type=float, metavar="W", help="default power target")
+    parser.add_argument("--nonce-difficulty", type=float, metavar="D", help="nonce difficulty")
+    parser.add_argument("--broker", metavar="URL", help="MQTT broker, mqtts://host:8883")
+    parser.add_argument("--site", metavar="S", help="site id")
+    parser.add_argument("--device", metavar="D", help="device id")
+    parser.add_argument("--operator-key", metavar="PUB.pem", action="append",
+                        help="operator public key (repeat with --kid for several)")
+    parser.add_argument("--kid", metavar="KID", action="append", help="key id of --operator-key")
+    parser.add_argument("--state-dir", metavar="DIR", help="persistent state folder")
+    parser.add_argument("--insecure-no-tls", action="store_true", default=None,
+                        help="allow a broker without TLS (lab only)")
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """The config from `add_arguments` flags: the `--config` file (if any) with the flags on top."""
+    path = getattr(args, "config", None)
+    raw: dict[str, Any] = read_toml(path) if path else {}
+    base_dir = Path(path).resolve().parent if path else None
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{section}: expected a table")
+            raw[section][key] = value
+
+    if not path:
+        for flag, name in (("--chain", "chain"), ("--board", "board")):
+            if getattr(args, name, None) is None:
+                raise ConfigError(f"{flag} PORT is required (or --config FILE)")
+    put("chain", "port", getattr(args, "chain", None))
+    put("board", "port", getattr(args, "board", None))
+    put("governor", "default_target_w", getattr(args, "target_w", None))
+    put("chain", "nonce_difficulty", getattr(args, "nonce_difficulty", None))
+    put("grid", "broker_url", getattr(args, "broker", None))
+    put("grid", "site", getattr(args, "site", None))
+    put("grid", "device", getattr(args, "device", None))
+    put("grid", "insecure_no_tls", getattr(args, "insecure_no_tls", None))
+    state_dir = getattr(args, "state_dir", None)
+    put("grid", "state_dir", str(Path(state_dir).resolve()) if state_dir else None)
+    keys = list(getattr(args, "operator_key", None) or [])
+    kids = list(getattr(args, "kid", None) or [])
+    if keys or kids:
+        if len(keys) != len(kids):
+            raise ConfigError("--operator-key/--kid: give one --kid for each --operator-key")
+        put("grid", "operator_keys",
+            [{"kid": k, "path": str(Path(p).resolve())} for p, k in zip(keys, kids, strict=True)])
+    return config_from_mapping(raw, base_dir, str(path) if path else "<args>")

@@ -1,0 +1,510 @@
+"""The thermal/power governor: turns a power target into chain frequency, core voltage, fan duty
+and chain power, tick by tick, with measured power as feedback.
+
+Pure logic: the control thread calls `update(now_s, sample, chain_stats)` every control period
+(~100 ms) and writes the returned `Actuation`; commands (`set_target`, `curtail`, `standby`,
+`resume`, `hold_until`) are called from the same thread. Nothing here blocks or sleeps.
+
+Tracking: a ramped reference moves toward the applied target (requested, clamped by the caps, the
+power cap and the thermal derate) at the command's ramp (never above the envelope's). The
+frequency comes from the power model's inverse on the V/f curve (feedforward). The model is
+corrected online by an integral of the difference between measured power and the model's
+prediction for what was commanded `response_delay_s` earlier (filtered with `response_tau_s`),
+applied as a gain on the chips' power (or as an offset). Comparing against what was actually
+commanded, it absorbs model error without winding up during ramps or saturation; it is clamped
+to `correction_limit_pct`. Steady points at two different loads split the error into gain and
+offset, so the next step starts from a better model. Every output then goes through
+`Envelope.enforce`, the one place that keeps the hardware inside the configured envelope.
+
+Modes: ``starting`` (chain at minimum frequency until a chip temperature is known and any restart
+hold has passed), ``mining``, ``curtailed`` (minimum frequency), ``standby`` (chain powered
+down after ramping to minimum), ``tripped`` (envelope trip: idle, fan 100 %). Each transition is
+logged on "gridminer.governor" with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.envelope import Actuation, BoardReading, Envelope, SampleCheck
+from agent.fan import FanController
+from agent.power_model import MODEL_TEMP_C, ModelParams, PowerModel, VfCurve
+
+log = logging.getLogger("gridminer.governor")
+
+MODES = ("starting", "mining", "curtailed", "standby", "tripped")
+LIMITS = ("thermal", "power_cap", "ramp", "caps")
+THERMAL_HYSTERESIS_C = 2.0
+TOP_MARGIN = 0.05  # a target this far outside the corrected model's range is reported "caps"
+BOTTOM_MARGIN = 0.02
+TRIP_CAP_CUT = 0.2  # after a thermal trip, return capped this share of max power below the trip
+RAMP_SHARE = 0.95  # the reference ramps a little under the limit: room for model error
+STEADY_S = 2.0  # a load held this long with a small residual is a steady point
+STEADY_RESID_SHARE = 0.015
+SPLIT_MIN_SHARE = 0.2  # two steady points this far apart (share of max power) split the error
+SPLIT_DAMPING = 0.8
+CAP_GUARD_SHARE = 0.01  # measured power this far over the cap (and the model) is corrected at once
+TRANSIENT_SHARE = 0.05  # a commanded step above this share of max power slows the correction
+TRANSIENT_KI_SHARE = 0.3  # ... to this share of its integral gain until it has settled
+EXPLORE_MARGIN_SHARE = 0.1  # above the highest steady load + this share of max power ...
+EXPLORE_RAMP_SHARE_S = 0.4  # ... the reference rises at most this share of max power per second
+
+
+class ChainFigures(Protocol):
+    """What the governor reads of `agent.chainstats.ChainStats` (all optional)."""
+
+    chips_ok: int
+    hashrate_ghs: float
+
+
+@dataclass(frozen=True)
+class TargetDecision:
+    """The answer to a command: what the governor will now move to, and how soon."""
+
+    op: str  # setpoint, curtail, standby, resume
+    requested_w: float | None
+    applied_w: float  # after caps, power cap, thermal derate (0 while tripped / standby)
+    limited_by: str | None  # None, "thermal", "power_cap", "ramp", "caps"
+    eta_s: float  # estimated time to reach applied_w (hold + ramp)
+    ramp_w_s: float  # the ramp the governor uses for it
+    mode: str
+
+
+@dataclass(frozen=True)
+class GovernorStatus:
+    """Figures for telemetry and the status line."""
+
+    mode: str
+    mode_reason: str
+    op: str
+    setpoint_w: float | None  # requested by the active command (None: curtail/standby)
+    applied_w: float
+    limited_by: str | None
+    target_w: float  # ramped reference now
+    thermal_cap_w: float | None
+    offset_w: float  # model-error correction: additive part
+    model_gain: float  # ... and gain on the chips' power
+    power_w: float | None  # last measured
+    hottest_c: float | None
+    freq_mhz: float
+    vcore_mv: int
+    fan_pct: int
+    chain_power_on: bool
+    trip_reason: str | None
+    hold_until_s: float | None
+    hashrate_ghs: float | None
+
+
+class Governor:
+    """Power/thermal governor of one hash board. See the module docstring."""
+
+    def __init__(self, config: AgentConfig, clock: Clock, *, model: PowerModel | None = None):
+        env, gov = config.envelope, config.governor
+        assert env.max_power_w is not None and env.ramp_max_w_s is not None
+        assert env.max_freq_mhz is not None and env.min_vcore_mv is not None
+        assert env.max_vcore_mv is not None and gov.vf_points is not None
+        assert gov.default_target_w is not None
+        self.config = config
+        self.clock = clock
+        self.model = model or PowerModel(ModelParams.for_family(
+            config.chain.family, config.chain.chips, chip_power_w=gov.chip_power_w,
+            regulator_efficiency=gov.regulator_efficiency, overhead_w=gov.board_overhead_w))
+        self.curve = VfCurve(gov.vf_points, env.min_vcore_mv, env.max_vcore_mv)
+        self.envelope = Envelope(env, self.model, self.curve, fan_min_pct=gov.fan_min_pct,
+                                 control_period_s=gov.control_period_s,
+                                 freq_settle_s=gov.freq_settle_s)
+        self.fan = FanController(gov.fan_target_temp_c, gov.fan_min_pct, gov.fan_kp_pct_c,
+                                 gov.fan_ki_pct_c_s, gov.fan_startup_pct)
+        self.gcfg = gov
+        self.ecfg = env
+        self.max_power_w: float = env.max_power_w
+        self.ramp_max_w_s: float = env.ramp_max_w_s
+        self.min_freq_mhz = env.min_freq_mhz
+        self.max_freq_mhz: float = env.max_freq_mhz
+        self.default_target_w: float = gov.default_target_w
+        self.min_w = self.model.curve_power_w(self.min_freq_mhz, self.curve, MODEL_TEMP_C)
+        self._caps = {
+            "min_w": math.ceil(self.min_w),
+            "max_w": math.floor(self.max_power_w),
+            "ramp_max_w_s": math.floor(self.ramp_max_w_s) or 1,
+            "chips": config.chain.chips,
+            "chip_model": config.chain.family,
+            "hashrate_max_ghs": round(self.model.hashrate_ghs(self.max_freq_mhz), 1),
+        }
+        # command state
+        self._op = "setpoint"
+        self._requested_w: float | None = self.default_target_w
+        self._cmd_ramp_w_s = self.ramp_max_w_s
+        self._hold_until_s: float | None = None
+        # control state
+        self._mode = "starting"
+        self._mode_reason = "agent started"
+        self._starting = True
+        self._ref_w = 0.0
+        self._thermal_cap_w: float | None = None
+        self._bias_w = 0.0
+        self._pred_hist: deque[tuple[float, tuple[float, float]]] = deque()
+        self._pred_delayed: tuple[float, float] = (0.0, 0.0)  # chain power at gain 1, on
+        self._chain0_f = 0.0  # ... filtered like the measurement
+        self._on_f = 0.0
+        self._steady_since: float | None = None
+        self._steady_taken = False
+        self._steady_ref_w = 0.0
+        self._steady_point: tuple[float, float] | None = None
+        self._transient_until_s = 0.0
+        self._validated_w = 0.0  # highest load held steady so far (the model is checked there)
+        self._last_now: float | None = None
+        self._last_power_w: float | None = None
+        self._stats: Any = None
+        self._applied_w = 0.0
+        self._limited_by: str | None = None
+        self._was_tripped = False
+        self._out: Actuation = self.envelope.idle("not started", "starting")
+        log.info("governor mode starting: agent started")
+
+    # ---- commands -------------------------------------------------------------------------
+    def set_target(self, power_w: float, ramp_w_s: float | None = None) -> TargetDecision:
+        """Track `power_w` (wall watts) moving at most `ramp_w_s` (default and ceiling: the
+        envelope's ramp). Leaves curtailed/standby."""
+        self._op = "setpoint"
+        self._requested_w = float(power_w) if math.isfinite(power_w) else 0.0
+        return self._decide("setpoint", ramp_w_s)
+
+    def curtail(self, ramp_w_s: float | None = None) -> TargetDecision:
+        """Deepest load while ready: chain at minimum frequency, fan cooling only."""
+        self._op = "curtail"
+        return self._decide("curtail", ramp_w_s)
+
+    def standby(self, ramp_w_s: float | None = None) -> TargetDecision:
+        """Ramp to minimum, then power the chain down."""
+        self._op = "standby"
+        return self._decide("standby", ramp_w_s)
+
+    def resume(self, ramp_w_s: float | None = None) -> TargetDecision:
+        """Back to the configured default target."""
+        self._op = "setpoint"
+        self._requested_w = self.default_target_w
+        return self._decide("resume", ramp_w_s)
+
+    def hold_until(self, t_s: float | None) -> None:
+        """Hold every increase of the target until monotonic time `t_s` (restart spread);
+        decreases still happen. None cancels the hold."""
+        self._hold_until_s = t_s
+        if t_s is not None:
+            log.info("governor: ramp-up held for %.1f s", max(0.0, t_s - self.clock.monotonic()))
+
+    def _decide(self, op: str, ramp_w_s: float | None) -> TargetDecision:
+        ramp_limited = False
+        if ramp_w_s is None or not math.isfinite(ramp_w_s) or ramp_w_s <= 0:
+            self._cmd_ramp_w_s = self.ramp_max_w_s
+        elif ramp_w_s > self.ramp_max_w_s:
+            self._cmd_ramp_w_s = self.ramp_max_w_s
+            ramp_limited = True
+        else:
+            self._cmd_ramp_w_s = float(ramp_w_s)
+        applied, limited = self._resolve(self.envelope.check.hottest_c)
+        if limited is None and ramp_limited:
+            limited = "ramp"
+        self._applied_w, self._limited_by = applied, limited
+        now = self.clock.monotonic()
+        wait = 0.0
+        if self._hold_until_s is not None and applied > self._ref_w:
+            wait = max(0.0, self._hold_until_s - now)
+        eta = wait + abs(applied - self._ref_w) / (self._cmd_ramp_w_s * RAMP_SHARE)
+        if abs(applied - self._ref_w) > 1e-6:
+            eta += self.gcfg.response_delay_s + self.gcfg.response_tau_s
+        requested = self._requested_w if op in ("setpoint", "resume") else None
+        log.info("governor %s: requested %s W, applied %.1f W, limited by %s, eta %.1f s", op,
+                 "-" if requested is None else f"{requested:.1f}", applied, limited, eta)
+        return TargetDecision(op, requested, applied, limited, eta, self._cmd_ramp_w_s, self._mode)
+
+    def _resolve(self, temp_c: float | None) -> tuple[float, str | None]:
+        """The target the governor moves to now, and what limited it."""
+        if self.envelope.tripped:
+            return 0.0, "thermal" if self.envelope.thermal_trip else "caps"
+        if self._op == "standby":
+            return 0.0, None
+        if self._op == "curtail":
+            return self.min_w, None
+        want = self._requested_w if self._requested_w is not None else self.default_target_w
+        applied, limited = want, None
+        if applied > self.max_power_w:
+            applied, limited = self.max_power_w, "power_cap"
+        top = self.model.curve_power_w(self.max_freq_mhz, self.curve, temp_c) + self._bias_w
+        if applied > top + TOP_MARGIN * self.max_power_w:
+            applied, limited = top, "caps"
+        bottom = self.model.curve_power_w(self.min_freq_mhz, self.curve, temp_c) + self._bias_w
+        if applied < self.min_w:
+            applied, limited = self.min_w, "caps"
+        if applied < bottom - BOTTOM_MARGIN * self.max_power_w:  # the corrected model's minimum
+            applied, limited = bottom, "caps"
+        if self._thermal_cap_w is not None and applied > self._thermal_cap_w:
+            applied, limited = max(self.min_w, self._thermal_cap_w), "thermal"
+        return applied, limited
+
+    # ---- telemetry ------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def mode_reason(self) -> str:
+        return self._mode_reason
+
+    def caps(self) -> dict[str, Any]:
+        """Declared capabilities for the MQTT status (spec section 5)."""
+        return dict(self._caps)
+
+    def status(self) -> GovernorStatus:
+        out, chk = self._out, self.envelope.check
+        stats = self._stats
+        return GovernorStatus(
+            mode=self._mode, mode_reason=self._mode_reason, op=self._op,
+            setpoint_w=self._requested_w if self._op == "setpoint" else None,
+            applied_w=self._applied_w, limited_by=self._limited_by, target_w=self._ref_w,
+            thermal_cap_w=self._thermal_cap_w, offset_w=self._bias_w, model_gain=self.model.gain,
+            power_w=chk.power_w, hottest_c=chk.hottest_c, freq_mhz=out.freq_mhz,
+            vcore_mv=out.vcore_mv, fan_pct=out.fan_pct, chain_power_on=out.chain_power_on,
+            trip_reason=self.envelope.trip_reason, hold_until_s=self._hold_until_s,
+            hashrate_ghs=getattr(stats, "hashrate_ghs", None),
+        )
+
+    def _set_mode(self, mode: str, reason: str) -> None:
+        if mode != self._mode:
+            log.info("governor mode %s -> %s: %s", self._mode, mode, reason)
+        self._mode, self._mode_reason = mode, reason
+
+    # ---- the control tick -----------------------------------------------------------------
+    def update(
+        self, now_s: float, sample: BoardReading | None, chain_stats: ChainFigures | None = None
+    ) -> Actuation:
+        """One control tick: read the latest board sample (None when none arrived), return what
+        to write to the hardware. Call every `control_period_s` with the agent clock's
+        monotonic time."""
+        period = self.gcfg.control_period_s
+        dt = period if self._last_now is None else now_s - self._last_now
+        dt = min(max(dt, 0.0), 5.0 * period)
+        self._last_now = now_s
+        if chain_stats is not None:
+            self._stats = chain_stats
+        chk = self.envelope.observe(now_s, sample)
+        if self.envelope.tripped:
+            return self._tripped_tick(now_s, chk)
+        if self._was_tripped:
+            self._was_tripped = False
+            self._starting = True
+            self.fan.reset(100)
+        temp = chk.hottest_c
+        self._derate(dt, temp, chk)
+        self._applied_w, limited = self._resolve(temp)
+        if self._limited_by != "ramp" or limited is not None:
+            self._limited_by = limited
+        self._observe_bias(now_s, dt, chk)
+
+        prev = self.envelope.last
+        chain_on = prev is not None and prev.chain_power_on
+        hold = self._hold_until_s is not None and now_s < self._hold_until_s
+        # mode and goal
+        on = True
+        if self._op == "standby":
+            goal = 0.0
+            at_min = prev is not None and prev.freq_mhz <= self.min_freq_mhz + 1e-6
+            if not chain_on or (at_min and self._ref_w <= self.min_w + 1e-6):
+                on = False
+                self._set_mode("standby", "chain powered down")
+            else:
+                self._set_mode("standby", "ramping down to power the chain off")
+            self._starting = True
+        elif self._starting or not chain_on:
+            self._starting = True
+            goal = min(self.min_w, self._applied_w)
+            if not self.envelope.has_sample:
+                self._set_mode("starting", "waiting for the first board sample")
+            elif not chk.temps_valid or not chain_on:
+                self._set_mode("starting", "waiting for a chip temperature")
+            elif hold:
+                self._set_mode("starting", "restart spread: ramp-up held")
+            else:
+                self._starting = False
+        if not self._starting and self._op != "standby":
+            goal = self._applied_w
+            if self._op == "curtail":
+                self._set_mode("curtailed", "curtail: chain at minimum frequency")
+            elif self._limited_by == "thermal":
+                self._set_mode("mining", "derated: chip temperature above the soft limit")
+            elif hold:
+                self._set_mode("mining", "ramp-up held (restart spread)")
+            else:
+                self._set_mode("mining", f"tracking {self._applied_w:.1f} W")
+        # ramped reference
+        ref = self._ref_w
+        up_rate = self._cmd_ramp_w_s * RAMP_SHARE
+        if ref > self._validated_w + EXPLORE_MARGIN_SHARE * self.max_power_w:
+            # above any load the model has been checked at: slow enough to correct on the way
+            up_rate = min(up_rate, EXPLORE_RAMP_SHARE_S * self.max_power_w)
+        down_rate = RAMP_SHARE * (
+            self.ramp_max_w_s if self._limited_by == "thermal" else self._cmd_ramp_w_s)
+        if goal > ref:
+            if not hold or self._starting:  # the hold keeps the load at the minimum, not below
+                ref = min(goal, ref + up_rate * dt)
+        else:
+            ref = max(goal, ref - down_rate * dt)
+        # feedforward through the model, corrected by the model-error estimate
+        if self._starting or (self._op in ("curtail", "standby") and ref <= self.min_w + 1e-6):
+            freq = self.min_freq_mhz
+        else:
+            freq = self.model.freq_for_power(ref - self._bias_w, self.curve, self.min_freq_mhz,
+                                             self.max_freq_mhz, temp)
+        if on:
+            fan = self.fan.update(dt, temp)
+        else:
+            fan = self.fan.update(dt, temp) if temp is not None else self.gcfg.fan_min_pct
+        proposed = Actuation(freq, self.curve_vcore(freq), fan, on, self._mode, ref,
+                             self._mode_reason)
+        out = self.envelope.enforce(now_s, proposed)
+        self._ref_w = out.target_w
+        self._record(now_s, out, temp)
+        return out
+
+    def curve_vcore(self, freq_mhz: float) -> int:
+        return math.ceil(self.curve.vcore_mv(freq_mhz) - 1e-6)
+
+    def _tripped_tick(self, now_s: float, chk: SampleCheck) -> Actuation:
+        reason = self.envelope.trip_reason or "tripped"
+        if not self._was_tripped:
+            self._was_tripped = True
+            if self.envelope.thermal_trip:
+                base = self._last_power_w if self._last_power_w is not None else self.max_power_w
+                self._thermal_cap_w = max(self.min_w, base - TRIP_CAP_CUT * self.max_power_w)
+        left = self.envelope.clear_remaining_s(now_s)
+        shown = reason if left is None else f"{reason} (clear, release in {left:.0f} s)"
+        self._set_mode("tripped", shown)
+        self._applied_w, self._limited_by = self._resolve(chk.hottest_c)
+        self._starting = True
+        out = self.envelope.enforce(now_s, self.envelope.idle(shown))
+        self._ref_w = out.target_w
+        self._record(now_s, out, chk.hottest_c)
+        return out
+
+    def _derate(self, dt: float, temp: float | None, chk: SampleCheck) -> None:
+        """Soft thermal limit: lower a power ceiling while the hottest chip is above it."""
+        soft = self.ecfg.max_chip_temp_soft_c
+        if chk.power_w is not None:
+            self._last_power_w = chk.power_w
+        if temp is not None and temp > soft:
+            if self._thermal_cap_w is None:
+                start = min(self._ref_w, self._last_power_w or self._ref_w)
+                self._thermal_cap_w = max(self.min_w, start)
+                log.info("governor: derating, chip %.1f C above soft limit %g C", temp, soft)
+            rate = self.gcfg.thermal_derate_pct_c_s / 100.0 * self.max_power_w
+            self._thermal_cap_w = max(self.min_w, self._thermal_cap_w - rate * (temp - soft) * dt)
+        elif self._thermal_cap_w is not None and (
+            temp is None or temp < soft - THERMAL_HYSTERESIS_C
+        ):
+            rate = self.gcfg.thermal_release_pct_s / 100.0 * self.max_power_w
+            self._thermal_cap_w += rate * dt
+            if self._thermal_cap_w >= self.max_power_w:
+                self._thermal_cap_w = None
+                log.info("governor: thermal derate lifted")
+
+    def _observe_bias(self, now_s: float, dt: float, chk: SampleCheck) -> None:
+        """Advance the prediction of measured power and integrate the model error into the
+        model's gain (or the offset); learn the split from steady points at different loads."""
+        delay = self.gcfg.response_delay_s
+        while self._pred_hist and self._pred_hist[0][0] <= now_s - delay + 1e-9:
+            _, self._pred_delayed = self._pred_hist.popleft()
+        chain0, on = self._pred_delayed
+        tau = self.gcfg.response_tau_s
+        alpha = 1.0 if tau <= 0 else 1.0 - math.exp(-dt / tau)
+        self._chain0_f += alpha * (chain0 - self._chain0_f)
+        self._on_f += alpha * (on - self._on_f)
+        last = self.envelope.last
+        if not (chk.fresh and chk.power_w is not None and chk.chain_powered and last is not None
+                and last.chain_power_on and self._on_f > 0.5):
+            self._steady_since = None
+            return
+        model = self.model
+        gain = model.gain
+        overhead = model.params.overhead_w
+        predicted = gain * self._chain0_f + overhead * self._on_f + self._bias_w
+        resid = chk.power_w - predicted
+        ki, lim = self.gcfg.correction_ki_per_s, self.gcfg.correction_limit_pct / 100.0
+        noise = CAP_GUARD_SHARE * self.max_power_w
+        if chk.power_w > self.max_power_w + noise and resid > noise:
+            # over the cap: explain the whole excess at once (the next tick steps down)
+            if self.gcfg.correction == "gain" and self._chain0_f > 0:
+                model.gain = min(1.0 + lim, gain + resid / self._chain0_f)
+            else:
+                self._bias_w = min(lim * self.max_power_w, self._bias_w + resid)
+            self._steady_since = None
+            return
+        if now_s < self._transient_until_s and self._steady_point is not None:
+            # a fast move is still settling: its residual says less about the model
+            self._steady_since = None
+            ki *= TRANSIENT_KI_SHARE
+        if self.gcfg.correction == "gain":
+            floor = 0.25 * self.max_power_w
+            gain += ki * dt * resid / max(self._chain0_f, floor)
+            model.gain = min(1.0 + lim, max(1.0 - lim, gain))
+        else:
+            limit = lim * self.max_power_w
+            self._bias_w = min(limit, max(-limit, self._bias_w + ki * resid * dt))
+        if self.gcfg.learn_offset and now_s >= self._transient_until_s:
+            self._learn_split(now_s, resid)
+
+    def _learn_split(self, now_s: float, resid: float) -> None:
+        """At two steady loads the total correction e = (gain - 1) * chain + offset gives the
+        true error line; move gain and offset toward it without changing e where we are."""
+        steady = (abs(resid) < STEADY_RESID_SHARE * self.max_power_w and not self._starting
+                  and abs(self._ref_w - self._steady_ref_w) < 1e-3 * self.max_power_w)
+        self._steady_ref_w = self._ref_w
+        if not steady:
+            self._steady_since = None
+            return
+        if self._steady_since is None:
+            self._steady_since = now_s
+            self._steady_taken = False
+        if self._steady_taken or now_s - self._steady_since < STEADY_S:
+            return
+        self._steady_taken = True
+        self._validated_w = max(self._validated_w, self._ref_w)
+        c2 = self._chain0_f
+        e2 = (self.model.gain - 1.0) * c2 + self._bias_w
+        point = self._steady_point
+        self._steady_point = (c2, e2)
+        if point is None or abs(point[0] - c2) < SPLIT_MIN_SHARE * self.max_power_w:
+            return
+        c1, e1 = point
+        slope = (e1 - e2) / (c1 - c2)  # true gain - 1
+        offset = e2 - slope * c2
+        lim = self.gcfg.correction_limit_pct / 100.0
+        slope = min(lim, max(-lim, slope))
+        offset = min(lim * self.max_power_w, max(-lim * self.max_power_w, offset))
+        g = self.model.gain
+        self.model.gain = g + SPLIT_DAMPING * (1.0 + slope - g)
+        self._bias_w = e2 - (self.model.gain - 1.0) * c2  # keep e where we are
+        self._bias_w = min(lim * self.max_power_w, max(-lim * self.max_power_w, self._bias_w))
+        log.info("governor: model error split: gain %.3f, offset %+.2f W", self.model.gain,
+                 self._bias_w)
+        del offset
+
+    def _record(self, now_s: float, out: Actuation, temp: float | None) -> None:
+        self._out = out
+        chain0 = 0.0
+        if out.chain_power_on:
+            m = self.model
+            chain0 = (m.power_w(out.freq_mhz, out.vcore_mv, temp) - m.params.overhead_w) / m.gain
+        on = 1.0 if out.chain_power_on else 0.0
+        if self._pred_hist:
+            _, (c_prev, on_prev) = self._pred_hist[-1]
+            step = abs(self.model.gain * (chain0 - c_prev)) + abs(on - on_prev) * 1e9
+            if step > TRANSIENT_SHARE * self.max_power_w:
+                g = self.gcfg
+                self._transient_until_s = now_s + g.response_delay_s + 3.0 * g.response_tau_s
+        self._pred_hist.append((now_s, (chain0, on)))
