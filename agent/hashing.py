@@ -1,0 +1,74 @@
+"""SHA-256d nonce engine: verifies the nonces the chips return and measures the host.
+
+`sha256d(data)` is the double SHA-256 of `data`; `scan(header, start, count, target)` returns, in
+increasing order, the nonces in [start, start + count) whose double hash of the 80-byte header
+(nonce little-endian in bytes 76..79), read as a 256-bit little-endian integer, is <= target.
+`IMPLEMENTATION` names the kernel in use.
+
+The compiled module `agent._sha256d` (built from ext/) is used when it loaded; it picks the
+fastest kernel the CPU supports (AVX-512, SHA extensions, AVX2, SSE2/NEON, scalar C) and runs it
+without the GIL. GRIDMINER_NO_EXTENSIONS=1 forces the pure-Python reference `agent._sha256d_py`;
+GRIDMINER_SHA256D_KERNEL=<name> forces one compiled kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from collections.abc import Callable
+from types import ModuleType
+
+from agent import _sha256d_py
+
+ScanFn = Callable[[bytes, int, int, int], list[int]]
+
+NO_EXTENSIONS = os.environ.get("GRIDMINER_NO_EXTENSIONS", "") not in ("", "0")
+"""GRIDMINER_NO_EXTENSIONS was set: the compiled module is not even imported."""
+
+
+def _load_compiled() -> ModuleType | None:
+    if NO_EXTENSIONS:
+        return None
+    try:
+        return importlib.import_module("agent._sha256d")
+    except ImportError:  # not built (no compiler, no Cython): the pure reference serves
+        return None
+
+
+_compiled = _load_compiled()
+
+COMPILED: bool = _compiled is not None
+"""The compiled module loaded."""
+
+if _compiled is not None:
+    sha256d: Callable[[bytes], bytes] = _compiled.sha256d
+    scan: ScanFn = _compiled.scan
+    IMPLEMENTATION: str = _compiled.IMPLEMENTATION
+else:
+    sha256d = _sha256d_py.sha256d
+    scan = _sha256d_py.scan
+    IMPLEMENTATION = _sha256d_py.IMPLEMENTATION
+
+MAX_TARGET = (1 << 256) - 1
+DIFF1_TARGET = 0xFFFF << 208
+
+
+def kernels() -> dict[str, ScanFn]:
+    """Every kernel usable here, name -> scan function: compiled ones first, then "python"."""
+    found: dict[str, ScanFn] = {}
+    if _compiled is not None:
+        for name in _compiled.KERNELS:
+            found[name] = functools.partial(_compiled.scan, kernel=name)
+    found[_sha256d_py.IMPLEMENTATION] = _sha256d_py.scan
+    return found
+
+
+def target_from_difficulty(difficulty: float) -> int:
+    """The share target of difficulty D: int(0xFFFF * 2**208 / D), clamped to [0, 2**256 - 1]."""
+    if isinstance(difficulty, bool) or not isinstance(difficulty, int | float):
+        raise TypeError(f"difficulty must be a number, not {type(difficulty).__name__}")
+    if not difficulty > 0 or difficulty == float("inf"):
+        raise ValueError(f"difficulty must be a finite number > 0, got {difficulty}")
+    value = DIFF1_TARGET / difficulty
+    return MAX_TARGET if value >= MAX_TARGET else int(value)
