@@ -1,0 +1,529 @@
+"""The agent's MQTT 5 link to the grid operator (paho-mqtt 2.x).
+
+`GridLink` owns one network thread. That thread only moves bytes: inbound commands go to a
+thread-safe queue (and wake the control thread through `wakeup` / `on_inbound`); every decision
+is taken by the control thread (agent.grid.GridSession), which publishes through this object.
+
+Connection: client id = device id, clean start false with a session expiry, retained birth status
+with the caps, Will = the same status with state "offline", subscriptions with Retain Handling 2,
+redone on every connect, reconnect with jittered exponential backoff, and a birth sequence `bd`
+persisted in the state folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import queue
+import random
+import socket
+import ssl
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from agent import __version__
+from agent.clock import Clock, SystemClock
+from agent.command import Topics
+from agent.errors import GridLinkError
+from agent.replay import StateFile
+from agent.telemetry import encode, status_map
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE_CBOR = "application/cbor"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One message from the broker, as the network thread queued it."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    received_s: float = 0.0  # monotonic
+    mid: int = 0
+    qos: int = 0
+    generation: int = 0  # connection it came on (PUBACK only on that one)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme in ("mqtts", "wss")
+
+    @property
+    def websockets(self) -> bool:
+        return self.scheme in ("ws", "wss")
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """mqtt://HOST[:PORT], mqtts://HOST[:PORT] (also ws:// and wss://); GridLinkError otherwise."""
+    parts = urlsplit(url)
+    defaults = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
+    if parts.scheme not in defaults or not parts.hostname:
+        raise GridLinkError(f"broker URL {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    try:
+        port = parts.port or defaults[parts.scheme]
+    except ValueError as exc:
+        raise GridLinkError(f"broker URL {url!r}: bad port") from exc
+    return BrokerAddress(parts.scheme, parts.hostname, port)
+
+
+def check_private_file(path: str | os.PathLike[str], what: str, insecure: bool) -> None:
+    """Refuse a secret (key, password) that others can read, unless `insecure` (logged loudly)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise GridLinkError(f"{what} {path}: cannot read ({exc.strerror})") from exc
+    if stat.S_IMODE(mode) & 0o077:
+        msg = f"{what} {path} is readable by group/others (mode {stat.S_IMODE(mode):o}); chmod 600"
+        if not insecure:
+            raise GridLinkError(msg)
+        log.warning("INSECURE DEVELOPMENT MODE: %s", msg)
+
+
+@dataclass
+class LinkSettings:
+    """How to reach the broker; built from the [grid] config or by tests."""
+
+    broker_url: str
+    site: str
+    device: str
+    prefix: str = "gridminer"
+    state_dir: str = "state"
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    insecure_no_tls: bool = False  # plain MQTT to a non-loopback broker (lab only)
+    insecure_dev: bool = False  # accept secrets readable by others (lab only)
+    keepalive_s: int = 15
+    session_expiry_s: int = 3600
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    max_queued_messages: int = 1000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, grid: Any, **overrides: Any) -> LinkSettings:
+        """From agent.config.GridConfig (attributes looked up by name)."""
+        names = (
+            "broker_url", "site", "device", "prefix", "state_dir", "ca_file", "client_cert_file",
+            "client_key_file", "username", "password_file", "insecure_no_tls", "insecure_dev",
+        )
+        values = {n: getattr(grid, n) for n in names if getattr(grid, n, None) is not None}
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.site, self.device, self.prefix)
+
+
+class Backoff:
+    """Exponential backoff with jitter: each delay is uniform in [b/2, b], b doubling to a cap."""
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.min_s = min_s
+        self.max_s = max(min_s, max_s)
+        self.rng = rng or random.Random()
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        base = min(self.max_s, self.min_s * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return self.rng.uniform(base / 2, base)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class GridLink:
+    """paho-mqtt 2.x MQTT 5 client of one device; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: LinkSettings,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.topics = settings.topics
+        try:
+            self.topics.validate()
+        except ValueError as exc:
+            raise GridLinkError(str(exc)) from exc
+        self.address = parse_broker_url(settings.broker_url)
+        self._check_security()
+        self.inbound: queue.Queue[Inbound] = queue.Queue()
+        self.wakeup = threading.Event()  # set on every inbound message and link change
+        self.on_inbound: Callable[[], None] | None = None
+        self.connects = 0
+        self.dropped_retained = 0
+        self.last_error = ""
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, rng)
+        self._state = StateFile(Path(settings.state_dir) / "link.json")
+        self.bd = self._load_bd()
+        self._lock = threading.Lock()
+        self._caps: Any = {}
+        self._mode: str | None = None
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._generation = 0
+        self._bd_pending = self.bd + 1
+        self._thread: threading.Thread | None = None
+        self._client = self._make_client()
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _check_security(self) -> None:
+        s = self.settings
+        if not self.address.tls and not self.address.loopback:
+            if not s.insecure_no_tls:
+                raise GridLinkError(
+                    f"broker {s.broker_url}: plain MQTT to a non-loopback host; use mqtts:// "
+                    "(or --insecure-no-tls in a lab)"
+                )
+            log.warning("INSECURE: MQTT without TLS to %s", s.broker_url)
+        for path, what in ((s.ca_file, "CA file"), (s.client_cert_file, "client certificate")):
+            if path is not None and not os.path.isfile(path):
+                raise GridLinkError(f"{what} {path}: not found")
+        if (s.client_cert_file is None) != (s.client_key_file is None):
+            raise GridLinkError("client certificate and client key go together")
+        if s.client_key_file is not None:
+            check_private_file(s.client_key_file, "client TLS key", s.insecure_dev)
+        if s.password_file is not None:
+            check_private_file(s.password_file, "password file", s.insecure_dev)
+        if (s.client_cert_file or s.ca_file) and not self.address.tls:
+            raise GridLinkError(f"broker {s.broker_url}: TLS files given but the URL is not mqtts://")
+
+    def _password(self) -> str | None:
+        s = self.settings
+        if s.password_file is not None:
+            try:
+                return Path(s.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise GridLinkError(f"password file {s.password_file}: {exc.strerror}") from exc
+        return s.password
+
+    def _load_bd(self) -> int:
+        try:
+            data = self._state.load() or {}
+            return int(data.get("bd", 0))
+        except (ValueError, TypeError):
+            log.error("link state %s unreadable; birth sequence restarts above it",
+                      self._state.path)
+            self._state.quarantine()
+            return int(time.time())  # stays above any earlier count
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=s.device,
+            protocol=mqtt.MQTTv5,
+            transport="websockets" if self.address.websockets else "tcp",
+            manual_ack=True,
+        )
+        client.max_queued_messages_set(s.max_queued_messages)
+        if self.address.tls:
+            try:
+                client.tls_set(
+                    ca_certs=s.ca_file,
+                    certfile=s.client_cert_file,
+                    keyfile=s.client_key_file,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise GridLinkError(f"TLS set-up failed: {exc}") from exc
+        if s.username is not None:
+            client.username_pw_set(s.username, self._password())
+        client.on_connect = self._on_connect
+        client.on_socket_open = no_delay
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # ---- control-thread API -------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="gridlink", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 3.0) -> None:
+        """Publish the offline status (a clean disconnect suppresses the Will) and disconnect."""
+        if self._thread is None:
+            return
+        if self.connected:
+            info = self._client.publish(
+                self.topics.status, self._status_payload("offline", self.bd), qos=1, retain=True,
+                properties=self._cbor_properties(),
+            )
+            try:
+                info.wait_for_publish(timeout=timeout_s)
+            except (RuntimeError, ValueError):
+                pass
+        self._stop.set()
+        self._thread.join(timeout_s + 2.0)
+        self._thread = None
+        self._connected.clear()
+
+    def set_status(self, caps: Any, mode: str | None) -> None:
+        """Caps and mode for the birth/Will; republishes the retained status if they changed."""
+        with self._lock:
+            changed = (caps, mode) != (self._caps, self._mode)
+            self._caps, self._mode = caps, mode
+        if changed and self.connected:
+            self._client.publish(
+                self.topics.status, self._status_payload("online", self.bd), qos=1, retain=True,
+                properties=self._cbor_properties(),
+            )
+
+    def drain(self) -> list[Inbound]:
+        """Every queued inbound message, oldest first (never blocks)."""
+        items: list[Inbound] = []
+        while True:
+            try:
+                items.append(self.inbound.get_nowait())
+            except queue.Empty:
+                return items
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
+        user_properties: tuple[tuple[str, str], ...] = (),
+    ) -> bool:
+        """Publish from the control thread; False if a QoS 0 message could not be sent now
+        (QoS 1 messages are queued by paho and sent after a reconnect)."""
+        props = self._cbor_properties()
+        if correlation_data is not None:
+            props.CorrelationData = correlation_data
+        for key, value in user_properties:
+            props.UserProperty = (key, value)
+        if qos == 0 and not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if qos == 0:
+            return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+    def ack(self, msg: Inbound) -> None:
+        """PUBACK a QoS 1 command once it was handled (only on the connection it came on; after
+        a reconnect the broker redelivers it and it is answered as a duplicate)."""
+        if msg.qos > 0 and msg.generation == self._generation and self.connected:
+            self._client.ack(msg.mid, msg.qos)
+
+    # ---- network thread -----------------------------------------------------------------------
+    def _cbor_properties(self) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = CONTENT_TYPE_CBOR
+        return props
+
+    def _status_payload(self, state: str, bd: int) -> bytes:
+        with self._lock:
+            caps, mode = self._caps, self._mode
+        return encode(status_map(state, bd, __version__, caps, mode, int(self.clock.time() * 1000)))
+
+    def _wake(self) -> None:
+        self.wakeup.set()
+        callback = self.on_inbound
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                log.exception("on_inbound callback failed")
+
+    def _run(self) -> None:
+        s = self.settings
+        addr = self.address
+        while not self._stop.is_set():
+            bd_next = self.bd + 1
+            will_props = Properties(PacketTypes.WILLMESSAGE)
+            will_props.ContentType = CONTENT_TYPE_CBOR
+            self._client.will_set(
+                self.topics.status, self._status_payload("offline", bd_next), qos=1, retain=True,
+                properties=will_props,
+            )
+            self._bd_pending = bd_next
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = s.session_expiry_s
+            try:
+                self._client.connect(
+                    addr.host, addr.port, keepalive=s.keepalive_s, clean_start=False,
+                    properties=props,
+                )
+            except (OSError, ValueError) as exc:
+                self._note_error(f"connect to {s.broker_url} failed: {exc}")
+                self._stop.wait(self._backoff.next_delay())
+                continue
+            deadline = time.monotonic() + s.connect_timeout_s
+            while not self._stop.is_set():
+                try:
+                    rc = self._client.loop(timeout=0.2)
+                except (OSError, ValueError) as exc:  # TLS faults surface here
+                    self._note_error(f"network error: {exc}")
+                    rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                if not self.connected and time.monotonic() > deadline:
+                    self._note_error("no CONNACK in time")
+                    break
+            was_connected = self.connected
+            self._connected.clear()
+            if self._stop.is_set():
+                self._close_socket()
+                return
+            if was_connected:
+                self._wake()
+            self._stop.wait(self._backoff.next_delay())
+
+    def _close_socket(self) -> None:
+        """Clean DISCONNECT (no Will) and let paho close the socket."""
+        try:
+            self._client.disconnect()
+            deadline = time.monotonic() + 1.0
+            while self._client.socket() is not None and time.monotonic() < deadline:
+                if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        except (OSError, ValueError):
+            pass
+        release_sockets(self._client)
+
+    def _note_error(self, text: str) -> None:
+        if text != self.last_error:
+            log.warning("grid link: %s", text)
+        self.last_error = text
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self._note_error(f"broker refused the connection: {reason}")
+            return
+        self._generation += 1
+        self.bd = self._bd_pending
+        try:
+            self._state.save({"bd": self.bd})
+        except OSError as exc:
+            log.error("cannot persist birth sequence: %s", exc)
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe([(self.topics.cmd, options), (self.topics.site_cmd, options)])
+        client.publish(
+            self.topics.status, self._status_payload("online", self.bd), qos=1, retain=True,
+            properties=self._cbor_properties(),
+        )
+        self.connects += 1
+        self.last_error = ""
+        self._backoff.reset()
+        self._connected.set()
+        log.info("grid link up: %s as %s (bd %d)", self.settings.broker_url, self.topics.device,
+                 self.bd)
+        self._wake()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if self._connected.is_set():
+            log.warning("grid link down: %s", reason)
+        self._connected.clear()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.retain:
+            # Retain Handling 2 keeps retained commands away; one that slips through never acts.
+            self.dropped_retained += 1
+            if message.qos > 0:
+                client.ack(message.mid, message.qos)
+            return
+        props = getattr(message, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        self.inbound.put(
+            Inbound(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                response_topic=response_topic or None,
+                correlation_data=bytes(correlation) if correlation is not None else None,
+                received_s=self.clock.monotonic(),
+                mid=message.mid,
+                qos=message.qos,
+                generation=self._generation,
+            )
+        )
+        self._wake()
+
+
+def no_delay(client: Any, userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY: an ack and its PUBACK leave at once instead of waiting out Nagle's
+    algorithm against the broker's delayed ACK (about 40 ms per small packet)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def release_sockets(client: mqtt.Client) -> None:
+    """Close the socket and paho's wake-up socket pair now rather than at garbage collection
+    (paho 2.x keeps them until the client object is collected)."""
+    reset = getattr(client, "_reset_sockets", None)
+    try:
+        sock = client.socket()
+        if reset is not None:
+            reset()
+        elif sock is not None:
+            sock.close()
+    except OSError:
+        pass
+
+
+def describe(settings: LinkSettings) -> Mapping[str, Any]:
+    """A log-friendly summary (no secrets)."""
+    return {
+        "broker": settings.broker_url,
+        "site": settings.site,
+        "device": settings.device,
+        "tls": parse_broker_url(settings.broker_url).tls,
+        "auth": "certificate" if settings.client_cert_file else (
+            "password" if settings.username else "none"),
+    }

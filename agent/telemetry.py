@@ -1,0 +1,109 @@
+"""Telemetry and status maps (spec sections 5 and 6) and the bounded buffer for link outages."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+VERSION = 1
+SEQ_MODULO = 2**32
+# Fields the runtime's snapshot provides (spec section 6); GridSession adds the command fields.
+SNAPSHOT_FIELDS = (
+    "mode",
+    "power_w",
+    "target_w",
+    "hashrate_ghs",
+    "freq_mhz",
+    "vcore_mv",
+    "temp_c",
+    "board_temp_c",
+    "fan_pct",
+    "hw_err",
+    "chips_ok",
+    "energy_wh",
+)
+CAPS_FIELDS = ("min_w", "max_w", "ramp_max_w_s", "chips", "chip_model", "hashrate_max_ghs")
+MODES = ("mining", "curtailed", "standby", "tripped", "starting")
+
+
+def clean(value: Any) -> Any:
+    """A value fit for the wire: None and non-finite floats become None, floats are rounded."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return round(value, 3) if math.isfinite(value) else None
+    if isinstance(value, (int, str, bytes)):
+        return value
+    return None
+
+
+def encode(data: Mapping[str, Any]) -> bytes:
+    """Device-to-operator maps are CBOR with text keys; absent values are left out."""
+    return cbor2.dumps({k: v for k, v in data.items() if v is not None})
+
+
+def _get(source: Any, name: str) -> Any:
+    if isinstance(source, Mapping):
+        return source.get(name)
+    return getattr(source, name, None)
+
+
+def caps_map(caps: Any) -> dict[str, Any]:
+    """The `caps` of the status map from a mapping or an object with those attributes."""
+    return {k: clean(_get(caps, k)) for k in CAPS_FIELDS if clean(_get(caps, k)) is not None}
+
+
+def status_map(
+    state: str, bd: int, fw: str, caps: Any, mode: str | None, ts_ms: int
+) -> dict[str, Any]:
+    """The retained status map of spec section 5 (`state` online or offline)."""
+    status: dict[str, Any] = {"v": VERSION, "state": state, "bd": bd, "fw": fw}
+    status["caps"] = caps_map(caps)
+    if mode is not None:
+        status["mode"] = mode
+    status["ts"] = ts_ms
+    return status
+
+
+class TelemetryBuffer:
+    """Numbers telemetry messages and holds them while the broker is unreachable.
+
+    `seq` wraps at 2**32. When the buffer is full the oldest message is dropped and counted in
+    `lost`; the count is stamped into each message when it is sent, so the operator can tell a gap
+    in `seq` that the bound caused from one the network caused.
+    """
+
+    def __init__(self, capacity: int = 3600) -> None:
+        self.capacity = max(1, capacity)
+        self.seq = 0
+        self.lost = 0
+        self._queue: deque[dict[str, Any]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def produce(self, snapshot: Any, ts_ms: int, extra: Mapping[str, Any] | None = None) -> None:
+        """Queue one message built from the runtime's snapshot (mapping or object)."""
+        msg: dict[str, Any] = {"v": VERSION, "seq": self.seq, "ts": ts_ms}
+        for name in SNAPSHOT_FIELDS:
+            msg[name] = clean(_get(snapshot, name))
+        for name, value in (extra or {}).items():
+            msg[name] = clean(value)
+        self.seq = (self.seq + 1) % SEQ_MODULO
+        if len(self._queue) >= self.capacity:
+            self._queue.popleft()
+            self.lost += 1
+        self._queue.append(msg)
+
+    def peek(self) -> dict[str, Any] | None:
+        """The oldest queued message with the current `lost` count stamped in."""
+        if not self._queue:
+            return None
+        return {**self._queue[0], "lost": self.lost}
+
+    def pop(self) -> None:
+        self._queue.popleft()

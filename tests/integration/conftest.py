@@ -1,0 +1,188 @@
+"""Integration fixtures: a real Mosquitto broker on loopback, and a device (GridLink +
+GridSession with a fake sink) run by a control thread the way the agent runs it."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.grid import GridPolicy, GridSession
+from agent.gridlink import GridLink, LinkSettings, release_sockets
+from agent.operator import BrokerOptions, CommandSigner, Operator, SeqCounter
+from hil.broker import Mosquitto
+
+OPERATOR_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+KID = "op-test"
+CAPS = {"min_w": 100, "max_w": 3000, "ramp_max_w_s": 500, "chips": 4, "chip_model": "BM1370",
+        "hashrate_max_ghs": 5000.0}
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    """An anonymous broker (no ACL) on a free loopback port."""
+    with Mosquitto() as broker:
+        yield broker
+
+
+@pytest.fixture
+def secure_mosquitto() -> Iterator[Mosquitto]:
+    """TLS + passwords/client certificates + the ACL of spec 1 for dev-1, dev-2 (site-a)."""
+    with Mosquitto(tls=True, devices={"dev-1": "site-a", "dev-2": "site-a"}) as broker:
+        yield broker
+
+
+@dataclass
+class Decision:
+    applied_w: float
+    limited_by: str | None = None
+    eta_s: float | None = None
+
+
+class RecordingSink:
+    """A governor stand-in that records what it was told (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, Any]] = []
+        self.changed = threading.Event()
+
+    def apply(self, op: str, power_w: Any, ramp_w_s: Any) -> Decision:
+        self.calls.append((op, power_w, ramp_w_s))
+        self.changed.set()
+        target = {"curtail": 100.0, "standby": 0.0, "resume": 2500.0}.get(op, power_w)
+        return Decision(float(target), None, 0.5)
+
+    def caps(self) -> dict:
+        return CAPS
+
+
+class Device:
+    """A device on the broker: GridLink + GridSession driven by its own control thread, which
+    sleeps until the next due time or until the link wakes it."""
+
+    def __init__(self, settings: LinkSettings, state_dir: Path, policy: GridPolicy | None = None,
+                 snapshot: Any = None) -> None:
+        self.link = GridLink(settings, rng=random.Random(7))
+        self.sink = RecordingSink()
+        self.snap = {"mode": "mining", "power_w": 1000.0, "target_w": 1000.0}
+        self.session = GridSession(
+            self.link, self.sink, {KID.encode(): OPERATOR_KEY.public_key()}, state_dir,
+            snapshot or (lambda: self.snap),
+            policy or GridPolicy(restart_spread_s=0.0, telemetry_period_s=0.2),
+            rng=random.Random(3),
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
+        self.errors: list[BaseException] = []
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait_s = self.session.service()
+            except BaseException as exc:  # surfaced by the test
+                self.errors.append(exc)
+                return
+            self.link.wakeup.wait(min(wait_s, 0.05))
+            self.link.wakeup.clear()
+
+    def start(self) -> Device:
+        self.link.start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.link.wakeup.set()
+        self._thread.join(5)
+        self.link.stop()
+        assert not self.errors, self.errors
+
+
+@pytest.fixture
+def device_factory(tmp_path) -> Iterator[Any]:
+    devices: list[Device] = []
+
+    def make(settings: LinkSettings, name: str = "dev", **kw: Any) -> Device:
+        dev = Device(settings, tmp_path / name, **kw).start()
+        devices.append(dev)
+        return dev
+
+    yield make
+    for dev in devices:
+        dev.stop()
+
+
+def plain_settings(broker: Mosquitto, tmp_path: Path, device: str = "dev-1",
+                   **kw: Any) -> LinkSettings:
+    return LinkSettings(broker.url, "site-a", device, state_dir=str(tmp_path / device),
+                        reconnect_min_s=0.2, reconnect_max_s=1.0, **kw)
+
+
+def operator_for(broker: Mosquitto, tmp_path: Path, url: str | None = None,
+                 **options: Any) -> Operator:
+    signer = CommandSigner(OPERATOR_KEY, KID)
+    return Operator(BrokerOptions(url or broker.url, **options), signer,
+                    SeqCounter(tmp_path / "seq.json"))
+
+
+class Observer:
+    """A plain MQTT 5 client that records decoded messages (CBOR maps) per topic."""
+
+    def __init__(self, broker: Mosquitto, topics: list[str], **auth: Any) -> None:
+        import queue
+        import time
+
+        import cbor2
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self._time = time
+        self._cbor2 = cbor2
+        self.messages: queue.Queue[tuple[str, Any, bool]] = queue.Queue()
+        self.seen: list[tuple[str, Any, bool]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="observer",
+                                  protocol=mqtt.MQTTv5)
+        if auth.get("username"):
+            self.client.username_pw_set(auth["username"], auth.get("password"))
+        subscribed = threading.Event()
+        self.client.on_message = lambda c, u, m: self.messages.put(
+            (m.topic, self._decode(m.payload), bool(m.retain)))
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.client.subscribe([(t, 1) for t in topics])
+        assert subscribed.wait(5), "observer subscription"
+
+    def _decode(self, payload: bytes) -> Any:
+        try:
+            return self._cbor2.loads(payload)
+        except Exception:
+            return payload
+
+    def wait_for(self, predicate: Any, timeout_s: float = 5.0) -> tuple[str, Any, bool]:
+        import queue
+
+        deadline = self._time.monotonic() + timeout_s
+        while (left := deadline - self._time.monotonic()) > 0:
+            try:
+                item = self.messages.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(item)
+            if predicate(*item):
+                return item
+        raise AssertionError(f"no matching message in {timeout_s} s; saw {self.seen[-5:]}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        deadline = self._time.monotonic() + 1.0
+        while self.client.socket() is not None and self._time.monotonic() < deadline:
+            self._time.sleep(0.01)
+        self.client.loop_stop()
+        release_sockets(self.client)

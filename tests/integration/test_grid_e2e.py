@@ -1,0 +1,95 @@
+"""End to end: operator CLI -> Mosquitto -> `gridminer agent` (runtime + governor) on the
+emulated hash board -> the chain's frequency moves; the ack comes back to the CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Observer
+
+ROOT = Path(__file__).parents[2]
+pytest.importorskip("agent.board", reason="the board link (agent.board) is not built yet")
+pytest.importorskip("agent.runtime", reason="the agent runtime is not built yet")
+
+
+def cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    status = tmp_path / "emu.json"
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "emulate", "--chips", "4",
+                             "--status-file", str(status)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        yield info, status
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_operator_setpoint_moves_the_emulated_chain(mosquitto, emulator, tmp_path) -> None:
+    info, emu_status = emulator
+    done = cli("operator", "keygen", "--key", str(tmp_path / "op.pem"))
+    assert done.returncode == 0, done.stderr
+    kid = done.stdout.strip()
+    config = tmp_path / "agent.toml"
+    config.write_text("[grid]\nrestart_spread_s = 0.0\ntelemetry_period_s = 0.5\n")
+    agent_err = open(tmp_path / "agent.err", "w")  # noqa: SIM115 - closed in finally
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent", "agent", "--config", str(config),
+         "--chain", info["chain"], "--board", info["board"], "--broker", mosquitto.url,
+         "--site", "s1", "--device", "d1", "--operator-key", str(tmp_path / "op.pub.pem"),
+         "--kid", kid, "--state-dir", str(tmp_path / "state")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=agent_err,
+    )
+    obs = Observer(mosquitto, ["gridminer/s1/d1/status", "gridminer/s1/d1/telemetry"])
+    try:
+        _, status, _ = obs.wait_for(lambda t, m, r: t.endswith("/status")
+                                    and m.get("state") == "online", timeout_s=30)
+        caps = status["caps"]
+        obs.wait_for(lambda t, m, r: t.endswith("/telemetry") and m.get("mode") == "mining",
+                     timeout_s=60)
+        before = json.loads(emu_status.read_text())["freq_mhz"]
+        target = int(caps["min_w"] + 0.3 * (caps["max_w"] - caps["min_w"]))
+        done = cli("operator", "setpoint", "--broker", mosquitto.url, "--site", "s1",
+                   "--device", "d1", "--power-w", str(target), "--key", str(tmp_path / "op.pem"),
+                   "--kid", kid, "--for", "5m", "--timeout", "10")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        ack = json.loads(done.stdout.strip().splitlines()[-1])
+        assert ack["result"] == "accepted" and ack["applied_w"] <= target
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = json.loads(emu_status.read_text())["freq_mhz"]
+            if now != before:
+                break
+            time.sleep(0.2)
+        assert now != before, "the chain frequency did not move"
+        obs.wait_for(lambda t, m, r: t.endswith("/telemetry") and m.get("setpoint_w") == target,
+                     timeout_s=10)
+    finally:
+        obs.close()
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(20)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait(5)
+        agent_err.close()
