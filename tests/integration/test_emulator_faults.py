@@ -1,0 +1,174 @@
+"""Fault injection: what a host sees on the ports when the plan says things go wrong."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+
+import pytest
+import serial
+
+from agent.hashing import sha256d
+from agent.work import target_for
+from firmware_bridge import asic, bringup
+from hil.errors import FaultPlanError
+from hil.faults import FaultPlan
+from hil.hashboard import HashBoardEmulator
+
+HEADER = bytes(range(80))
+DIFFICULTY = 2.0**-26
+
+
+def read_for(port: serial.Serial, seconds: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        data += port.read(max(1, port.in_waiting))
+    return data
+
+
+def wait_emulated(emu: HashBoardEmulator, t_s: float) -> None:
+    deadline = time.monotonic() + 10.0
+    while emu.time_s < t_s and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def chip_ids(port: serial.Serial, seconds: float = 0.3) -> tuple[list, asic.ResponseParser]:
+    parser = asic.ResponseParser("BM1370", reply_len=9)
+    port.reset_input_buffer()
+    port.write(asic.cmd_read(0x00))
+    return parser.feed(read_for(port, seconds)), parser
+
+
+def test_plan_file_silent_chip_then_corrupted_replies(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[[fault]]\nkind = "chip_silent"\nat_s = 0.0\nduration_s = 1.0\nchip = 2\n\n'
+        '[[fault]]\nkind = "reply_corrupt"\nat_s = 1.5\nduration_s = 0.8\nprobability = 1.0\n'
+    )
+    with HashBoardEmulator("BM1370", 3, seed=1, fault_plan=FaultPlan.load(plan)) as emu, \
+            serial.Serial(emu.chain_path, 115200, timeout=0.05) as port:
+        wait_emulated(emu, 0.05)
+        replies, _ = chip_ids(port)
+        assert len(replies) == 2
+        wait_emulated(emu, 1.6)
+        replies, parser = chip_ids(port)
+        assert len(replies) < 3 and parser.crc_errors + parser.discarded_bytes > 0
+        wait_emulated(emu, 2.4)
+        replies, _ = chip_ids(port)
+        assert len(replies) == 3
+        state = emu.state()
+    assert state["faults_injected"] == 2
+    assert state["counters"]["frames_corrupted"] >= 3
+    assert [f["kind"] for f in state["faults"]] == ["chip_silent", "reply_corrupt"]
+
+
+def test_chain_hang_lasts_until_reset(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"faults": [{"kind": "chain_hang", "at_s": 0.2}]}))
+    with HashBoardEmulator("BM1370", 2, seed=1, fault_plan=FaultPlan.load(plan)) as emu, \
+            serial.Serial(emu.chain_path, 115200, timeout=0.05) as port:
+        wait_emulated(emu, 0.3)
+        assert chip_ids(port)[0] == []
+        time.sleep(0.5)
+        assert chip_ids(port)[0] == []  # still hung: only a reset ends it
+        emu.reset_chain()
+        assert len(chip_ids(port)[0]) == 2
+        assert emu.state()["faults"][0]["cleared_at_s"] is not None
+
+
+def test_serial_garbage_burst_then_the_chain_still_answers():
+    with HashBoardEmulator("BM1370", 2, seed=1) as emu, serial.Serial(
+        emu.chain_path, 115200, timeout=0.05
+    ) as port:
+        emu.inject_fault("serial_garbage", bytes=600)
+        data = read_for(port, 0.3)
+        assert len(data) >= 600
+        assert len(chip_ids(port)[0]) == 2
+        assert emu.state()["counters"]["garbage_bytes"] == 600
+
+
+def test_hw_error_fault_returns_invalid_nonces_and_counts_them():
+    with HashBoardEmulator("BM1370", 2, seed=1, difficulty=DIFFICULTY) as emu, serial.Serial(
+        emu.chain_path, 115200, timeout=0.05
+    ) as port:
+        frames = bringup.enumeration_frames("BM1370") + bringup.setup_frames("BM1370", 2, 4096)
+        for frame, _ in frames:
+            port.write(frame)
+        port.write(asic.pll_frame("BM1370", 525.0))
+        port.write(asic.job_frame("BM1370", 24, HEADER))
+        emu.inject_fault("chip_hw_errors", chip=1, rate_hz=40.0)
+        parser = asic.ResponseParser("BM1370")
+        nonces = [r for r in parser.feed(read_for(port, 1.0)) if r.kind == "nonce"]
+        port.write(asic.cmd_read(0x4C))
+        errors = [r for r in parser.feed(read_for(port, 0.3)) if r.kind == "register"]
+    target = target_for(DIFFICULTY)
+    bad = {}
+    for r in nonces:
+        full = (struct.pack("<I", int.from_bytes(HEADER[:4], "little") | r.version_bits)
+                + HEADER[4:76] + struct.pack("<I", r.nonce))
+        ok = int.from_bytes(sha256d(full), "little") <= target
+        chip = r.chip_addr_field // 128
+        bad.setdefault(chip, []).append(not ok)
+    assert sum(bad.get(1, [])) > 15  # ~40 per second from chip 1
+    assert sum(bad.get(0, [])) == 0  # ~0.5 valid nonces/s at ticket 4096, no errors
+    assert errors[1].value > errors[0].value  # 0x4C of chip 1 counts them (x ticket)
+
+
+def test_sensor_faults_freeze_or_fail_the_reading():
+    emu = HashBoardEmulator("BM1370", 1, seed=1)
+    emu.plant.fan_pct = 0
+    emu.advance(100)
+    live0 = emu.hal.chip_temps_dc()[0]
+    emu.inject_fault("sensor_stuck", sensor="chip_temp", duration_s=20.0)
+    emu.advance(1)
+    stuck = emu.hal.chip_temps_dc()[0]
+    emu.set_ambient_c(60.0)
+    emu.advance(1000)
+    assert emu.hal.chip_temps_dc()[0] == stuck
+    assert emu.plant.sensors.chip_temps_dc[0] > live0 + 20  # the real chip kept heating
+    emu.inject_fault("sensor_invalid", sensor="power", duration_s=1.0)
+    emu.advance(1)
+    with pytest.raises(OSError):
+        emu.hal.power_mw()
+    emu.advance(150)
+    assert emu.hal.power_mw() > 0
+    emu.inject_fault("sensor_invalid", sensor="chip_temp", channel=0, mode="out_of_range")
+    emu.advance(1)
+    assert emu.hal.chip_temps_dc() == [-2732]
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"kind": "meteor"}, "unknown kind"),
+        ({"kind": "reply_drop", "probability": 2}, "probability"),
+        ({"kind": "sensor_stuck", "sensor": "humidity"}, "sensor must be one of"),
+        ({"kind": "chip_hw_errors", "chip": 0}, "needs 'rate_hz'"),
+        ({"kind": "chain_hang", "at_s": -1}, "at_s"),
+        ({"kind": "serial_garbage", "colour": "red"}, "takes no 'colour'"),
+    ],
+)
+def test_invalid_fault_plan_entries_are_rejected_with_a_reason(entry, message):
+    with pytest.raises(FaultPlanError, match=message):
+        FaultPlan.from_dict({"faults": [entry]})
+
+
+def test_dropped_and_truncated_replies():
+    with HashBoardEmulator("BM1370", 3, seed=1) as emu, serial.Serial(
+        emu.chain_path, 115200, timeout=0.05
+    ) as port:
+        emu.inject_fault("reply_drop", duration_s=0.3)
+        wait_emulated(emu, 0.02)
+        port.write(asic.cmd_read(0x00))
+        assert read_for(port, 0.15) == b""
+        wait_emulated(emu, 0.35)
+        emu.inject_fault("reply_truncate", duration_s=0.3)
+        wait_emulated(emu, 0.37)
+        port.write(asic.cmd_read(0x00))
+        data = read_for(port, 0.15)
+        assert 3 <= len(data) < 27  # every frame cut short
+        assert len(asic.ResponseParser("BM1370", reply_len=9).feed(data)) == 0
+        counters = emu.state()["counters"]
+    assert counters["frames_dropped"] == 3 and counters["frames_truncated"] == 3
