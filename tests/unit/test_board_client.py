@@ -1,0 +1,133 @@
+"""agent.board.BoardClient against the real Bridge over an in-process fake port (no threads)."""
+
+import pytest
+
+from agent.board import BoardClient
+from agent.clock import FakeClock
+from agent.errors import BoardLinkError
+from firmware_bridge.bridge import Bridge
+from firmware_bridge.hal import MemoryUart, SimHal
+
+
+class FakePort:
+    """pyserial-like port wired to a Bridge; `drop` replies are lost, `garbage` is prepended."""
+
+    def __init__(self, clock, config=None):
+        self.clock = clock
+        self.hal = SimHal(2)
+        self.uart = MemoryUart()
+        self.bridge = Bridge(self.uart, self.hal, config, lambda: int(clock.monotonic() * 1000))
+        self.rx = b""
+        self.drop = 0
+        self.garbage = b""
+        self.timeout = 0.02
+        self.writes = 0
+
+    @property
+    def in_waiting(self):
+        return len(self.rx)
+
+    def write(self, data):
+        self.writes += 1
+        self.uart.rx += data
+        self.bridge.poll()
+        out = self.uart.take()
+        if self.drop:
+            self.drop -= 1
+        else:
+            self.rx += self.garbage + out
+        return len(data)
+
+    def read(self, n=1):
+        if not self.rx:
+            self.clock.advance(self.timeout)
+            return b""
+        out, self.rx = self.rx[:n], self.rx[n:]
+        return out
+
+
+@pytest.fixture
+def rig():
+    clock = FakeClock()
+    port = FakePort(clock)
+    return BoardClient(port, timeout_s=0.1, retries=2, clock=clock), port
+
+
+def test_read_sample_scales_units(rig):
+    client, port = rig
+    port.hal.chip_temps = [612, 598]
+    port.hal.vin, port.hal.iin, port.hal.board_temp = 12000, 1500, 415
+    client.set_chain_power(True)
+    s = client.read_sample()
+    assert s.chip_temps_c == [61.2, 59.8] and s.board_temp_c == 41.5
+    assert s.vin_v == 12.0 and s.iin_a == 1.5 and s.power_w == 15.0
+    assert s.chain_powered and s.bridge_state == "active" and s.trip_reason is None
+    assert s.max_chip_temp_c == 61.2
+
+
+def test_setters(rig):
+    client, port = rig
+    assert client.set_fan_pct(55) == 55 and port.hal.fan_pct == 55
+    assert client.set_vcore_mv(1200) == 1200 and port.hal.vcore_set == 1200
+    client.reset_chain()
+    assert port.hal.resets == 1
+    assert client.heartbeat().bridge_state == "active"
+    assert client.info()["family"] == "BM1370"
+
+
+def test_lost_reply_is_retried_without_acting_twice(rig):
+    client, port = rig
+    port.drop = 1
+    client.reset_chain()
+    assert port.hal.resets == 1 and port.writes == 2 and client.timeouts == 1
+
+
+def test_no_reply_raises_board_link_error(rig):
+    client, port = rig
+    port.drop = 10
+    with pytest.raises(BoardLinkError, match="no reply"):
+        client.heartbeat()
+    assert port.writes == 3
+
+
+def test_error_reply_raises_with_the_reason(rig):
+    client, _ = rig
+    with pytest.raises(BoardLinkError, match="out_of_range"):
+        client.set_vcore_mv(3000)
+    with pytest.raises(BoardLinkError):
+        client.set_fan_pct(101)
+
+
+def test_garbage_before_replies_is_skipped(rig):
+    client, port = rig
+    port.garbage = b"\xa5\x5a\x10\xff\x00\xaa"
+    for _ in range(5):
+        assert client.heartbeat().bridge_state == "active"
+
+
+def test_trip_is_reported_in_samples_and_events(rig):
+    client, port = rig
+    client.set_chain_power(True)
+    port.hal.chip_temps = [950, 500]
+    s = client.read_sample()
+    assert s.bridge_state == "tripped" and s.trip_reason == "chip_over_temp" and not s.chain_powered
+    assert [e[1:] for e in client.events] == [("tripped", "chip_over_temp")]
+    with pytest.raises(BoardLinkError, match="tripped"):
+        client.set_chain_power(True)
+
+
+def test_closed_port_is_a_board_link_error():
+    class Broken:
+        def write(self, data):
+            raise OSError(5, "port closed")
+
+        def read(self, n=1):
+            return b""
+
+    with pytest.raises(BoardLinkError, match="port failed"):
+        BoardClient(Broken(), clock=FakeClock()).heartbeat()
+
+
+def test_bad_path_is_a_board_link_error():
+    with pytest.raises(BoardLinkError, match="cannot open"):
+        BoardClient("/nonexistent/tty")
