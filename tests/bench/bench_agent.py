@@ -1,0 +1,438 @@
+"""Figures of the agent on the hash-board emulator (a script, not a test).
+
+Run: `.venv/bin/python tests/bench/bench_agent.py [--only NAME ...]`.
+
+* bringup: 4-chip BM1370 from power-on (reset) to mining at 525 MHz, in emulated and wall
+  seconds; a 128-chip chain: enumeration and bring-up time, chips found.
+* verify: CPU cost of taking in nonce replies (parse, attribute, rebuild the header, SHA-256d,
+  statistics) as a share of one core at 1,000 nonces/s.
+* memory: peak resident memory of a running agent process (`gridminer agent` against
+  `gridminer emulate`; the chain driver alone when the board link is not available).
+* steps: the whole agent (runtime, governor, board link, driver) on the emulator: target 100 % ->
+  30 % -> 100 % of maximum power; time until measured power stays within +-2 % of maximum power
+  of the target, peak power against the cap, fastest measured ramp against the limit.
+* heatwave: ambient rising until the board cannot be cooled: peak chip temperature against the
+  hard limit, power at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from agent.clock import SystemClock  # noqa: E402
+from agent.driver import ChainDriver, ChainSettings, open_port  # noqa: E402
+from agent.work import LocalWorkSource, target_for  # noqa: E402
+from firmware_bridge import asic  # noqa: E402
+
+EMU_DIFFICULTY = 2.0**-19  # agent.config accepts nonce_difficulty >= 1e-6
+
+
+def have_board_link() -> bool:
+    try:
+        import agent.board  # noqa: F401
+        import firmware_bridge.bridge  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class EmulatorReset:
+    def __init__(self, emu: Any) -> None:
+        self.emu = emu
+
+    def reset_chain(self) -> None:
+        self.emu.reset_chain()
+
+
+def bench_bringup() -> None:
+    from hil.hashboard import HashBoardEmulator
+
+    for chips, freq, ticket in ((4, 525.0, 256), (128, 300.0, 64)):
+        emu = HashBoardEmulator(family="BM1370", chips=chips, seed=1, difficulty=EMU_DIFFICULTY)
+        emu.start()
+        try:
+            clock = SystemClock()
+            wake = threading.Event()
+            settings = ChainSettings(family="BM1370", chips=chips, ticket_difficulty=ticket,
+                                     nonce_difficulty=EMU_DIFFICULTY, ramp_step_mhz=25.0,
+                                     ramp_interval_s=0.01)
+            drv = ChainDriver(open_port(emu.chain_path), settings, clock,
+                              LocalWorkSource(clock), board=EmulatorReset(emu), wake=wake)
+            drv.set_frequency(freq)
+            t0, e0 = time.monotonic(), emu.state()["time_s"]
+            drv.start(clock.monotonic())
+            marks: dict[str, tuple[float, float]] = {}
+            while time.monotonic() - t0 < 10:
+                now = clock.monotonic()
+                drv.poll(now)
+                if drv.hashing and "hashing" not in marks:
+                    marks["hashing"] = (time.monotonic() - t0, emu.state()["time_s"] - e0)
+                if drv.state == "mining":
+                    marks["mining"] = (time.monotonic() - t0, emu.state()["time_s"] - e0)
+                    break
+                if drv.state == "failed" and drv.fatal:
+                    break
+                drv.wait(drv.next_deadline_s(now) - now)
+            h = marks.get("hashing", (float("nan"),) * 2)
+            m = marks.get("mining", (float("nan"),) * 2)
+            ok = drv.addresses == [i * (256 // chips) for i in range(chips)]
+            print(f"bringup  {chips:3d} x BM1370: enumerated+configured {h[1]:.2f} s emulated "
+                  f"({h[0]:.2f} s wall), mining at {freq:.0f} MHz after {m[1]:.2f} s emulated "
+                  f"({m[0]:.2f} s wall); chips found {len(drv.addresses)}, addresses "
+                  f"{'as expected' if ok else 'WRONG'}")
+            drv.close()
+        finally:
+            emu.stop()
+
+
+class ReplayPort:
+    """A port that serves prepared bytes, as much per read as asked."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.baudrate = 1000000
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.data)
+
+    def read(self, size: int = 1) -> bytes:
+        out = bytes(self.data[:size])
+        del self.data[:size]
+        return out
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def reset_input_buffer(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def bench_verify(n_nonces: int = 20000) -> None:
+    import hashlib
+
+    from agent import hashing
+    from agent.clock import FakeClock
+
+    clock = FakeClock()
+    port = ReplayPort()
+    easy = 2.0**-28
+    chips = 4
+    drv = ChainDriver(port, ChainSettings(family="BM1370", chips=chips, nonce_difficulty=easy),
+                      clock, LocalWorkSource(clock), threaded=False)
+    # put the driver into the hashing state with 4 chips, one job per slot
+    drv.addresses = [0, 64, 128, 192]
+    drv.stats_.set_chips(drv.addresses, clock.monotonic())
+    drv.state = "mining"
+    drv.freq_mhz = drv.target_freq_mhz = 525.0
+    drv._next_job_s = drv._next_counter_s = drv._next_health_s = drv._next_ramp_s = 1e12
+    works = []
+    for _ in range(16):
+        job_id = drv.jobs.next_job_id()
+        work = drv.work.next_work(clock.monotonic())
+        drv.jobs.put(job_id, work, clock.monotonic())
+        works.append((job_id, work))
+    target = target_for(easy)
+    replies = bytearray()
+    made = 0
+    counter = 0
+    while made < n_nonces:
+        job_id, work = works[made % len(works)]
+        chip = made % chips
+        vbits = (made % 16) << 13
+        head = work.header(0, vbits)[:76]
+        while True:
+            counter += 1
+            nonce_h = (5 << 25) | ((chip * 64) << 17) | (counter & 0x1FFFF)
+            nonce = int.from_bytes(nonce_h.to_bytes(4, "big"), "little")
+            h = hashlib.sha256(hashlib.sha256(head + nonce.to_bytes(4, "little")).digest())
+            if int.from_bytes(h.digest(), "little") <= target:
+                break
+        replies += asic.nonce_reply("BM1370", nonce, job_id, (made % 16), vbits)
+        made += 1
+    port.data = replies
+    t_cpu, t_wall = time.process_time(), time.perf_counter()
+    while port.data:
+        drv.poll(clock.monotonic())
+    cpu = time.process_time() - t_cpu
+    wall = time.perf_counter() - t_wall
+    snap = drv.stats(clock.monotonic())
+    per_nonce_us = cpu / n_nonces * 1e6
+    print(f"verify   {n_nonces} nonces ({hashing.IMPLEMENTATION} SHA-256d): {per_nonce_us:.1f} us "
+          f"CPU each ({wall / n_nonces * 1e6:.1f} us wall) -> {per_nonce_us * 1000 / 1e6 * 100:.2f}"
+          f" % of one core at 1,000 nonces/s; valid {snap.valid}, hw errors {snap.hw_errors}, "
+          f"duplicates {snap.duplicates}")
+
+
+def _vm(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+DRIVER_ONLY = r"""
+import sys, time, threading
+from agent.clock import SystemClock
+from agent.driver import ChainDriver, ChainSettings, open_port
+from agent.work import LocalWorkSource
+clock = SystemClock(); wake = threading.Event()
+drv = ChainDriver(open_port(sys.argv[1]), ChainSettings(family="BM1370", chips=int(sys.argv[2]),
+                  nonce_difficulty=float(sys.argv[3]), ramp_step_mhz=25.0, ramp_interval_s=0.01),
+                  clock, LocalWorkSource(clock), wake=wake)
+drv.set_frequency(float(sys.argv[4])); drv.start(clock.monotonic())
+import signal
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: stop.set())
+end = time.monotonic() + float(sys.argv[5])
+while time.monotonic() < end and not stop.is_set():
+    now = clock.monotonic(); drv.poll(now); drv.wait(drv.next_deadline_s(now) - now)
+print(drv.stats(clock.monotonic()).valid, flush=True)
+drv.close()
+"""
+
+
+def bench_memory(seconds: float = 15.0) -> None:
+    _bench_memory(4, seconds)
+    _bench_memory(128, seconds)
+
+
+def _bench_memory(chips: int, seconds: float) -> None:
+    emu = subprocess.Popen([sys.executable, "-m", "agent", "emulate", "--chips", str(chips),
+                            "--difficulty", str(EMU_DIFFICULTY), "--seed", "1"],
+                           stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert emu.stdout is not None
+        info = json.loads(emu.stdout.readline())
+        if have_board_link() and chips <= 8:
+            what = "gridminer agent"
+            config = Path(tempfile.mkdtemp(prefix="gridminer-bench-")) / "agent.toml"
+            config.write_text(f'[chain]\nport = "{info["chain"]}"\nchips = {chips}\n'
+                              f'nonce_difficulty = {EMU_DIFFICULTY}\n'
+                              f'[board]\nport = "{info["board"]}"\n')
+            cmd = [sys.executable, "-m", "agent", "agent", "--config", str(config)]
+        else:
+            what = "chain driver alone"
+            cmd = [sys.executable, "-c", DRIVER_ONLY, info["chain"], str(chips),
+                   str(EMU_DIFFICULTY), "300", str(seconds)]
+        agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=ROOT)
+        time.sleep(2.0)
+        cpu0, t0 = _cpu_s(agent.pid), time.monotonic()
+        time.sleep(max(1.0, seconds - 3.0))
+        cpu = _cpu_s(agent.pid) - cpu0
+        dt = time.monotonic() - t0
+        peak_kb = _vm(agent.pid, "VmHWM")
+        agent.send_signal(signal.SIGTERM)
+        try:
+            _out, err = agent.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            _out, err = agent.communicate()
+        print(f"memory   {what}: peak resident {peak_kb / 1024:.1f} MB, CPU {cpu / dt * 100:.1f} %"
+              f" of one core while mining ({chips} chips), exit {agent.returncode}")
+        if agent.returncode not in (0, -signal.SIGTERM):
+            print("         stderr tail:", err.strip().splitlines()[-3:])
+    finally:
+        emu.send_signal(signal.SIGINT)
+        try:
+            emu.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            emu.kill()
+
+
+class AgentRig:
+    """The whole agent in-process on the emulator: runtime thread, board link, governor."""
+
+    def __init__(self, chips: int = 4, raw: dict[str, Any] | None = None, speed: float = 1.0,
+                 ambient_c: float = 25.0) -> None:
+        from agent.agent_cmd import open_serial
+        from agent.board import BoardClient
+        from agent.config import config_from_mapping
+        from agent.governor import Governor
+        from agent.runtime import Runtime
+        from hil.hashboard import HashBoardEmulator
+
+        self.emu = HashBoardEmulator(family="BM1370", chips=chips, seed=2,
+                                     difficulty=EMU_DIFFICULTY, speed=speed, ambient_c=ambient_c)
+        self.emu.start()
+        cfg_raw: dict[str, Any] = {
+            "chain": {"port": self.emu.chain_path, "chips": chips,
+                      "nonce_difficulty": EMU_DIFFICULTY},
+            "board": {"port": self.emu.board_path},
+            "log": {"status_period_s": 0},
+        }
+        for section, values in (raw or {}).items():
+            cfg_raw.setdefault(section, {}).update(values)
+        self.config = config_from_mapping(cfg_raw)
+        self.clock = SystemClock()
+        wake = threading.Event()
+        chain_port = open_serial(self.config.chain.port, "chain", 115200, 0.05)
+        self.board_port = open_serial(self.config.board.port, "board", 115200, 0.02)
+        self.board = BoardClient(self.board_port)
+        settings = ChainSettings.from_config(self.config.chain, self.config.envelope)
+        self.driver = ChainDriver(chain_port, settings, self.clock, LocalWorkSource(self.clock),
+                                  board=self.board, wake=wake)
+        self.governor = Governor(self.config, self.clock)
+        self.runtime = Runtime(self.clock, self.driver, self.board, self.governor,
+                               period_s=self.config.governor.control_period_s,
+                               status_period_s=0, wake=wake, status_out=lambda _l: None,
+                               on_stop=[self.board_port.close])
+        self.trace: list[tuple[float, float | None, float, float | None]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._done = threading.Event()
+
+    def _run(self) -> None:
+        self.runtime.run()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            st = self.emu.state()
+            hot = st["max_chip_temp_c"]
+            self.trace.append((time.monotonic(), st["board_power_w"], float(hot),
+                               getattr(self.runtime.sample, "power_w", None)))
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._sampler.start()
+
+    def stop(self) -> None:
+        self.runtime.request_stop()
+        self._thread.join(timeout=10)
+        self._done.set()
+        self._sampler.join(timeout=2)
+        self.emu.stop()
+
+    def wait_mode(self, mode: str, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if getattr(self.runtime.actuation, "mode", None) == mode:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def _settle_time(trace: list[tuple[float, float | None, float, float | None]], t_step: float,
+                 target_w: float, band_w: float) -> float | None:
+    """Seconds after t_step from which measured (board sensor) power stays within the band."""
+    last_out = t_step
+    seen = False
+    for t, _true_w, _hot, measured in trace:
+        if t < t_step or measured is None:
+            continue
+        seen = True
+        if abs(measured - target_w) > band_w:
+            last_out = t
+    return (last_out - t_step) if seen else None
+
+
+def bench_steps() -> None:
+    if not have_board_link():
+        print("steps    skipped: agent.board / firmware_bridge.bridge not available yet")
+        return
+    rig = AgentRig(4)
+    try:
+        rig.start()
+        max_w = rig.governor.max_power_w
+        ramp = rig.governor.ramp_max_w_s
+        if not rig.wait_mode("mining", 30):
+            print("steps    the agent did not reach mining mode")
+            return
+        rig.governor.set_target(max_w)
+        time.sleep(6.0)
+        results = []
+        for frac in (0.3, 1.0):
+            t_step = time.monotonic()
+            rig.governor.set_target(frac * max_w)
+            time.sleep(5.0)
+            settle = _settle_time(rig.trace, t_step, frac * max_w, 0.02 * max_w)
+            results.append((frac, settle))
+        peak = max(m for _, _, _, m in rig.trace if m is not None)
+        rates = []
+        pts = [(t, m) for t, _, _, m in rig.trace if m is not None]
+        for (t0, p0), (t1, p1) in zip(pts, pts[5:], strict=False):
+            if t1 > t0:
+                rates.append(abs(p1 - p0) / (t1 - t0))
+        last = [m for t, _, _, m in rig.trace if m is not None and t > rig.trace[-1][0] - 1.0]
+        settled = sum(last) / len(last) if last else float("nan")
+        text = ", ".join(
+            f"{int(f * 100)} %: within +-2 % after {s:.2f} s" if s is not None and s < 4.5 else
+            f"{int(f * 100)} %: not within +-2 % (settled at {settled:.1f} W, driver at "
+            f"{rig.driver.freq_mhz:.0f} MHz of max {rig.config.envelope.max_freq_mhz:.0f})"
+            for f, s in results)
+        print(f"steps    max power {max_w:.1f} W, ramp limit {ramp:.0f} W/s; {text}; peak measured "
+              f"{peak:.1f} W (cap {max_w:.1f} W); fastest measured change {max(rates):.0f} W/s "
+              f"over 0.25 s")
+    finally:
+        rig.stop()
+
+
+def bench_heatwave() -> None:
+    if not have_board_link():
+        print("heatwave skipped: agent.board / firmware_bridge.bridge not available yet")
+        return
+    rig = AgentRig(4, speed=4.0)
+    try:
+        rig.start()
+        if not rig.wait_mode("mining", 30):
+            print("heatwave the agent did not reach mining mode")
+            return
+        hard = rig.config.envelope.max_chip_temp_hard_c
+        for amb in range(25, 71, 3):
+            rig.emu.set_ambient_c(float(amb))
+            time.sleep(1.0)
+        time.sleep(3.0)
+        peak = max(h for _, _, h, _ in rig.trace)
+        end_w = rig.trace[-1][3]
+        print(f"heatwave ambient 25 -> 70 C: peak chip {peak:.1f} C (hard limit {hard:g} C), mode "
+              f"{getattr(rig.runtime.actuation, 'mode', '?')}, power at the end {end_w} W")
+    finally:
+        rig.stop()
+
+
+BENCHES = {"bringup": bench_bringup, "verify": bench_verify, "memory": bench_memory,
+           "steps": bench_steps, "heatwave": bench_heatwave}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
+    args = ap.parse_args()
+    for name in args.only or list(BENCHES):
+        with contextlib.suppress(KeyboardInterrupt):
+            BENCHES[name]()
+    return 0
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory():
+        sys.exit(main())

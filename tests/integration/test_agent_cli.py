@@ -1,0 +1,115 @@
+"""`gridminer agent` and `gridminer probe` as a user runs them, against `gridminer emulate`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EMU_DIFFICULTY = "2**-19"  # agent.config accepts nonce_difficulty >= 1e-6
+
+
+def gridminer(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[dict]:
+    status = tmp_path / "status.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "emulate", "--chips", "6", "--seed", "4",
+         "--difficulty", EMU_DIFFICULTY, "--status-file", str(status)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        yield info
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "--chain PORT is required"),
+        (("--chain", "x", "--board", "y", "--target-w", "-5"), "governor.default_target_w"),
+        (("--chain", "/dev/gridminer-no-such-port", "--board", "/dev/null"), "cannot open"),
+        (("--config", "/gridminer/no/such/file.toml"), "cannot read"),
+    ],
+)
+def test_bad_flags_give_one_line_and_exit_2(args, message):
+    result = gridminer("agent", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_probe_lists_the_chips_of_the_emulated_board(emulator):
+    result = gridminer("probe", "--chain", emulator["chain"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "BM1370 (chip id 0x1370): 6 chips, addresses 0x00 0x2A 0x54 0x7E 0xA8 0xD2")
+
+
+def test_probe_of_a_silent_port_says_so(tmp_path):
+    master, slave = os.openpty()
+    try:
+        result = gridminer("probe", "--chain", os.ttyname(slave), "--timeout", "0.3")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == 1
+    assert "no chip answered" in result.stderr
+
+
+def test_agent_mines_prints_status_and_idles_the_chain_on_sigterm(emulator, tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[chain]\nport = "{emulator["chain"]}"\nfamily = "BM1370"\nchips = 6\n'
+        f'[board]\nport = "{emulator["board"]}"\n[log]\nstatus_period_s = 1.0\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "agent", "--config", str(config), "--target-w", "60",
+         "--nonce-difficulty", str(2.0**-19)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 25
+        mining = False
+        while time.monotonic() < deadline:
+            state = json.loads(Path(emulator["status"]).read_text())
+            if state["nonces_emitted"] > 10 and max(state["freq_mhz"]) > 100:
+                mining = True
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert mining, proc.stderr.read() if proc.poll() is not None else "not mining"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    assert "mode=mining" in out  # the status line
+    time.sleep(0.3)
+    state = json.loads(Path(emulator["status"]).read_text())
+    assert state["chain_powered"] is False

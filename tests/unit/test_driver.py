@@ -1,0 +1,306 @@
+"""Chain driver: bring-up, job dispatch, nonce checks, ramps, stop (agent/driver.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from driver_fake import EASY, FakeBoard, FakeChainPort, sha256d
+
+from agent.clock import FakeClock
+from agent.driver import ChainDriver, ChainSettings, job_interval_s, probe_chain
+from agent.errors import ChainError
+from agent.work import LocalWorkSource, target_for
+from firmware_bridge import asic, bringup
+
+
+def make(chips: int = 4, family: str = "BM1370", chip_family: str | None = None,
+         board: bool = True, **kw):
+    clock = FakeClock()
+    port = FakeChainPort(family, chips, chip_family=chip_family)
+    defaults = dict(family=family, chips=chips, nonce_difficulty=EASY, ramp_step_mhz=25.0,
+                    ramp_interval_s=0.01, dead_min_s=5.0)
+    defaults.update(kw)
+    settings = ChainSettings(**defaults)
+    source = LocalWorkSource(clock)
+    drv = ChainDriver(port, settings, clock, source, board=FakeBoard(port) if board else None,
+                      threaded=False)
+    return clock, port, drv
+
+
+def run_until(drv: ChainDriver, clock: FakeClock, cond, limit_s: float = 30.0) -> None:
+    end = clock.monotonic() + limit_s
+    while not cond():
+        now = clock.monotonic()
+        assert now < end, f"condition not met; state {drv.state} {drv.phase} {drv.error}"
+        drv.poll(now)
+        clock.advance(max(0.001, min(drv.next_deadline_s(now) - now, 0.05)))
+
+
+def test_bring_up_four_bm1370_counts_addresses_switches_baud_and_ramps():
+    clock, port, drv = make(4)
+    drv.set_frequency(525.0)
+    t0 = clock.monotonic()
+    drv.bring_up(timeout_s=5.0)
+    assert drv.hashing
+    assert drv.addresses == [0, 64, 128, 192]
+    assert [c.address for c in port.chips] == [0, 64, 128, 192]
+    assert port.baudrate == 1000000 == port.chip_baud
+    run_until(drv, clock, lambda: drv.state == "mining")
+    assert clock.monotonic() - t0 < 1.0  # 4 chips to 525 MHz in 25 MHz steps, 10 ms apart
+    assert port.freq_mhz == pytest.approx(525.0)
+    # the family's init went out: enumeration, then the setup frames for 4 chips
+    sent = b"".join(port.written)
+    for frame, _ in bringup.enumeration_frames("BM1370") + bringup.setup_frames("BM1370", 4):
+        assert frame in sent
+    # HCN for the target was written after the ramp, jobs are going out
+    assert bringup.hcn_frame("BM1370", 525.0, 4) in port.written
+    assert len(port.jobs) >= 1
+
+
+def test_enumeration_does_not_wait_a_fixed_second_once_all_chips_answered():
+    clock, _port, drv = make(4, ramp_step_mhz=6.25)
+    t0 = clock.monotonic()
+    drv.bring_up(timeout_s=5.0)
+    assert clock.monotonic() - t0 < 0.3
+
+
+def test_wrong_chip_count_is_a_clear_chain_error():
+    _clock, port, drv = make(4)
+    port.n = 3
+    port.reset()
+    with pytest.raises(ChainError, match="expected 4 BM1370 chips on chain, found 3"):
+        drv.bring_up(timeout_s=5.0)
+    assert drv.fatal
+
+
+def test_wrong_family_is_named():
+    _clock, _port, drv = make(2, chip_family="BM1368")
+    with pytest.raises(ChainError, match="is a BM1368, but the config says BM1370"):
+        drv.bring_up(timeout_s=5.0)
+
+
+def test_no_answer_is_a_chain_error():
+    _clock, port, drv = make(2)
+    port.hung = True
+    port.reset = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(ChainError, match="no chip answered"):
+        drv.bring_up(timeout_s=5.0)
+
+
+def test_128_chip_chain_enumerates_with_address_interval_2():
+    clock, port, drv = make(128)
+    drv.bring_up(timeout_s=5.0)
+    assert len(drv.addresses) == 128
+    assert drv.addresses[:3] == [0, 2, 4] and drv.addresses[-1] == 254
+    assert [c.address for c in port.chips] == drv.addresses
+    port.emit_nonce(127)
+    drv.poll(clock.monotonic())
+    assert drv.stats(clock.monotonic()).chips[127].valid == 1
+
+
+def test_jobs_go_out_at_the_family_cadence_with_the_chip_id_sequence():
+    clock, port, drv = make(4, ramp_step_mhz=200.0)
+    drv.bring_up()
+    first = len(port.jobs), drv.jobs_sent
+    run_until(drv, clock, lambda: drv.jobs_sent >= first[1] + 8)
+    ids = [c.job_id for c in port.commands if c.kind == "job"]
+    assert ids[:6] == [24, 48, 72, 96, 120, 16]
+    assert job_interval_s("BM1370", 4, 525) == pytest.approx(0.125)
+    assert job_interval_s("BM1366", 1, 485) == pytest.approx(2.0)
+    assert job_interval_s("BM1397", 1, 425) == pytest.approx(0.0395, rel=0.01)
+    # the time between jobs is the cadence
+    times = []
+    last = drv.jobs_sent
+    end = clock.monotonic() + 1.0
+    while clock.monotonic() < end:
+        drv.poll(clock.monotonic())
+        if drv.jobs_sent != last:
+            times.append(clock.monotonic())
+            last = drv.jobs_sent
+        clock.advance(0.005)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps and all(0.12 <= g <= 0.135 for g in gaps)
+
+
+def test_nonces_are_verified_and_counted_per_chip():
+    clock, port, drv = make(4)
+    drv.bring_up()
+    drv.poll(clock.monotonic())
+    for chip in (0, 1, 2, 2, 3):
+        port.emit_nonce(chip)
+    port.emit_nonce(1, valid=False)  # a nonce that does not hash below the target
+    drv.poll(clock.monotonic())
+    snap = drv.stats(clock.monotonic())
+    assert [c.valid for c in snap.chips] == [1, 1, 2, 1]
+    assert [c.hw_errors for c in snap.chips] == [0, 1, 0, 0]
+    assert snap.valid == 5 and snap.hw_errors == 1
+
+
+def test_rolled_version_bits_are_part_of_the_header():
+    clock, port, drv = make(1)
+    drv.bring_up()
+    bits = 0x3 << 13
+    start = 0
+    while True:  # a nonce valid with the rolled version and not with the base version
+        job_id, nonce = port.nonce_for(0, version_bits=bits, start=start)
+        header = port.jobs[job_id].header80[:76] + nonce.to_bytes(4, "little")
+        if int.from_bytes(sha256d(header), "little") > target_for(EASY):
+            break
+        start = (int.from_bytes(nonce.to_bytes(4, "little"), "big") & 0x1FFFF) + 1
+    port.send_nonce(job_id, nonce, bits)
+    port.send_nonce(job_id, nonce, 0)  # same nonce, base version: a different hash
+    drv.poll(clock.monotonic())
+    snap = drv.stats(clock.monotonic())
+    assert snap.valid == 1 and snap.hw_errors == 1
+
+
+def test_duplicate_nonce_counted_once():
+    clock, port, drv = make(1)
+    drv.bring_up()
+    job_id, nonce = port.nonce_for(0)
+    port.send_nonce(job_id, nonce)
+    port.send_nonce(job_id, nonce)
+    drv.poll(clock.monotonic())
+    snap = drv.stats(clock.monotonic())
+    assert snap.valid == 1 and snap.duplicates == 1
+
+
+def test_late_nonce_for_a_reused_job_id_still_verifies():
+    clock, port, drv = make(4, ramp_step_mhz=500.0)
+    drv.bring_up()
+    old_id = next(c.job_id for c in port.commands if c.kind == "job")
+    job_id, nonce = port.nonce_for(0, job_id=old_id)
+    # 16 more jobs: the id comes round again and the slot gets a new header
+    run_until(drv, clock, lambda: drv.jobs_sent >= 17)
+    port.send_nonce(job_id, nonce)
+    drv.poll(clock.monotonic())
+    snap = drv.stats(clock.monotonic())
+    assert snap.valid + snap.hw_errors == 1
+    assert snap.hw_errors == 0
+
+
+def test_garbage_bytes_are_counted_not_raised():
+    clock, port, drv = make(2)
+    drv.bring_up()
+    port.inject(bytes(range(256)) + b"\xaa\x55\x01\x02\x03\x04\x05\x06\x07\x08\x09")
+    port.emit_nonce(1)
+    drv.poll(clock.monotonic())
+    snap = drv.stats(clock.monotonic())
+    assert snap.discarded_bytes > 200
+    assert snap.crc_errors >= 1
+    assert snap.chips[1].valid == 1
+
+
+def test_runtime_frequency_change_ramps_in_steps_then_rewrites_hcn():
+    clock, port, drv = make(2, ramp_step_mhz=25.0, ramp_interval_s=0.02)
+    drv.set_frequency(500.0)
+    drv.bring_up()
+    run_until(drv, clock, lambda: drv.state == "mining")
+    port.written.clear()
+    drv.set_frequency(300.0)
+    times = []
+    freqs = []
+    while drv.state != "mining" or drv.freq_mhz != 300.0 or not freqs:
+        now = clock.monotonic()
+        before = drv.freq_mhz
+        drv.poll(now)
+        if drv.freq_mhz != before:
+            times.append(now)
+            freqs.append(drv.freq_mhz)
+        clock.advance(0.005)
+    drv.poll(clock.monotonic())
+    assert freqs[-1] == 300.0 and freqs[0] == 475.0
+    assert all(abs(a - b) <= 25.0 for a, b in zip([500.0, *freqs], freqs, strict=False))
+    assert all(b - a >= 0.02 - 1e-9 for a, b in itertools.pairwise(times))
+    plls = [w for w in port.written if w[5] == asic.REG_PLL0 and w[2] == 0x51]
+    assert len(plls) == 8
+    assert port.written.index(bringup.hcn_frame("BM1370", 300.0, 2)) > port.written.index(plls[-1])
+
+
+def test_frequency_is_clamped_to_settings():
+    _clock, _port, drv = make(1, max_freq_mhz=600.0)
+    drv.set_frequency(5000.0)
+    assert drv.target_freq_mhz == 600.0
+    drv.set_frequency(1.0)
+    assert drv.target_freq_mhz == 50.0
+
+
+def test_stop_ramps_to_minimum_and_sends_no_more_jobs():
+    clock, port, drv = make(2, ramp_step_mhz=100.0)
+    drv.set_frequency(450.0)
+    drv.bring_up()
+    run_until(drv, clock, lambda: drv.state == "mining")
+    drv.stop(clock.monotonic())
+    run_until(drv, clock, lambda: drv.state == "idle")
+    assert port.freq_mhz == pytest.approx(50.0)
+    jobs = drv.jobs_sent
+    for _ in range(50):
+        drv.poll(clock.monotonic())
+        clock.advance(0.05)
+    assert drv.jobs_sent == jobs
+    assert bringup.hcn_frame("BM1370", 50.0, 2) in port.written
+
+
+def test_probe_lists_family_count_and_addresses():
+    clock = FakeClock()
+    port = FakeChainPort("BM1370", 3)
+    result = probe_chain(port, clock)
+    assert result.family == "BM1370" and result.count == 3
+    assert result.addresses == (0, 85, 170)
+
+
+def test_probe_without_chips_raises():
+    clock = FakeClock()
+    port = FakeChainPort("BM1370", 1)
+    port.hung = True
+    with pytest.raises(ChainError, match="no chip answered"):
+        probe_chain(port, clock, family="BM1370")
+
+
+def test_recovery_goes_on_with_fewer_chips_but_keeps_every_address():
+    clock, port, drv = make(4)
+    drv.bring_up()
+    port.chips[1].silent = True
+    drv._recover(clock.monotonic(), "chip 1 (address 64) is dead")
+    run_until(drv, clock, lambda: drv.hashing)
+    assert drv.addresses == [0, 64, 128, 192]
+    assert [c.address for c in port.chips] == [0, 64, 128, 192]
+    port.emit_nonce(3)
+    drv.poll(clock.monotonic())
+    assert drv.stats(clock.monotonic()).chips[3].valid == 1
+
+
+def test_first_bring_up_retries_before_giving_up():
+    _clock, port, drv = make(2)
+    real_reset = port.reset
+    calls = []
+
+    def flaky_reset():
+        calls.append(1)
+        real_reset()
+        if len(calls) == 1:
+            port.hung = True  # the first attempt sees nothing
+
+    port.reset = flaky_reset  # type: ignore[method-assign]
+    drv.bring_up(timeout_s=10.0)
+    assert drv.hashing and len(calls) == 2
+
+
+def test_bm1397_midstate_index_selects_the_rolled_version():
+    clock, port, drv = make(1, family="BM1397")
+    drv.bring_up()
+    assert port.baudrate == 3125000
+    job_id = next(c.job_id for c in reversed(port.commands) if c.kind == "job")
+    work = drv.jobs.get(job_id)
+    assert work is not None
+    bits = asic.rolled_version(0, work.version_mask, 2)
+    target = target_for(EASY)
+    nonce = next(n for n in range(100_000)
+                 if int.from_bytes(sha256d(work.header(n, bits)), "little") <= target
+                 and int.from_bytes(sha256d(work.header(n, 0)), "little") > target)
+    port.inject(asic.nonce_reply("BM1397", nonce, job_id, 2, 0))  # midstate 2
+    port.inject(asic.nonce_reply("BM1397", nonce, job_id, 0, 0))  # midstate 0: wrong version
+    drv.poll(clock.monotonic())
+    snap = drv.stats(clock.monotonic())
+    assert snap.valid == 1 and snap.hw_errors == 1
