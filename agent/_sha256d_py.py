@@ -32,18 +32,9 @@ def _integer(value: Any, name: str) -> int:
     return operator.index(value)
 
 
-def sha256d(data: bytes) -> bytes:
-    """SHA-256 of SHA-256 of `data` (bytes-like), as the 32 digest bytes hashlib returns."""
-    raw = _bytes_like(data, "data")
-    return hashlib.sha256(hashlib.sha256(raw).digest()).digest()
-
-
-def scan(header: bytes, start: int, count: int, target: int) -> list[int]:
-    """Nonces in [start, start + count) whose sha256d, read little-endian, is <= target.
-
-    The nonce goes little-endian into header bytes 76..79 (whatever they held is ignored).
-    `start` may be 2**32 only with `count` 0 (an empty range at the end of the nonce space).
-    """
+def scan_arguments(header: Any, start: Any, count: Any, target: Any) -> tuple[bytes, int, int, int]:
+    """`scan`'s arguments checked and normalised; TypeError/ValueError with the reason.
+    The compiled module checks with this same function."""
     raw = _bytes_like(header, "header")
     if len(raw) != 80:
         raise ValueError(f"header must be 80 bytes, got {len(raw)}")
@@ -58,6 +49,22 @@ def scan(header: bytes, start: int, count: int, target: int) -> list[int]:
         raise ValueError(f"start + count must be <= 2**32, got {start} + {count}")
     if target < 0 or target >> 256:
         raise ValueError(f"target must be in [0, 2**256), got {target:#x}")
+    return raw, start, count, target
+
+
+def sha256d(data: bytes) -> bytes:
+    """SHA-256 of SHA-256 of `data` (bytes-like), as the 32 digest bytes hashlib returns."""
+    raw = _bytes_like(data, "data")
+    return hashlib.sha256(hashlib.sha256(raw).digest()).digest()
+
+
+def scan(header: bytes, start: int, count: int, target: int) -> list[int]:
+    """Nonces in [start, start + count) whose sha256d, read little-endian, is <= target.
+
+    The nonce goes little-endian into header bytes 76..79 (whatever they held is ignored).
+    `start` may be 2**32 only with `count` 0 (an empty range at the end of the nonce space).
+    """
+    raw, start, count, target = scan_arguments(header, start, count, target)
 
     first = hashlib.sha256(raw[:64])
     tail = raw[64:76]

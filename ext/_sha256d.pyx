@@ -10,11 +10,11 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from cpython.exc cimport PyErr_CheckSignals
 
-import hashlib
-import operator
 import os
 import time
 import warnings
+
+from agent import _sha256d_py as _pure
 
 
 cdef extern from "sha256d_kernels.h":
@@ -89,28 +89,8 @@ def _pick_kernel():
     return best_name
 
 
-def _bytes_like(value, str name):
-    if isinstance(value, str):
-        raise TypeError(f"{name} must be bytes-like (bytes, bytearray, memoryview), not str")
-    try:
-        view = memoryview(value)
-    except TypeError:
-        raise TypeError(
-            f"{name} must be bytes-like (bytes, bytearray, memoryview), not {type(value).__name__}"
-        ) from None
-    return view.tobytes()
-
-
-def _integer(value, str name):
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return operator.index(value)
-
-
-def sha256d(data):
-    """SHA-256 of SHA-256 of `data` (bytes-like), as the 32 digest bytes hashlib returns."""
-    raw = _bytes_like(data, "data")
-    return hashlib.sha256(hashlib.sha256(raw).digest()).digest()
+# hashlib already runs one SHA-256 at C speed; argument checks are shared with the reference
+sha256d = _pure.sha256d
 
 
 def scan(header, start, count, target, kernel=None):
@@ -127,20 +107,7 @@ def scan(header, start, count, target, kernel=None):
     cdef uint64_t pos, end, step, found, j
     cdef int i
 
-    raw = _bytes_like(header, "header")
-    if len(raw) != 80:
-        raise ValueError(f"header must be 80 bytes, got {len(raw)}")
-    start = _integer(start, "start")
-    count = _integer(count, "count")
-    target = _integer(target, "target")
-    if start < 0 or start > NONCE_SPACE:
-        raise ValueError(f"start must be in [0, 2**32], got {start}")
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if start + count > NONCE_SPACE:
-        raise ValueError(f"start + count must be <= 2**32, got {start} + {count}")
-    if target < 0 or target >> 256:
-        raise ValueError(f"target must be in [0, 2**256), got {target:#x}")
+    raw, start, count, target = _pure.scan_arguments(header, start, count, target)
     if kernel is None:
         kernel = IMPLEMENTATION
     try:
