@@ -10,6 +10,7 @@ Section numbers refer to the BM13xx protocol notes (spec/bm13xx-protocol.md).
 
 
 from firmware_bridge.chips import profile
+from firmware_bridge.framing import OUTER_IF_FOLLOWED, OUTER_IF_ONLY_FOLLOWED, FrameHunter
 
 PREAMBLE_CMD = b"\x55\xaa"  # host -> chip
 PREAMBLE_REPLY = b"\xaa\x55"  # chip -> host
@@ -375,11 +376,21 @@ def _reverse_words(b32):
     return out
 
 
-def job(payload):
-    """A job frame: 55 AA 21 | len | payload | CRC16 BE (len = payload + 4)."""
-    body = bytes((HDR_JOB, (len(payload) + 4) & 0xFF)) + bytes(payload)
+def job(payload, length_byte=None):
+    """A job frame: 55 AA 21 | len | payload | CRC16 BE (len = payload + 4 unless
+    `length_byte` is given)."""
+    if length_byte is None:
+        length_byte = (len(payload) + 4) & 0xFF
+    else:
+        _check_int("length_byte", length_byte, 0, 255)
+    body = bytes((HDR_JOB, length_byte)) + bytes(payload)
     c = crc16(body)
     return PREAMBLE_CMD + body + bytes(((c >> 8) & 0xFF, c & 0xFF))
+
+
+def _job_head(job_id, num_midstates, start_nonce, nbits, ntime):
+    # the fields both job layouts start with (§5), checked by the caller
+    return bytes((job_id, num_midstates)) + _u32le(start_nonce) + _u32le(nbits) + _u32le(ntime)
 
 
 def header_job_frame(
@@ -394,21 +405,12 @@ def header_job_frame(
     _check_int("start_nonce", start_nonce, 0, 0xFFFFFFFF)
     _check_int("num_midstates", num_midstates, 0, 255)
     payload = (
-        bytes((job_id, num_midstates))
-        + _u32le(start_nonce)
-        + _u32le(nbits)
-        + _u32le(ntime)
+        _job_head(job_id, num_midstates, start_nonce, nbits, ntime)
         + _check_bytes("merkle_words", merkle_words, 32)
         + _check_bytes("prev_words", prev_words, 32)
         + _u32le(version)
     )
-    frame = job(payload)
-    if length_byte is not None:
-        _check_int("length_byte", length_byte, 0, 255)
-        body = bytes((HDR_JOB, length_byte)) + payload
-        c = crc16(body)
-        frame = PREAMBLE_CMD + body + bytes(((c >> 8) & 0xFF, c & 0xFF))
-    return frame
+    return job(payload, length_byte)
 
 
 def midstate_job_frame(job_id, nbits, ntime, merkle_tail, midstates, num_midstates=None, slots=4,
@@ -427,13 +429,7 @@ def midstate_job_frame(job_id, nbits, ntime, merkle_tail, midstates, num_midstat
     if num_midstates is None:
         num_midstates = len(midstates)
     _check_int("num_midstates", num_midstates, 0, 4)
-    payload = (
-        bytes((job_id, num_midstates))
-        + _u32le(start_nonce)
-        + _u32le(nbits)
-        + _u32le(ntime)
-        + _u32le(merkle_tail)
-    )
+    payload = _job_head(job_id, num_midstates, start_nonce, nbits, ntime) + _u32le(merkle_tail)
     for i in range(slots):
         payload += _check_bytes("midstate", midstates[i], 32) if i < len(midstates) else bytes(32)
     return job(payload)
@@ -617,7 +613,7 @@ def _job_bits(family):
     return (0xF0, 1, 0x0F)
 
 
-class ResponseParser:
+class ResponseParser(FrameHunter):
     """Chip -> host byte stream to replies. `feed(data) -> list` of NonceReply/RegisterReply.
 
     Hunts for AA 55, checks the CRC5 residue (and flag bits 6..5 == 0); on a bad candidate it
@@ -629,6 +625,8 @@ class ResponseParser:
     quiet (e.g. on a read timeout) to release it.
     Counters: `frames`, `crc_errors`, `discarded_bytes`. Never raises on any input."""
 
+    _overlap = OUTER_IF_ONLY_FOLLOWED
+
     def __init__(self, family, reply_len=None):
         p = profile(family)
         self.family = p.family
@@ -637,129 +635,40 @@ class ResponseParser:
             raise ValueError("reply_len must be 9 or 11, got %r" % (reply_len,))
         self._jmask, self._jshift, self._smask = _job_bits(p.family)
         self._is1397 = p.family == "BM1397"
-        self._buf = b""
-        self.frames = 0
-        self.crc_errors = 0
-        self.discarded_bytes = 0
+        super().__init__(PREAMBLE_REPLY, self.reply_len)
 
-    def reset(self):
-        """Drop buffered bytes (after a baud change or a chain reset); counters stay."""
-        self.discarded_bytes += len(self._buf)
-        self._buf = b""
+    def _size(self, buf, i):
+        return self.reply_len
 
-    def pending(self):
-        """Bytes held back waiting for the rest of a frame."""
-        return len(self._buf)
-
-    def feed(self, data):
-        try:
-            return self._feed(data)
-        except Exception:  # defensive: bad input must never raise out of the parser
-            self.discarded_bytes += len(self._buf)
-            self._buf = b""
-            return []
-
-    def _ok(self, buf, i, end):
+    def _check(self, buf, i, size):
+        end = i + size
         r = 0xF8
         t = _CRC5
         for b in buf[i + 2 : end]:
             r = t[r ^ b]
         return r == 0 and not buf[end - 1] & 0x60
 
-    def flush(self):
-        """Replies held back for more bytes (see the class notes), e.g. at the end of a stream."""
-        try:
-            return self._feed(b"", True)
-        except Exception:
-            self._buf = b""
-            return []
-
-    def _feed(self, data, final=False):
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        buf = self._buf + data if self._buf else data
-        n = len(buf)
-        size = self.reply_len
-        t = _CRC5
-        out: list = []
-        pos = 0
-        discarded = 0
-        while True:
-            i = buf.find(b"\xaa\x55", pos)
-            if i < 0:
-                keep = n - 1 if n > pos and buf[n - 1] == 0xAA else n
-                discarded += keep - pos
-                pos = keep
-                break
-            discarded += i - pos
-            if n - i < size:
-                pos = i
-                break
-            end = i + size
-            r = 0xF8
-            for b in buf[i + 2 : end]:
-                r = t[r ^ b]
-            last = buf[end - 1]
-            if r or last & 0x60:
-                self.crc_errors += 1
-                discarded += 1
-                pos = i + 1
-                continue
-            # A chance CRC match (1 in 128) at a false preamble (garbage, a truncated frame) can
-            # swallow the start of a real frame. If a valid frame starts inside this one, take
-            # that one instead, unless only this one is followed by a preamble; wait for bytes
-            # when an inner candidate is still incomplete.
-            j = buf.find(b"\xaa\x55", i + 2, end)
-            if j >= 0:
-                alt = -1
-                wait = False
-                while j >= 0:
-                    if j + size > n:
-                        wait = not final
-                        break
-                    if self._ok(buf, j, j + size):
-                        alt = j
-                        break
-                    j = buf.find(b"\xaa\x55", j + 1, end)
-                if wait or alt >= 0:
-                    if end + 2 <= n and buf[end] == 0xAA and buf[end + 1] == 0x55 and not (
-                        alt >= 0 and alt + size + 2 <= n and buf[alt + size] == 0xAA
-                        and buf[alt + size + 1] == 0x55
-                    ):
-                        alt = -1
-                    elif alt >= 0:
-                        discarded += alt - i
-                        pos = alt
-                        continue
-                    else:
-                        pos = i
-                        break
-            if last & 0x80:
-                b7 = buf[i + 7]
-                nonce_h = (buf[i + 2] << 24) | (buf[i + 3] << 16) | (buf[i + 4] << 8) | buf[i + 5]
-                nonce = buf[i + 2] | (buf[i + 3] << 8) | (buf[i + 4] << 16) | (buf[i + 5] << 24)
-                small = b7 & self._smask
-                if self._is1397:
-                    out.append(NonceReply(
-                        nonce, b7 & self._jmask, small, 0, (nonce_h >> 14) & 0xFF, nonce_h >> 24,
-                        buf[i + 6], small, buf[i:end],
-                    ))
-                else:
-                    out.append(NonceReply(
-                        nonce, (b7 & self._jmask) >> self._jshift, small,
-                        ((buf[i + 8] << 8) | buf[i + 9]) << 13 if size == 11 else 0,
-                        (nonce_h >> 17) & 0xFF, nonce_h >> 25, buf[i + 6], 0, buf[i:end],
-                    ))
-            else:
-                out.append(RegisterReply(
-                    (buf[i + 2] << 24) | (buf[i + 3] << 16) | (buf[i + 4] << 8) | buf[i + 5],
-                    buf[i + 6], buf[i + 7], buf[i:end],
-                ))
-            pos = end
-        self.frames += len(out)
-        self.discarded_bytes += discarded
-        self._buf = buf[pos:] if pos < n else b""
-        return out
+    def _decode(self, buf, i, size):
+        end = i + size
+        if not buf[end - 1] & 0x80:
+            return RegisterReply(
+                (buf[i + 2] << 24) | (buf[i + 3] << 16) | (buf[i + 4] << 8) | buf[i + 5],
+                buf[i + 6], buf[i + 7], buf[i:end],
+            )
+        b7 = buf[i + 7]
+        nonce_h = (buf[i + 2] << 24) | (buf[i + 3] << 16) | (buf[i + 4] << 8) | buf[i + 5]
+        nonce = buf[i + 2] | (buf[i + 3] << 8) | (buf[i + 4] << 16) | (buf[i + 5] << 24)
+        small = b7 & self._smask
+        if self._is1397:
+            return NonceReply(
+                nonce, b7 & self._jmask, small, 0, (nonce_h >> 14) & 0xFF, nonce_h >> 24,
+                buf[i + 6], small, buf[i:end],
+            )
+        return NonceReply(
+            nonce, (b7 & self._jmask) >> self._jshift, small,
+            ((buf[i + 8] << 8) | buf[i + 9]) << 13 if size == 11 else 0,
+            (nonce_h >> 17) & 0xFF, nonce_h >> 25, buf[i + 6], 0, buf[i:end],
+        )
 
 
 def _reply(body, flag, reply_len):
@@ -844,63 +753,33 @@ class Command:
 _CMD_KINDS = ("set_address", "write", "read", "chain_inactive")
 
 
-class CommandParser:
+class CommandParser(FrameHunter):
     """Host -> chip byte stream to Commands (what an emulated chain receives).
 
     Command size from the length byte (7 or 11); job size from the family (88 bytes for
     BM1366/68/70 whatever the length byte says; length + 2 for BM1397). A bad CRC or malformed
     header drops one byte and hunts again; an incomplete frame start is dropped as soon as a
     complete valid frame starts inside it (`resync()` drops it when the line goes quiet).
+    A chance CRC match (1 in 32) at a false preamble must not swallow a real frame that starts
+    inside it: unless a preamble follows, a valid inner frame wins, and an incomplete inner
+    candidate is waited for (`resync()` gives up waiting).
     Counters: `frames`, `crc_errors`, `discarded_bytes`. Never raises on any input."""
+
+    _overlap = OUTER_IF_FOLLOWED
 
     def __init__(self, family):
         p = profile(family)
         self.family = p.family
         self._midstate = p.midstate_jobs
         self._job_len = p.job_frame_len
-        self._buf = b""
-        self.frames = 0
-        self.crc_errors = 0
-        self.discarded_bytes = 0
+        super().__init__(PREAMBLE_CMD, 4)
 
-    def reset(self):
-        """Drop buffered bytes; counters stay."""
-        self.discarded_bytes += len(self._buf)
-        self._buf = b""
-
-    def pending(self):
-        """Bytes held back waiting for the rest of a frame."""
-        return len(self._buf)
-
-    def resync(self):
-        """The line went quiet with bytes pending: a complete valid frame that was held back is
-        taken; otherwise the stalled frame start loses its first byte and what followed is
-        parsed. Returns the commands found."""
-        if not self._buf:
-            return []
-        try:
-            out = self._feed(b"", True)
-        except Exception:
-            out = []
-        if out or not self._buf:
-            return out
-        buf = self._buf
-        self._buf = b""
-        self.discarded_bytes += 1
-        return self.feed(buf[1:])
-
-    def feed(self, data):
-        try:
-            return self._feed(data)
-        except Exception:  # defensive: bad input must never raise out of the parser
-            self.discarded_bytes += len(self._buf)
-            self._buf = b""
-            return []
-
-    def _size(self, hdr, length):
-        # frame size for a header/length pair, or 0 if this cannot be a frame start
+    def _size(self, buf, i):
+        # frame size for the header/length pair at i + 2, or 0 if this cannot be a frame start
+        hdr = buf[i + 2]
         if hdr & 0x80 or hdr & 0x0C:
             return 0
+        length = buf[i + 3]
         typ = hdr >> 5
         if typ == 2:
             cmd = hdr & 0x03
@@ -915,97 +794,15 @@ class CommandParser:
             return self._job_len
         return 0
 
-    def _valid(self, buf, i, hdr, size):
+    def _check(self, buf, i, size):
         frame = buf[i : i + size]
-        if hdr & 0x40:  # CRC5 in the low 5 bits; the top 3 bits of a command's CRC byte are 0
+        if frame[2] & 0x40:  # CRC5 in the low 5 bits (the top 3 bits of the byte are 0)
             return crc5(frame[2:-1]) == frame[-1]
         return crc16(frame[2:-2]) == (frame[-2] << 8) | frame[-1]
 
-    def _inner(self, buf, i, n):
-        # start of the first complete valid frame after position i, or -1
-        j = buf.find(b"\x55\xaa", i + 1)
-        while j >= 0 and j + 4 <= n:
-            size = self._size(buf[j + 2], buf[j + 3])
-            if size and j + size <= n and self._valid(buf, j, buf[j + 2], size):
-                return j
-            j = buf.find(b"\x55\xaa", j + 1)
-        return -1
-
-    def _feed(self, data, final=False):
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        buf = self._buf + data if self._buf else data
-        n = len(buf)
-        out: list = []
-        pos = 0
-        discarded = 0
-        while True:
-            i = buf.find(b"\x55\xaa", pos)
-            if i < 0:
-                keep = n - 1 if n > pos and buf[n - 1] == 0x55 else n
-                discarded += keep - pos
-                pos = keep
-                break
-            discarded += i - pos
-            if n - i < 4:
-                pos = i
-                break
-            hdr = buf[i + 2]
-            size = self._size(hdr, buf[i + 3])
-            if size == 0:
-                discarded += 1
-                pos = i + 1
-                continue
-            if n - i < size:
-                # a false or truncated frame start must not hold back complete frames after it
-                j = self._inner(buf, i, n)
-                if j < 0:
-                    pos = i
-                    break
-                discarded += j - i
-                pos = j
-                continue
-            if not self._valid(buf, i, hdr, size):
-                self.crc_errors += 1
-                discarded += 1
-                pos = i + 1
-                continue
-            # A chance CRC match (1 in 32) at a false preamble must not swallow a real frame
-            # that starts inside it: unless a preamble follows, a valid inner frame wins, and an
-            # incomplete inner candidate is waited for (resync() gives up waiting).
-            end = i + size
-            if not (end + 2 <= n and buf[end] == 0x55 and buf[end + 1] == 0xAA):
-                alt = -1
-                wait = False
-                j = buf.find(b"\x55\xaa", i + 1, end + 1)
-                while j >= 0:
-                    if j + 4 > n:
-                        wait = not final
-                        break
-                    jsize = self._size(buf[j + 2], buf[j + 3])
-                    if jsize:
-                        if j + jsize > n:
-                            wait = not final
-                            break
-                        if self._valid(buf, j, buf[j + 2], jsize):
-                            alt = j
-                            break
-                    j = buf.find(b"\x55\xaa", j + 1, end + 1)
-                if alt >= 0:
-                    discarded += alt - i
-                    pos = alt
-                    continue
-                if wait:
-                    pos = i
-                    break
-            out.append(self._decode(hdr, buf[i : i + size]))
-            pos = i + size
-        self.frames += len(out)
-        self.discarded_bytes += discarded
-        self._buf = buf[pos:] if pos < n else b""
-        return out
-
-    def _decode(self, hdr, f):
+    def _decode(self, buf, i, size):
+        f = buf[i : i + size]
+        hdr = f[2]
         if hdr & 0x40:
             c = Command(_CMD_KINDS[hdr & 0x03], f)
             c.broadcast = bool(hdr & HDR_ALL)

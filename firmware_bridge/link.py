@@ -12,6 +12,7 @@ Runs unchanged on CPython and MicroPython.
 import struct
 
 from firmware_bridge.asic import crc16
+from firmware_bridge.framing import FrameHunter
 
 SOF = b"\xa5\x5a"
 PROTOCOL_VERSION = 1
@@ -105,87 +106,25 @@ class Message:
         return "Message(seq=%d, typ=0x%02X, payload=%s)" % (self.seq, self.typ, self.payload.hex())
 
 
-class Decoder:
+class Decoder(FrameHunter):
     """Byte stream to Messages. Hunts for A5 5A, checks LEN <= MAX_PAYLOAD and the CRC16; on a bad
     candidate it advances one byte and hunts again; an incomplete candidate is dropped as soon as
     a complete valid frame starts inside it. Counters `frames`, `crc_errors`, `discarded_bytes`.
     Never raises on any input."""
 
     def __init__(self):
-        self._buf = b""
-        self.frames = 0
-        self.crc_errors = 0
-        self.discarded_bytes = 0
+        super().__init__(SOF, 3)
 
-    def reset(self):
-        self.discarded_bytes += len(self._buf)
-        self._buf = b""
+    def _size(self, buf, i):
+        length = buf[i + 2]
+        return OVERHEAD + length if length <= MAX_PAYLOAD else 0
 
-    def feed(self, data):
-        try:
-            return self._feed(data)
-        except Exception:  # defensive: outside bytes never raise out of the decoder
-            self.discarded_bytes += len(self._buf)
-            self._buf = b""
-            return []
+    def _check(self, buf, i, size):
+        end = i + size
+        return crc16(buf[i + 2 : end - 2]) == (buf[end - 2] << 8) | buf[end - 1]
 
-    def _inner(self, buf, i, n):
-        # start of the first complete valid frame after position i, or -1
-        j = buf.find(SOF, i + 1)
-        while j >= 0 and j + 3 <= n:
-            length = buf[j + 2]
-            end = j + OVERHEAD + length
-            if (length <= MAX_PAYLOAD and end <= n
-                    and crc16(buf[j + 2 : end - 2]) == (buf[end - 2] << 8) | buf[end - 1]):
-                return j
-            j = buf.find(SOF, j + 1)
-        return -1
-
-    def _feed(self, data):
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        buf = self._buf + data if self._buf else data
-        n = len(buf)
-        out = []
-        pos = 0
-        discarded = 0
-        while True:
-            i = buf.find(SOF, pos)
-            if i < 0:
-                keep = n - 1 if n > pos and buf[n - 1] == 0xA5 else n
-                discarded += keep - pos
-                pos = keep
-                break
-            discarded += i - pos
-            if n - i < 3:
-                pos = i
-                break
-            length = buf[i + 2]
-            if length > MAX_PAYLOAD:
-                discarded += 1
-                pos = i + 1
-                continue
-            end = i + OVERHEAD + length
-            if end > n:
-                # a truncated frame (or a false SOF) must not hide complete frames behind it
-                j = self._inner(buf, i, n)
-                if j < 0:
-                    pos = i
-                    break
-                discarded += j - i
-                pos = j
-                continue
-            if crc16(buf[i + 2 : end - 2]) != (buf[end - 2] << 8) | buf[end - 1]:
-                self.crc_errors += 1
-                discarded += 1
-                pos = i + 1
-                continue
-            out.append(Message(buf[i + 3], buf[i + 4], buf[i + 5 : end - 2]))
-            pos = end
-        self.frames += len(out)
-        self.discarded_bytes += discarded
-        self._buf = buf[pos:] if pos < n else b""
-        return out
+    def _decode(self, buf, i, size):
+        return Message(buf[i + 3], buf[i + 4], buf[i + 5 : i + size - 2])
 
 
 # ---- payloads ---------------------------------------------------------------------------------
