@@ -51,6 +51,7 @@ DEFAULTS: dict = {
     "sensor_fail_limit": 1,  # consecutive failed scans before a sensor trip
     "idle_freq_mhz": 50,
     "poll_ms": 5,
+    "chain_powered_at_boot": False,  # the board powers the chain at boot: protect it at once
 }
 
 _THERMAL = (link.R_CHIP_TEMP, link.R_VR_TEMP, link.R_BOARD_TEMP)
@@ -73,6 +74,9 @@ def make_config(config=None):
         value = config[key]
         if key == "family":
             profile(value)
+        elif isinstance(DEFAULTS[key], bool):
+            if not isinstance(value, bool):
+                raise ValueError("bridge config %s must be true or false, got %r" % (key, value))
         elif not isinstance(value, int) or isinstance(value, bool):
             raise ValueError("bridge config %s must be an int, got %r" % (key, value))
         cfg[key] = value
@@ -108,7 +112,7 @@ class Bridge:
         self.decoder = link.Decoder()
         self.state = link.S_IDLE
         self.trip_reason = link.R_NONE
-        self.chain_powered = False  # as last commanded by the bridge
+        self.chain_powered = self.cfg["chain_powered_at_boot"]  # as last commanded
         self.fan_pct = None
         self.vcore_set_mv = None
         now = ticks_ms()

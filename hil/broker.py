@@ -32,12 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.errors import GridminerError
-
-
-class BrokerError(GridminerError):
-    """The test broker cannot be found, started or asked for something it was not set up with."""
-
+from hil.errors import BrokerError
 
 BINARY_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto")
 OPERATOR_USER = "operator"

@@ -227,15 +227,10 @@ class AsicChain:
 
     def _resync_idle(self, now_s: float) -> None:
         # A frame start whose remaining bytes never came (noise that looked like 55 AA 21 ...):
-        # after IDLE_RESYNC_S of silence drop its first byte and parse what followed.
-        # CommandParser has no public hook for this yet (asked for: CommandParser.resync()).
-        buf = getattr(self.parser, "_buf", b"")
-        if buf and now_s - self._last_input_s >= IDLE_RESYNC_S:
+        # after IDLE_RESYNC_S of silence the parser takes a held frame or drops that first byte.
+        if self.parser.pending() and now_s - self._last_input_s >= IDLE_RESYNC_S:
             self.stats["resyncs"] += 1
-            self.parser.reset()
-            self.parser.discarded_bytes -= len(buf) - 1
-            self.parser.discarded_bytes += 1
-            for cmd in self.parser.feed(buf[1:]):
+            for cmd in self.parser.resync():
                 self._command(cmd, now_s)
 
     def _reached(self) -> list[EmulatedChip]:

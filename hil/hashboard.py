@@ -355,18 +355,19 @@ class HashBoardEmulator:
             self.bridge = Bridge(self.board_uart, self.hal, config, self.ticks_ms)
         except ValueError as exc:
             raise EmulatorError(f"bridge config: {exc}") from None
-        # Like a Bitaxe after boot, the chain starts powered; the bridge knows it, so its sensor
-        # and watchdog protection apply from the start.
-        self.bridge.chain_powered = self.plant.chain_powered
 
     def default_bridge_config(self) -> dict[str, Any]:
-        """The bridge firmware's config for this board: the family, and sensor plausibility
-        limits scaled to the board (the firmware's defaults fit a 1-6 chip board)."""
+        """The bridge firmware's config for this board: the family, whether the chain is powered
+        at boot, and sensor plausibility limits scaled to the board (the firmware's defaults fit
+        a 1-6 chip board)."""
         ph, board = self.plant.physics, self.plant.board
         full_w = board.chips * ph.power0_w * 1.6 / board.regulator_efficiency + (
             board.board_overhead_w + board.fan_power_max_w)
+        # Like a Bitaxe after boot, the chain starts powered; the bridge knows it, so its sensor
+        # and watchdog protection apply from the start
         return {
             "family": self.family,
+            "chain_powered_at_boot": bool(self.plant.chain_powered),
             "power_max_mw": max(500_000, int(2 * full_w * 1000)),
             "iin_max_ma": max(40_000, int(2 * full_w / board.vin_nominal_v * 1000)),
         }

@@ -198,3 +198,13 @@ def test_bm1397_idles_with_its_own_pll_encoding():
     rig.power_on()
     rig.advance(1000)
     assert idled(rig.hal, "BM1397")
+
+
+def test_a_chain_powered_at_boot_is_protected_before_any_request():
+    rig = Rig({"chain_powered_at_boot": True})
+    rig.hal.chain_on = True  # the board's power-on state
+    rig.hal.fail.append("vin_mv")  # a sensor trips a powered chain only
+    rig.advance(300)
+    assert idled(rig.hal) and rig.bridge.trip_reason == link.R_SENSOR
+    with pytest.raises(ValueError, match="true or false"):
+        Bridge(MemoryUart(), SimHal(), {"chain_powered_at_boot": 1}, lambda: 0)
