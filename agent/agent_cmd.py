@@ -1,12 +1,15 @@
 """`gridminer agent`: run the edge agent on a hash board.
 
     gridminer agent --config agent.toml
-    gridminer agent --chain /dev/ttyUSB0 --board /dev/ttyACM0 --target-w 20 [--nonce-difficulty D]
+    gridminer agent --chain /dev/ttyUSB0 --board /dev/ttyACM0 [--family F --chips N]
+                    [--target-w 20] [--nonce-difficulty D]
                     [--broker mqtts://HOST:8883 --site S --device D --operator-key PUB.pem
                      --kid KID --state-dir DIR [--insecure-no-tls]]
 
-Flags override the file. A bad config or flag is one line on stderr and exit status 2; a chain
-that is not what the config says is exit status 1; SIGINT/SIGTERM idle the chain and exit 0.
+Flags override the file. When neither the file nor the flags give the chip family or count, the
+agent resets the chain through the board link, probes it and runs with what answered. A bad
+config or flag is one line on stderr and exit status 2; a chain that is not what the config says
+(or that does not answer the probe) is exit status 1; SIGINT/SIGTERM idle the chain and exit 0.
 """
 
 from __future__ import annotations
@@ -62,12 +65,45 @@ def build_grid(config: Any, runtime: Any, clock: Any) -> tuple[Any, Any]:
     grid = config.grid
     settings = LinkSettings.from_config(grid)
     link = GridLink(settings, clock)
-    keys = load_operator_keys(grid.operator_keys)
+    keys = load_operator_keys(grid.operator_keys, grid.insecure_dev)
     session = GridSession(link, GovernorSink(runtime.governor), keys, grid.state_dir,
                           snapshot=runtime.snapshot, policy=GridPolicy.from_config(grid),
                           clock=clock)
     link.on_inbound = runtime.notify_grid
     return session, link
+
+
+PROBE_ATTEMPTS = 3
+
+
+def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any) -> Any:
+    """`config` with the [chain] family and chip count it leaves out taken from the chain
+    (probed after a reset through the board link); unchanged when both are given.
+    ChainError when no chip answers, ConfigError when what answered is out of range."""
+    from agent.config import with_chain
+    from agent.driver import probe_chain
+
+    unpinned = config.chain_unpinned
+    if not unpinned:
+        return config
+    family = None if "family" in unpinned else config.chain.family
+    for attempt in range(1, PROBE_ATTEMPTS + 1):
+        try:
+            found = probe_chain(chain_port, clock, family, board)
+            break
+        except ChainError as exc:
+            if attempt == PROBE_ATTEMPTS:
+                raise ChainError(f"probing the chain on {config.chain.port}: {exc}") from None
+            log.warning("probing the chain on %s: %s; trying again", config.chain.port, exc)
+    config = with_chain(
+        config,
+        found.family if "family" in unpinned else config.chain.family,
+        found.count if "chips" in unpinned else config.chain.chips,
+    )
+    log.info("chain detected on %s: %d x %s (chip id 0x%04X); running with %d x %s",
+             config.chain.port, found.count, found.family, found.chip_id, config.chain.chips,
+             config.chain.family)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,6 +146,11 @@ def _run(config: Any) -> int:
         board_port = open_serial(config.board.port, "board", 115200, 0.02)
         closers.append(board_port.close)
         board = BoardClient(board_port)
+        config = detect_chain(config, chain_port, board, clock)
+        if config.grid.insecure_dev:
+            log.warning("INSECURE DEVELOPMENT MODE (grid.insecure_dev): operator keys are "
+                        "optional and secret files others can read are accepted; never use "
+                        "this on a production site")
         settings = ChainSettings.from_config(config.chain, config.envelope)
         driver = ChainDriver(chain_port, settings, clock, LocalWorkSource(clock), board=board,
                              wake=wake)

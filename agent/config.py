@@ -48,12 +48,12 @@ class ChainConfig:
     """[chain]: the ASIC chain's serial port and how to drive it."""
 
     port: str = _key()  # pyserial port or URL (/dev/ttyUSB0, rfc2217://host:port, asicemu://...)
-    family: str = _key("BM1370", choices=FAMILIES)
-    chips: int = _key(1, lo=1, hi=256)
+    family: str = _key("BM1370", choices=FAMILIES)  # absent: the agent probes the chain
+    chips: int = _key(1, lo=1, hi=256)  # absent: the agent probes the chain
     baud: int = _key(115200, lo=9600, hi=10_000_000)
     freq_step_mhz: float = _key(6.25, lo=0.5, hi=200.0)
     freq_step_interval_s: float = _key(0.004, lo=0.0, hi=10.0)
-    nonce_difficulty: float | None = _key(None, lo=1e-6, hi=2.0**64)
+    nonce_difficulty: float | None = _key(None, lo=1e-12, hi=2.0**64)
     ticket_difficulty: int = _key(256, lo=1, hi=2**32)
 
 
@@ -72,11 +72,11 @@ class EnvelopeConfig:
     max_chip_temp_hard_c: float = _key(75.0, lo=35.0, hi=125.0)
     trip_clear_temp_c: float | None = _key(None, lo=10.0, hi=115.0)  # default: soft - 10
     max_vr_temp_c: float = _key(105.0, lo=50.0, hi=150.0)
-    max_power_w: float | None = _key(None, lo=1.0, hi=4000.0)  # default: model at max f/V, warm
+    max_power_w: float | None = _key(None, lo=1.0, hi=4000.0)  # default: rating, reachable
     overpower_margin_pct: float = _key(10.0, lo=0.0, hi=100.0)
     overpower_s: float = _key(2.0, lo=0.1, hi=60.0)
     min_freq_mhz: float = _key(100.0, lo=50.0, hi=800.0)
-    max_freq_mhz: float | None = _key(None, lo=50.0, hi=800.0)  # default: family default
+    max_freq_mhz: float | None = _key(None, lo=50.0, hi=800.0)  # default: 1.2 x family default
     min_vcore_mv: int | None = _key(None, lo=1000, hi=1800)  # default: family preset floor
     max_vcore_mv: int | None = _key(None, lo=1000, hi=1800)  # default: family default
     ramp_max_w_s: float | None = _key(None, lo=0.1, hi=100_000.0)  # default: 2 * max_power_w
@@ -139,6 +139,7 @@ class GridConfig:
     clock_skew_s: float = _key(30.0, lo=0.0, hi=3600.0)
     restart_spread_s: float = _key(30.0, lo=0.0, hi=3600.0)
     insecure_no_tls: bool = _key(False)
+    insecure_dev: bool = _key(False)  # lab only: no operator key needed, loose secret files
     telemetry_buffer: int = _key(3600, lo=0, hi=10_000_000)
 
 
@@ -161,6 +162,11 @@ class AgentConfig:
     grid: GridConfig
     log: LogConfig
     source: str = "<args>"  # file the config came from
+    #: [chain] keys the config leaves out ("family", "chips"): the agent probes the chain and
+    #: fills them in with `with_chain`
+    chain_unpinned: tuple[str, ...] = ()
+    #: the config as parsed, before derived defaults (what `with_chain` derives again from)
+    as_given: Any = field(default=None, compare=False, repr=False)
 
 
 _SECTIONS: dict[str, type] = {
@@ -268,14 +274,20 @@ def _range_error(key: str, value: float, lo: float, hi: float, why: str) -> Conf
 
 def _derive(cfg: AgentConfig) -> AgentConfig:
     """Fill family-dependent defaults and check the keys that constrain each other."""
-    from agent.power_model import MIN_VCORE_MV, ModelParams, PowerModel, VfCurve
+    from agent.power_model import (
+        MIN_VCORE_MV,
+        ModelParams,
+        PowerModel,
+        VfCurve,
+        default_max_freq_mhz,
+    )
 
     prof = profile(cfg.chain.family)
     env, gov = cfg.envelope, cfg.governor
     env = dataclasses.replace(
         env,
         max_freq_mhz=env.max_freq_mhz if env.max_freq_mhz is not None
-        else float(max(prof.default_freq_mhz, env.min_freq_mhz + 1)),
+        else float(max(default_max_freq_mhz(prof.family), env.min_freq_mhz + 1)),
         min_vcore_mv=env.min_vcore_mv if env.min_vcore_mv is not None
         else MIN_VCORE_MV[prof.family],
         max_vcore_mv=env.max_vcore_mv if env.max_vcore_mv is not None
@@ -322,8 +334,9 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
         model = PowerModel(ModelParams.for_family(
             prof.family, cfg.chain.chips, chip_power_w=gov.chip_power_w,
             regulator_efficiency=gov.regulator_efficiency, overhead_w=gov.board_overhead_w))
-        # what the board draws at full speed when warm, rounded down so 100 % is reachable
-        top = model.curve_power_w(env.max_freq_mhz, curve, env.max_chip_temp_soft_c)
+        # the rating at the family default, and reachable (at the fan's target temperature)
+        # by a board drawing 15 % less than the model; rounded down
+        top = model.rated_max_w(curve, env.max_freq_mhz, gov.fan_target_temp_c)
         env = dataclasses.replace(env, max_power_w=float(min(4000, max(1, math.floor(top)))))
     assert env.max_power_w is not None
     max_power_w: float = env.max_power_w
@@ -359,7 +372,7 @@ def _check_grid(grid: GridConfig) -> None:
     for name in ("site", "device"):
         if getattr(grid, name) is None:
             raise ConfigError(f"grid.{name}: required when grid.broker_url is set")
-    if not grid.operator_keys:
+    if not grid.operator_keys and not grid.insecure_dev:
         raise ConfigError("grid.operator_keys: at least one {kid, path} is required")
     kids = [k.kid for k in grid.operator_keys]
     if len(set(kids)) != len(kids):
@@ -376,7 +389,22 @@ def config_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None,
             raise ConfigError(f"{name}: unknown section (allowed: {', '.join(_SECTIONS)})")
     sections = {name: _build(cls, name, raw.get(name, {}), base_dir)
                 for name, cls in _SECTIONS.items()}
-    return _derive(AgentConfig(source=source, **sections))
+    chain_raw = raw.get("chain", {})
+    unpinned = tuple(k for k in ("family", "chips") if k not in chain_raw)
+    given = AgentConfig(source=source, chain_unpinned=unpinned, **sections)
+    return _derive(dataclasses.replace(given, as_given=given))
+
+
+def with_chain(cfg: AgentConfig, family: str, chips: int) -> AgentConfig:
+    """`cfg` for the chain found on the port: [chain] family and chips set (validated like the
+    file's keys) and every default that depends on them derived again from the config as given.
+    ConfigError when the chain is out of range."""
+    given = cfg.as_given if cfg.as_given is not None else cfg
+    values = {f.name: getattr(given.chain, f.name) for f in dataclasses.fields(ChainConfig)}
+    values.update(family=family, chips=chips)
+    chain = _build(ChainConfig, "chain", values, None)
+    given = dataclasses.replace(given, chain=chain, chain_unpinned=(), as_given=None)
+    return _derive(dataclasses.replace(given, as_given=given))
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -397,13 +425,35 @@ def load_config(path: str | Path) -> AgentConfig:
     return config_from_mapping(read_toml(p), p.resolve().parent, str(p))
 
 
+def parse_difficulty(text: str) -> float:
+    """A positive difficulty from the command line: a number (0.001, 6e-8) or a power written
+    2**-24 or 2^-24 (argparse type; ArgumentTypeError otherwise)."""
+    t = str(text).strip().replace("^", "**")
+    try:
+        if "**" in t:
+            base, _, exp = t.partition("**")
+            value = float(base) ** float(exp)
+        else:
+            value = float(t)
+    except (ValueError, OverflowError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a difficulty: {text!r}") from None
+    if not (isinstance(value, float) and value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"difficulty must be > 0, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The agent's config flags: `--config FILE` and the flags that override (or replace) it."""
     parser.add_argument("--config", metavar="FILE", help="TOML config (see agent.sample.toml)")
     parser.add_argument("--chain", metavar="PORT", help="ASIC chain serial port or pyserial URL")
     parser.add_argument("--board", metavar="PORT", help="board-management serial port or URL")
+    parser.add_argument("--family", choices=FAMILIES,
+                        help="chip family (default: the config's, else probed from the chain)")
+    parser.add_argument("--chips", type=int, metavar="N",
+                        help="chips on the chain (default: the config's, else probed)")
     parser.add_argument("--target-w", type=float, metavar="W", help="default power target")
-    parser.add_argument("--nonce-difficulty", type=float, metavar="D", help="nonce difficulty")
+    parser.add_argument("--nonce-difficulty", type=parse_difficulty, metavar="D",
+                        help="difficulty nonces are verified at (6e-8, 2**-24)")
     parser.add_argument("--broker", metavar="URL", help="MQTT broker, mqtts://host:8883")
     parser.add_argument("--site", metavar="S", help="site id")
     parser.add_argument("--device", metavar="D", help="device id")
@@ -413,6 +463,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", metavar="DIR", help="persistent state folder")
     parser.add_argument("--insecure-no-tls", action="store_true", default=None,
                         help="allow a broker without TLS (lab only)")
+    parser.add_argument("--insecure-dev", action="store_true", default=None,
+                        help="development only: run without an operator key (every command is "
+                             "rejected) and accept secret files others can read")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -433,6 +486,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             if getattr(args, name, None) is None:
                 raise ConfigError(f"{flag} PORT is required (or --config FILE)")
     put("chain", "port", getattr(args, "chain", None))
+    put("chain", "family", getattr(args, "family", None))
+    put("chain", "chips", getattr(args, "chips", None))
     put("board", "port", getattr(args, "board", None))
     put("governor", "default_target_w", getattr(args, "target_w", None))
     put("chain", "nonce_difficulty", getattr(args, "nonce_difficulty", None))
@@ -440,6 +495,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     put("grid", "site", getattr(args, "site", None))
     put("grid", "device", getattr(args, "device", None))
     put("grid", "insecure_no_tls", getattr(args, "insecure_no_tls", None))
+    put("grid", "insecure_dev", getattr(args, "insecure_dev", None))
     state_dir = getattr(args, "state_dir", None)
     put("grid", "state_dir", str(Path(state_dir).resolve()) if state_dir else None)
     keys = list(getattr(args, "operator_key", None) or [])

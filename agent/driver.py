@@ -47,6 +47,7 @@ from firmware_bridge.chips import FAMILIES, PROFILES, profile
 log = logging.getLogger("gridminer.chain")
 
 INITIAL_BAUD = 115200
+QUIET = b""  # in the receive queue: a read returned nothing, the line is quiet
 START_FREQ_MHZ = 50.0  # the chips' hash clock after reset (spec §4.1)
 
 
@@ -403,6 +404,7 @@ class ChainDriver:
 
     def _read_loop(self) -> None:
         port = self.port
+        quiet = True
         while not self._closing.is_set():
             try:
                 waiting = port.in_waiting
@@ -415,8 +417,14 @@ class ChainDriver:
                 continue
             if data:
                 self._rx.put(bytes(data))
-                if self._want_wake and self.wake is not None:
-                    self.wake.set()
+                quiet = False
+            elif not quiet:  # a read timed out: tell the parser the line went quiet (QUIET)
+                self._rx.put(QUIET)
+                quiet = True
+            else:
+                continue
+            if self._want_wake and self.wake is not None:
+                self.wake.set()
 
     def _take_rx(self) -> list[bytes]:
         chunks: list[bytes] = []
@@ -434,8 +442,7 @@ class ChainDriver:
         else:
             try:
                 waiting = self.port.in_waiting
-                if waiting:
-                    chunks.append(bytes(self.port.read(waiting)))
+                chunks.append(bytes(self.port.read(waiting)) if waiting else QUIET)
             except Exception as exc:
                 self.link_errors += 1
                 log.warning("%s: read error: %s", self.name, exc)
@@ -452,8 +459,13 @@ class ChainDriver:
         if not chunks:
             return
         data = b"".join(chunks)
-        self.bytes_in += len(data)
-        replies = self._parser.feed(data)
+        replies: list[Any] = []
+        if data:
+            self.bytes_in += len(data)
+            replies = self._parser.feed(data)
+        if not chunks[-1] and self._parser.pending():
+            # the last read found the line quiet: a reply with AA 55 inside was held back
+            replies += self._parser.flush()
         if not replies:
             return
         self._last_frame_s = now

@@ -13,8 +13,15 @@ envelope, whatever was proposed:
 * the modelled power of each (frequency, voltage) step and the target move at most
   `ramp_max_w_s` per second in either direction (a trip is the one exception);
 * the chain is powered on only once a board sample has arrived, and only at the minimum
-  frequency; the fan runs at 100 % at the soft
-  temperature limit and at least at its minimum while the chain is powered.
+  frequency (also after `chain_restarted`: a re-initialised chain starts over, its ramp counted
+  from zero); the fan runs at 100 % at the soft temperature limit and at least at its minimum
+  while the chain is powered.
+
+No output of `enforce` is below `min_freq_mhz`, idle included (the idle keeps the minimum and
+powers the chain down). Lower clocks do reach the chips, but only from the chain driver, never
+as a setpoint: after a reset the chips run at 50 MHz and the driver steps them up to the first
+frequency asked for (a fraction of a second), and when the agent stops it steps them down to
+50 MHz before the chain is powered off (ESP-Miner parks them there too, spec section 6.5).
 """
 
 from __future__ import annotations
@@ -326,6 +333,25 @@ class Envelope:
     def _vcore_for(self, freq_mhz: float) -> int:
         v = math.ceil(self.curve.vcore_mv(freq_mhz) - 1e-6)
         return int(min(self.max_vcore_mv, max(self.min_vcore_mv, v)))
+
+    def held_vcore_mv(self, now_s: float) -> int | None:
+        """The lowest core voltage the next powered output may have: enough for every frequency
+        still settling (None: the chain is down, nothing is held)."""
+        prev = self._last
+        if prev is None or not prev.chain_power_on:
+            return None
+        settling = max((fr for t, fr in self._freq_history if now_s - t < self.freq_settle_s),
+                       default=prev.freq_mhz)
+        return self._vcore_for(max(settling, prev.freq_mhz))
+
+    def chain_restarted(self) -> None:
+        """The chain lost its state (re-initialisation, power cut by the board): the next
+        powered output is a power-on again (minimum frequency), and the ramp counts from zero."""
+        last = self._last
+        if last is not None and last.chain_power_on:
+            self._last = Actuation(self.min_freq_mhz, last.vcore_mv, last.fan_pct, False,
+                                   last.mode, 0.0, last.reason)
+            self._freq_history.clear()
 
     def power_w(self, a: Actuation, temp_c: float | None) -> float:
         """Modelled power of an actuation (0 with the chain down)."""

@@ -6,20 +6,34 @@ Pure logic: the control thread calls `update(now_s, sample, chain_stats)` every 
 `resume`, `hold_until`) are called from the same thread. Nothing here blocks or sleeps.
 
 Tracking: a ramped reference moves toward the applied target (requested, clamped by the caps, the
-power cap and the thermal derate) at the command's ramp (never above the envelope's). The
-frequency comes from the power model's inverse on the V/f curve (feedforward). The model is
+power cap and the thermal derate) at the command's ramp (never above the envelope's), and stays
+1 % of max power under the power cap (a step's last model error and the sensor noise then stay
+under the cap too). The frequency comes from the power model's inverse on the
+V/f curve (feedforward); while the envelope still holds a higher voltage after a fall in
+frequency, the frequency is taken for that voltage, so power follows the reference at once and
+the voltage catches up. The model is
 corrected online by an integral of the difference between measured power and the model's
 prediction for what was commanded `response_delay_s` earlier (filtered with `response_tau_s`),
 applied as a gain on the chips' power (or as an offset). Comparing against what was actually
 commanded, it absorbs model error without winding up during ramps or saturation; it is clamped
 to `correction_limit_pct`. Steady points at two different loads split the error into gain and
-offset, so the next step starts from a better model. Every output then goes through
-`Envelope.enforce`, the one place that keeps the hardware inside the configured envelope.
+offset, so the next step starts from a better model. While a fast move settles (a step of the
+reference or of the commanded power above 5 % of max power in one tick) the correction holds
+still: the measurement's timing, not the model, explains most of the difference then. Every
+output then goes through `Envelope.enforce`, the one place that keeps the hardware inside the
+configured envelope.
 
-Modes: ``starting`` (chain at minimum frequency until a chip temperature is known and any restart
-hold has passed), ``mining``, ``curtailed`` (minimum frequency), ``standby`` (chain powered
-down after ramping to minimum), ``tripped`` (envelope trip: idle, fan 100 %). Each transition is
-logged on "gridminer.governor" with its reason.
+Declared range (`caps`): `max_w` is the envelope's power cap (by default the family's rating,
+which a board drawing 15 % less than the model still reaches below the frequency ceiling);
+`min_w` is the lowest load promised to be held: the minimum frequency's power for a board drawing
+15 % more than the model, warm. Curtail and the thermal derate go deeper, to the corrected
+model's power at the minimum frequency.
+
+Modes: ``starting`` (chain at minimum frequency until the chain driver hashes, a chip temperature
+is known and any restart hold has passed; entered again when the driver re-initialises the
+chain, so the load climbs back at the ramp), ``mining``, ``curtailed`` (minimum frequency),
+``standby`` (chain powered down after ramping to minimum), ``tripped`` (envelope trip: idle, fan
+100 %). Each transition is logged on "gridminer.governor" with its reason.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.envelope import Actuation, BoardReading, Envelope, SampleCheck
 from agent.fan import FanController
-from agent.power_model import MODEL_TEMP_C, ModelParams, PowerModel, VfCurve
+from agent.power_model import ModelParams, PowerModel, VfCurve
 
 log = logging.getLogger("gridminer.governor")
 
@@ -49,11 +63,14 @@ STEADY_S = 2.0  # a load held this long with a small residual is a steady point
 STEADY_RESID_SHARE = 0.015
 SPLIT_MIN_SHARE = 0.2  # two steady points this far apart (share of max power) split the error
 SPLIT_DAMPING = 0.8
+CAP_MARGIN_SHARE = 0.01  # the reference stays this share of max power under the cap
 CAP_GUARD_SHARE = 0.01  # measured power this far over the cap (and the model) is corrected at once
 TRANSIENT_SHARE = 0.05  # a commanded step above this share of max power slows the correction
-TRANSIENT_KI_SHARE = 0.3  # ... to this share of its integral gain until it has settled
+TRANSIENT_KI_SHARE = 0.0  # ... to this share of its integral gain until it has settled
+HASHING_STATES = ("ramping", "mining")  # driver states (ChainStats.state) with the chips hashing
 EXPLORE_MARGIN_SHARE = 0.1  # above the highest steady load + this share of max power ...
 EXPLORE_RAMP_SHARE_S = 0.4  # ... the reference rises at most this share of max power per second
+CAP_APPROACH_SHARE_S = 0.15  # ... and this near the cap
 
 
 class ChainFigures(Protocol):
@@ -128,9 +145,13 @@ class Governor:
         self.min_freq_mhz = env.min_freq_mhz
         self.max_freq_mhz: float = env.max_freq_mhz
         self.default_target_w: float = gov.default_target_w
-        self.min_w = self.model.curve_power_w(self.min_freq_mhz, self.curve, MODEL_TEMP_C)
+        # the lowest load the board can be promised to hold (a board drawing 15 % more than the
+        # model, warm); the deepest load it goes to (curtail, derate) is the corrected model's
+        # power at the minimum frequency, usually lower
+        self.min_w = min(self.model.rated_min_w(self.curve, self.min_freq_mhz,
+                                                env.max_chip_temp_soft_c), self.max_power_w)
         self._caps = {
-            "min_w": math.ceil(self.min_w),
+            "min_w": min(math.ceil(self.min_w), math.floor(self.max_power_w)),
             "max_w": math.floor(self.max_power_w),
             "ramp_max_w_s": math.floor(self.ramp_max_w_s) or 1,
             "chips": config.chain.chips,
@@ -158,6 +179,7 @@ class Governor:
         self._steady_ref_w = 0.0
         self._steady_point: tuple[float, float] | None = None
         self._transient_until_s = 0.0
+        self._last_target_w = 0.0
         self._validated_w = 0.0  # highest load held steady so far (the model is checked there)
         self._last_now: float | None = None
         self._last_power_w: float | None = None
@@ -231,7 +253,7 @@ class Governor:
         if self._op == "standby":
             return 0.0, None
         if self._op == "curtail":
-            return self.min_w, None
+            return self._floor_w(temp_c), None
         want = self._requested_w if self._requested_w is not None else self.default_target_w
         applied, limited = want, None
         if applied > self.max_power_w:
@@ -245,8 +267,12 @@ class Governor:
         if applied < bottom - BOTTOM_MARGIN * self.max_power_w:  # the corrected model's minimum
             applied, limited = bottom, "caps"
         if self._thermal_cap_w is not None and applied > self._thermal_cap_w:
-            applied, limited = max(self.min_w, self._thermal_cap_w), "thermal"
+            applied, limited = max(self._floor_w(temp_c), self._thermal_cap_w), "thermal"
         return applied, limited
+
+    def _floor_w(self, temp_c: float | None) -> float:
+        """The corrected model's power at the minimum frequency: the deepest steady load now."""
+        return self.model.curve_power_w(self.min_freq_mhz, self.curve, temp_c) + self._bias_w
 
     # ---- telemetry ------------------------------------------------------------------------
     @property
@@ -286,7 +312,8 @@ class Governor:
     ) -> Actuation:
         """One control tick: read the latest board sample (None when none arrived), return what
         to write to the hardware. Call every `control_period_s` with the agent clock's
-        monotonic time."""
+        monotonic time. `chain_stats.state` (the driver's state), when given, holds the ramp
+        until the chips hash and restarts it when the driver re-initialises the chain."""
         period = self.gcfg.control_period_s
         dt = period if self._last_now is None else now_s - self._last_now
         dt = min(max(dt, 0.0), 5.0 * period)
@@ -301,6 +328,16 @@ class Governor:
             self._starting = True
             self.fan.reset(100)
         temp = chk.hottest_c
+        state = getattr(chain_stats, "state", None) if chain_stats is not None else None
+        hashing = state is None or state in HASHING_STATES
+        last = self.envelope.last
+        if not hashing and not self._starting and last is not None and last.chain_power_on:
+            # the driver re-initialises the chain (a hang, a dead chip, a power cut by the
+            # board): the chips are back at their reset clock, so start over from the minimum
+            log.warning("governor: the chain is %s; ramping up again from the minimum", state)
+            self.envelope.chain_restarted()
+            self._starting = True
+            self._ref_w = 0.0
         self._derate(dt, temp, chk)
         self._applied_w, limited = self._resolve(temp)
         if self._limited_by != "ramp" or limited is not None:
@@ -315,7 +352,7 @@ class Governor:
         if self._op == "standby":
             goal = 0.0
             at_min = prev is not None and prev.freq_mhz <= self.min_freq_mhz + 1e-6
-            if not chain_on or (at_min and self._ref_w <= self.min_w + 1e-6):
+            if not chain_on or (at_min and self._ref_w <= self._floor_w(temp) + 1e-6):
                 on = False
                 self._set_mode("standby", "chain powered down")
             else:
@@ -323,17 +360,21 @@ class Governor:
             self._starting = True
         elif self._starting or not chain_on:
             self._starting = True
-            goal = min(self.min_w, self._applied_w)
+            goal = min(self._floor_w(temp), self._applied_w)
             if not self.envelope.has_sample:
                 self._set_mode("starting", "waiting for the first board sample")
             elif not chk.temps_valid or not chain_on:
                 self._set_mode("starting", "waiting for a chip temperature")
+            elif not hashing:
+                self._set_mode("starting", "waiting for the chain to hash")
             elif hold:
                 self._set_mode("starting", "restart spread: ramp-up held")
             else:
                 self._starting = False
         if not self._starting and self._op != "standby":
-            goal = self._applied_w
+            # at the cap, aim a little under it: measurement noise and the last model error
+            # then average out below the cap, not on it
+            goal = min(self._applied_w, (1.0 - CAP_MARGIN_SHARE) * self.max_power_w)
             if self._op == "curtail":
                 self._set_mode("curtailed", "curtail: chain at minimum frequency")
             elif self._limited_by == "thermal":
@@ -348,6 +389,10 @@ class Governor:
         if ref > self._validated_w + EXPLORE_MARGIN_SHARE * self.max_power_w:
             # above any load the model has been checked at: slow enough to correct on the way
             up_rate = min(up_rate, EXPLORE_RAMP_SHARE_S * self.max_power_w)
+            if ref > (1.0 - EXPLORE_MARGIN_SHARE) * self.max_power_w:
+                # the last stretch to an unchecked cap: slower still, so that a model error
+                # the measurement cannot yet tell from its timing is small at the cap
+                up_rate = min(up_rate, CAP_APPROACH_SHARE_S * self.max_power_w)
         down_rate = RAMP_SHARE * (
             self.ramp_max_w_s if self._limited_by == "thermal" else self._cmd_ramp_w_s)
         if goal > ref:
@@ -356,11 +401,18 @@ class Governor:
         else:
             ref = max(goal, ref - down_rate * dt)
         # feedforward through the model, corrected by the model-error estimate
-        if self._starting or (self._op in ("curtail", "standby") and ref <= self.min_w + 1e-6):
+        if self._starting or (self._op in ("curtail", "standby")
+                              and ref <= self._floor_w(temp) + 1e-6):
             freq = self.min_freq_mhz
         else:
             freq = self.model.freq_for_power(ref - self._bias_w, self.curve, self.min_freq_mhz,
                                              self.max_freq_mhz, temp)
+            held = self.envelope.held_vcore_mv(now_s)
+            if held is not None and held > self.curve.vcore_mv(freq) + 0.5:
+                # the voltage comes down only after the frequency has settled: until then the
+                # power is the one at the held voltage, so the frequency goes lower meanwhile
+                f_held = self.model.freq_for_power_at_vcore(ref - self._bias_w, held, temp)
+                freq = max(self.min_freq_mhz, min(freq, f_held))
         if on:
             fan = self.fan.update(dt, temp)
         else:
@@ -381,7 +433,8 @@ class Governor:
             self._was_tripped = True
             if self.envelope.thermal_trip:
                 base = self._last_power_w if self._last_power_w is not None else self.max_power_w
-                self._thermal_cap_w = max(self.min_w, base - TRIP_CAP_CUT * self.max_power_w)
+                self._thermal_cap_w = max(self._floor_w(chk.hottest_c),
+                                          base - TRIP_CAP_CUT * self.max_power_w)
         left = self.envelope.clear_remaining_s(now_s)
         shown = reason if left is None else f"{reason} (clear, release in {left:.0f} s)"
         self._set_mode("tripped", shown)
@@ -400,10 +453,11 @@ class Governor:
         if temp is not None and temp > soft:
             if self._thermal_cap_w is None:
                 start = min(self._ref_w, self._last_power_w or self._ref_w)
-                self._thermal_cap_w = max(self.min_w, start)
+                self._thermal_cap_w = max(self._floor_w(temp), start)
                 log.info("governor: derating, chip %.1f C above soft limit %g C", temp, soft)
             rate = self.gcfg.thermal_derate_pct_c_s / 100.0 * self.max_power_w
-            self._thermal_cap_w = max(self.min_w, self._thermal_cap_w - rate * (temp - soft) * dt)
+            self._thermal_cap_w = max(self._floor_w(temp),
+                                      self._thermal_cap_w - rate * (temp - soft) * dt)
         elif self._thermal_cap_w is not None and (
             temp is None or temp < soft - THERMAL_HYSTERESIS_C
         ):
@@ -504,7 +558,10 @@ class Governor:
         if self._pred_hist:
             _, (c_prev, on_prev) = self._pred_hist[-1]
             step = abs(self.model.gain * (chain0 - c_prev)) + abs(on - on_prev) * 1e9
+            # a fast move of the reference counts too: its first tick may only raise the voltage
+            step = max(step, abs(out.target_w - self._last_target_w))
             if step > TRANSIENT_SHARE * self.max_power_w:
                 g = self.gcfg
                 self._transient_until_s = now_s + g.response_delay_s + 3.0 * g.response_tau_s
         self._pred_hist.append((now_s, (chain0, on)))
+        self._last_target_w = out.target_w

@@ -12,6 +12,14 @@ Defaults are fitted per family to the vendors' efficiency at the default frequen
 BM1397 0.03 J/GH) with 10 % of the chip's power static at 60 degC. A one-chip BM1370 board at
 525 MHz / 1150 mV comes out at 16.1 W per chip and 19 W at the wall (ESP-Miner's self-test
 target for the Gamma is 19 W).
+
+A real board's power may differ from this by MODEL_TOLERANCE (15 %); the measured power corrects
+the model online (agent.governor). The declared range is one every such board can hold:
+`rated_max_w` (the rating at the family default, no more than a board 15 % weaker reaches at the
+frequency ceiling, which by default lies a fifth above the family default, within ESP-Miner's
+presets) and `rated_min_w` (the minimum frequency's power for a board 15 % stronger). Above the
+family default point the V/f curve keeps its last slope up to `max_vcore_mv` (by default the
+family default voltage), so the extra frequency costs no extra voltage unless allowed.
 """
 
 from __future__ import annotations
@@ -32,6 +40,15 @@ EFFICIENCY_J_TH: dict[str, float] = {
 }
 #: family -> lowest core voltage of ESP-Miner's presets (spec section 7.1), the V/f curve's foot
 MIN_VCORE_MV: dict[str, int] = {"BM1397": 1100, "BM1366": 1100, "BM1368": 1100, "BM1370": 1000}
+#: family -> highest frequency of ESP-Miner's UI presets (spec section 7.1)
+PRESET_MAX_FREQ_MHZ: dict[str, float] = {
+    "BM1397": 600.0, "BM1366": 575.0, "BM1368": 575.0, "BM1370": 625.0}
+#: the default frequency ceiling lies this share above the family default (within the presets):
+#: room to reach the rated power on a board that draws less than the model says
+FREQ_HEADROOM = 0.20
+#: how far a real board's power may differ from the model; the declared power range is one
+#: every board within it can hold (spec: bm13xx-protocol.md section 7.2, "not from sources")
+MODEL_TOLERANCE = 0.15
 STATIC_SHARE = 0.10
 LEAK_REF_C = 60.0
 LEAK_PER_C = 0.02
@@ -42,6 +59,14 @@ def chip_power_at_default_w(family: str) -> float:
     """Vendor efficiency times the default hashrate of one chip (W)."""
     prof = profile(family)
     return EFFICIENCY_J_TH[prof.family] * prof.hashrate_ghs(prof.default_freq_mhz) / 1000.0
+
+
+def default_max_freq_mhz(family: str) -> float:
+    """The default frequency ceiling: FREQ_HEADROOM above the family default, at most the top
+    of ESP-Miner's UI presets (BM1370 625 MHz, BM1366 575, BM1368 575, BM1397 510)."""
+    prof = profile(family)
+    return float(min(PRESET_MAX_FREQ_MHZ[prof.family],
+                     prof.default_freq_mhz * (1.0 + FREQ_HEADROOM)))
 
 
 class VfCurve:
@@ -209,6 +234,27 @@ class PowerModel:
             else:
                 hi = mid
         return 0.5 * (lo + hi)
+
+    def rated_max_w(self, curve: VfCurve, max_freq_mhz: float, temp_c: float) -> float:
+        """The highest power a board of this model can be promised: the power at the family
+        default frequency (the vendor's rating), and no more than a board drawing
+        MODEL_TOLERANCE less than the model reaches at `max_freq_mhz` (with gain 1)."""
+        gain, self.gain = self.gain, 1.0
+        try:
+            stock = min(float(profile(self.params.family).default_freq_mhz), max_freq_mhz)
+            top = self.curve_power_w(max_freq_mhz, curve, temp_c)
+            return min(self.curve_power_w(stock, curve, temp_c), (1.0 - MODEL_TOLERANCE) * top)
+        finally:
+            self.gain = gain
+
+    def rated_min_w(self, curve: VfCurve, min_freq_mhz: float, temp_c: float) -> float:
+        """The lowest power a board of this model can be promised to hold while mining: the
+        power at `min_freq_mhz` of a board drawing MODEL_TOLERANCE more than the model (gain 1)."""
+        gain, self.gain = self.gain, 1.0
+        try:
+            return (1.0 + MODEL_TOLERANCE) * self.curve_power_w(min_freq_mhz, curve, temp_c)
+        finally:
+            self.gain = gain
 
     def hashrate_ghs(self, freq_mhz: float) -> float:
         """Expected hashrate of the chain at a frequency (f * small cores * chips / 1000)."""

@@ -149,6 +149,7 @@ class Runtime:
         self._vcore_set: int | None = None
         self._fan_set: int | None = None
         self._pending_vcore: int | None = None
+        self._prev_freq_mhz = 0.0  # the frequency of the previous actuation
         self.sample: Any = None
         self.chain: ChainStats | None = None
         self.actuation: Any = None
@@ -323,14 +324,18 @@ class Runtime:
         elif drv.state in (DOWN, IDLE):
             drv.set_frequency(act.freq_mhz)
             drv.start(now)
-        # voltage before a rise in frequency, after a fall (the envelope orders its outputs too)
+        # voltage before a rise in frequency, after a fall (the envelope orders its outputs too:
+        # a lower voltage still supports the frequencies it asked for in the last moments, so it
+        # may be written once the chips run no faster than this or the previous actuation)
         vcore = int(act.vcore_mv)
+        covered = max(act.freq_mhz, self._prev_freq_mhz)
+        self._prev_freq_mhz = act.freq_mhz
         if self._vcore_set is None or vcore >= self._vcore_set:
             self._set_vcore(vcore, now)
             drv.set_frequency(act.freq_mhz)
         else:
             drv.set_frequency(act.freq_mhz)
-            if drv.freq_mhz <= act.freq_mhz + 1e-6:
+            if drv.freq_mhz <= covered + 1e-6:
                 self._set_vcore(vcore, now)
         self._set_fan(act.fan_pct)
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import sys
 import threading
 
+from agent.config import parse_difficulty
 from firmware_bridge.chips import FAMILIES
 from hil.chain import DEFAULT_DIFFICULTY
 from hil.errors import EmulatorError
@@ -29,27 +29,11 @@ from hil.faults import FaultPlan
 from hil.hashboard import HashBoardEmulator
 
 
-def difficulty_arg(text: str) -> float:
-    """A positive difficulty: a number (0.001, 6e-8) or a power of two written 2**-24 or 2^-24."""
-    t = text.strip().replace("^", "**")
-    try:
-        if "**" in t:
-            base, _, exp = t.partition("**")
-            value = float(base) ** float(exp)
-        else:
-            value = float(t)
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(f"not a difficulty: {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"difficulty must be > 0, got {text!r}")
-    return value
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default="BM1370", choices=[f for f in FAMILIES],
                         help="chip family (default BM1370)")
     parser.add_argument("--chips", type=int, default=4, help="chips in the chain, 1..256")
-    parser.add_argument("--difficulty", type=difficulty_arg, default=DEFAULT_DIFFICULTY,
+    parser.add_argument("--difficulty", type=parse_difficulty, default=DEFAULT_DIFFICULTY,
                         help="emulation difficulty D of every returned nonce (default 2**-24)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the one RNG (default 0)")
     parser.add_argument("--speed", type=float, default=1.0,

@@ -24,7 +24,7 @@ from typing import Any
 
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
-from hil.emulate import difficulty_arg
+from agent.config import parse_difficulty
 from hil.errors import EmulatorError
 from hil.hashboard import EMULATORS, HashBoardEmulator, find
 from hil.pty import SocketPort
@@ -34,7 +34,7 @@ _USERS: dict[int, int] = {}  # id(emulator) -> open URL ports
 _OWNED: set[int] = set()  # emulators created by a URL (stopped with their last port)
 
 _PARAMS: dict[str, Callable[[str], Any]] = {
-    "family": str, "chips": int, "difficulty": difficulty_arg, "seed": int, "speed": float,
+    "family": str, "chips": int, "difficulty": parse_difficulty, "seed": int, "speed": float,
     "ambient_c": float, "step_ms": float,
 }
 

@@ -8,11 +8,17 @@ Run: `.venv/bin/python tests/bench/bench_agent.py [--only NAME ...]`.
   statistics) as a share of one core at 1,000 nonces/s.
 * memory: peak resident memory of a running agent process (`gridminer agent` against
   `gridminer emulate`; the chain driver alone when the board link is not available).
-* steps: the whole agent (runtime, governor, board link, driver) on the emulator: target 100 % ->
-  30 % -> 100 % of maximum power; time until measured power stays within +-2 % of maximum power
-  of the target, peak power against the cap, fastest measured ramp against the limit.
+* steps: the whole agent (runtime, governor, board link, driver) on the emulator, measured on the
+  emulator's true state (board input power, emulated seconds): from power-on to 100 %, then
+  100 % -> 30 % -> 100 % of maximum power, with the default ramp limit and with 15 W/s (then a
+  chain hang: reset, re-initialisation, ramp back). Per step: time until the true power stays
+  within +-2 % of maximum power of the target, overshoot; the largest change of true power over
+  any 1 s (start-up and whole run) against the ramp limit + 1 % of rated, the HIL report's ramp
+  figure (2 s windows); peak true power and peak 1 s average against the cap.
+* spread: the declared range (max_w, min_w) on emulated boards whose chips draw 15 % less or more
+  than the fit: the power reached at each end and the frequency it took.
 * heatwave: ambient rising until the board cannot be cooled: peak chip temperature against the
-  hard limit, power at the end.
+  hard limit, what limits the power, power at the end.
 """
 
 from __future__ import annotations
@@ -269,7 +275,8 @@ def _bench_memory(chips: int, seconds: float) -> None:
 
 
 class AgentRig:
-    """The whole agent in-process on the emulator: runtime thread, board link, governor."""
+    """The whole agent in-process on the emulator: runtime thread, board link, governor. `trace`
+    holds the emulator's true state (emulated seconds, board input power, hottest chip)."""
 
     def __init__(self, chips: int = 4, raw: dict[str, Any] | None = None, speed: float = 1.0,
                  ambient_c: float = 25.0) -> None:
@@ -305,7 +312,7 @@ class AgentRig:
                                period_s=self.config.governor.control_period_s,
                                status_period_s=0, wake=wake, status_out=lambda _l: None,
                                on_stop=[self.board_port.close])
-        self.trace: list[tuple[float, float | None, float, float | None]] = []
+        self.trace: list[tuple[float, float, float]] = []  # emulated s, true W, hottest C
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._done = threading.Event()
@@ -316,14 +323,17 @@ class AgentRig:
     def _sample(self) -> None:
         while not self._done.is_set():
             st = self.emu.state()
-            hot = st["max_chip_temp_c"]
-            self.trace.append((time.monotonic(), st["board_power_w"], float(hot),
-                               getattr(self.runtime.sample, "power_w", None)))
-            time.sleep(0.05)
+            self.trace.append((float(st["time_s"]), float(st["board_power_w"]),
+                               float(st["max_chip_temp_c"])))
+            time.sleep(0.02)
+
+    def now_s(self) -> float:
+        """Emulated time."""
+        return float(self.emu.state()["time_s"])
 
     def start(self) -> None:
-        self._thread.start()
         self._sampler.start()
+        self._thread.start()
 
     def stop(self) -> None:
         self.runtime.request_stop()
@@ -341,59 +351,181 @@ class AgentRig:
         return False
 
 
-def _settle_time(trace: list[tuple[float, float | None, float, float | None]], t_step: float,
-                 target_w: float, band_w: float) -> float | None:
-    """Seconds after t_step from which measured (board sensor) power stays within the band."""
+Trace = list[tuple[float, float, float]]
+
+
+def settle_time(trace: Trace, t_step: float, t_end: float, target_w: float,
+                band_w: float) -> float | None:
+    """Seconds after `t_step` from which the true power stays within target +- band until
+    `t_end` (None: it is outside the band at the end)."""
+    pts = [(t, p) for t, p, _ in trace if t_step <= t <= t_end]
+    if not pts or abs(pts[-1][1] - target_w) > band_w:
+        return None
     last_out = t_step
-    seen = False
-    for t, _true_w, _hot, measured in trace:
-        if t < t_step or measured is None:
-            continue
-        seen = True
-        if abs(measured - target_w) > band_w:
+    for t, p in pts:
+        if abs(p - target_w) > band_w:
             last_out = t
-    return (last_out - t_step) if seen else None
+    return last_out - t_step
+
+
+def overshoot_w(trace: Trace, t_step: float, t_end: float, from_w: float, target_w: float) -> float:
+    """How far the true power went past the target, in the direction of the step (W, >= 0)."""
+    sign = 1.0 if target_w >= from_w else -1.0
+    return max([0.0] + [sign * (p - target_w) for t, p, _ in trace if t_step <= t <= t_end])
+
+
+def window_change_w(trace: Trace, t0: float, t1: float, window_s: float = 1.0) -> float:
+    """Largest change of the true power between any two moments `window_s` apart (W)."""
+    pts = [(t, p) for t, p, _ in trace if t0 <= t <= t1]
+    worst, j = 0.0, 0
+    for i, (t, p) in enumerate(pts):
+        # every later point within the window counts: the load may not step more than this
+        j = max(j, i)
+        while j + 1 < len(pts) and pts[j + 1][0] - t <= window_s:
+            j += 1
+        for _tk, pk in pts[i + 1:j + 1]:
+            worst = max(worst, abs(pk - p))
+    return worst
+
+
+def hil_ramp_w_s(trace: Trace, t0: float, t1: float, window_s: float = 2.0) -> float:
+    """The HIL report's ramp figure (hil/report.py ramp_rates): |P(t + window) - P(t)| / window."""
+    pts = [(t, p) for t, p, _ in trace if t0 <= t <= t1]
+    worst = 0.0
+    for i, (t, p) in enumerate(pts):
+        later = [(tk, pk) for tk, pk in pts[i + 1:] if tk >= t + window_s]
+        if not later:
+            break
+        tk, pk = later[0]
+        worst = max(worst, abs(pk - p) / (tk - t))
+    return worst
+
+
+def cap_figures(trace: Trace, t0: float, t1: float) -> tuple[float, float]:
+    """Peak true power, and peak of its 1 s average (a power meter's reading), in W."""
+    pts = [(t, p) for t, p, _ in trace if t0 <= t <= t1]
+    peak = max(p for _, p in pts)
+    avg = 0.0
+    for i, (t, _p) in enumerate(pts):
+        win = [pk for tk, pk in pts[i:] if tk <= t + 1.0]
+        if pts[-1][0] >= t + 1.0:
+            avg = max(avg, sum(win) / len(win))
+    return peak, avg
+
+
+def _wait_emulated(rig: AgentRig, seconds: float) -> None:
+    end = rig.now_s() + seconds
+    while rig.now_s() < end:
+        time.sleep(0.02)
+
+
+def bench_steps_with(label: str, raw: dict[str, Any] | None, restart: bool) -> None:
+    rig = AgentRig(4, raw=raw)
+    try:
+        rig.start()
+        max_w = rig.governor.max_power_w
+        ramp = rig.governor.ramp_max_w_s
+        caps = rig.governor.caps()
+        t_on = rig.now_s()
+        if not rig.wait_mode("mining", 30):
+            print(f"steps    [{label}] the agent did not reach mining mode")
+            return
+        rig.governor.set_target(max_w)
+        _wait_emulated(rig, 6.0 + max_w / ramp)
+        t_full = rig.now_s()
+        lines = []
+        w_prev = max_w
+        for frac in (0.3, 1.0):
+            target = frac * max_w
+            t_step = rig.now_s()
+            rig.governor.set_target(target)
+            allowed = abs(target - w_prev) / ramp  # the ramp's own share of the response
+            _wait_emulated(rig, 5.0 + allowed)
+            t_end = rig.now_s()
+            s = settle_time(rig.trace, t_step, t_end, target, 0.02 * max_w)
+            over = overshoot_w(rig.trace, t_step, t_end, w_prev, target)
+            text = "never" if s is None else f"{s:.2f} s"
+            lines.append(f"{int(w_prev / max_w * 100)}->{int(frac * 100)} %: within +-2 % after "
+                         f"{text} (ramp alone {allowed:.2f} s), overshoot {over:.2f} W "
+                         f"({over / max_w * 100:.1f} %)")
+            w_prev = target
+        t_restart = None
+        if restart:
+            t_restart = rig.now_s()
+            rig.emu.inject_fault("chain_hang")
+            _wait_emulated(rig, 9.0 + max_w / ramp)
+        t_last = rig.now_s()
+        restart_text = ""
+        if t_restart is not None:
+            # the hang itself drops the load (a fault); judged is the way back from the bottom
+            after = [(p, t) for t, p, _ in rig.trace if t >= t_restart]
+            t_low = min(after)[1]
+            back = window_change_w(rig.trace, t_low, t_last)
+            restart_text = (f"; after the chain hang (recoveries {rig.driver.recoveries}): "
+                            f"largest 1 s change on the way back {back:.1f} W")
+        settled = [p for t, p, _ in rig.trace if t > t_last - 1.0]
+        end_w = sum(settled) / len(settled)
+        peak, avg = cap_figures(rig.trace, t_on, t_last)
+        t_judged = t_restart if t_restart is not None else t_last
+        start_change = window_change_w(rig.trace, t_on, t_full)
+        run_change = window_change_w(rig.trace, t_on, t_judged)
+        hil = hil_ramp_w_s(rig.trace, t_on, t_judged)
+        allowed_1s = ramp * 1.0 + 0.01 * max_w
+        print(f"steps    [{label}] caps min_w {caps['min_w']} W, max_w {caps['max_w']} W, "
+              f"max {rig.config.envelope.max_freq_mhz:.0f} MHz; ramp limit {ramp:g} W/s")
+        for line in lines:
+            print(f"           {line}")
+        print(f"           largest change of true power over any 1 s: power-on to "
+              f"100 % {start_change:.1f} W, steps {run_change:.1f} W (limit {ramp:g} W + 1 % of "
+              f"rated = {allowed_1s:.1f} W); HIL figure (2 s windows) {hil:.1f} W/s (allowed "
+              f"{ramp * 1.03 + 0.01 * max_w / 2.0:.1f})")
+        print(f"           peak true power {peak:.2f} W, peak 1 s average {avg:.2f} W (cap "
+              f"{max_w:g} W); power at the end {end_w:.1f} W{restart_text}")
+    finally:
+        rig.stop()
 
 
 def bench_steps() -> None:
     if not have_board_link():
         print("steps    skipped: agent.board / firmware_bridge.bridge not available yet")
         return
-    rig = AgentRig(4)
-    try:
-        rig.start()
-        max_w = rig.governor.max_power_w
-        ramp = rig.governor.ramp_max_w_s
-        if not rig.wait_mode("mining", 30):
-            print("steps    the agent did not reach mining mode")
-            return
-        rig.governor.set_target(max_w)
-        time.sleep(6.0)
-        results = []
-        for frac in (0.3, 1.0):
-            t_step = time.monotonic()
-            rig.governor.set_target(frac * max_w)
-            time.sleep(5.0)
-            settle = _settle_time(rig.trace, t_step, frac * max_w, 0.02 * max_w)
-            results.append((frac, settle))
-        peak = max(m for _, _, _, m in rig.trace if m is not None)
-        rates = []
-        pts = [(t, m) for t, _, _, m in rig.trace if m is not None]
-        for (t0, p0), (t1, p1) in zip(pts, pts[5:], strict=False):
-            if t1 > t0:
-                rates.append(abs(p1 - p0) / (t1 - t0))
-        last = [m for t, _, _, m in rig.trace if m is not None and t > rig.trace[-1][0] - 1.0]
-        settled = sum(last) / len(last) if last else float("nan")
-        text = ", ".join(
-            f"{int(f * 100)} %: within +-2 % after {s:.2f} s" if s is not None and s < 4.5 else
-            f"{int(f * 100)} %: not within +-2 % (settled at {settled:.1f} W, driver at "
-            f"{rig.driver.freq_mhz:.0f} MHz of max {rig.config.envelope.max_freq_mhz:.0f})"
-            for f, s in results)
-        print(f"steps    max power {max_w:.1f} W, ramp limit {ramp:.0f} W/s; {text}; peak measured "
-              f"{peak:.1f} W (cap {max_w:.1f} W); fastest measured change {max(rates):.0f} W/s "
-              f"over 0.25 s")
-    finally:
-        rig.stop()
+    bench_steps_with("default ramp", None, restart=False)
+    bench_steps_with("ramp 15 W/s, chain re-initialised at the end",
+                     {"envelope": {"ramp_max_w_s": 15.0}}, restart=True)
+
+
+def bench_spread() -> None:
+    """The declared range on boards whose chips draw 15 % less or more than the emulator's fit
+    (and the agent's model): is max_w reached, and min_w held?"""
+    if not have_board_link():
+        print("spread   skipped: agent.board / firmware_bridge.bridge not available yet")
+        return
+    from hil import plant
+
+    fit = plant._POWER_FIT["BM1370"]
+    for scale in (0.85, 1.15):
+        plant._POWER_FIT["BM1370"] = (fit[0] * scale, fit[1])
+        try:
+            rig = AgentRig(4)
+        finally:
+            plant._POWER_FIT["BM1370"] = fit
+        try:
+            rig.start()
+            caps = rig.governor.caps()
+            if not rig.wait_mode("mining", 30):
+                print("spread   the agent did not reach mining mode")
+                continue
+            got = []
+            for target in (caps["max_w"], caps["min_w"]):
+                d = rig.governor.set_target(float(target))
+                _wait_emulated(rig, 8.0)
+                t_end = rig.now_s()
+                last = [p for t, p, _ in rig.trace if t > t_end - 1.0]
+                got.append(f"{target} W -> {sum(last) / len(last):.1f} W at "
+                           f"{rig.driver.freq_mhz:.0f} MHz (limited by {d.limited_by})")
+            print(f"spread   chips drawing {scale:.2f} x the fit: " + "; ".join(got))
+        finally:
+            rig.stop()
 
 
 def bench_heatwave() -> None:
@@ -407,20 +539,27 @@ def bench_heatwave() -> None:
             print("heatwave the agent did not reach mining mode")
             return
         hard = rig.config.envelope.max_chip_temp_hard_c
+        soft = rig.config.envelope.max_chip_temp_soft_c
+        max_w = rig.governor.max_power_w
+        t0 = rig.now_s()
         for amb in range(25, 71, 3):
             rig.emu.set_ambient_c(float(amb))
             time.sleep(1.0)
         time.sleep(3.0)
-        peak = max(h for _, _, h, _ in rig.trace)
-        end_w = rig.trace[-1][3]
-        print(f"heatwave ambient 25 -> 70 C: peak chip {peak:.1f} C (hard limit {hard:g} C), mode "
-              f"{getattr(rig.runtime.actuation, 'mode', '?')}, power at the end {end_w} W")
+        pts = [(t, p, h) for t, p, h in rig.trace if t >= t0]
+        peak = max(h for _, _, h in pts)
+        end = [p for t, p, _ in pts if t > pts[-1][0] - 2.0]
+        st = rig.governor.status()
+        print(f"heatwave ambient 25 -> 70 C over {pts[-1][0] - t0:.0f} s emulated: peak chip "
+              f"{peak:.1f} C (soft {soft:g} C, hard limit {hard:g} C), mode {st.mode}, limited by "
+              f"{st.limited_by}, true power at the end {sum(end) / len(end):.1f} W of "
+              f"{max_w:g} W, trips {len(rig.governor.envelope._trip.history)}")
     finally:
         rig.stop()
 
 
 BENCHES = {"bringup": bench_bringup, "verify": bench_verify, "memory": bench_memory,
-           "steps": bench_steps, "heatwave": bench_heatwave}
+           "steps": bench_steps, "spread": bench_spread, "heatwave": bench_heatwave}
 
 
 def main() -> int:

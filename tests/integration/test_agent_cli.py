@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import Observer
+
 ROOT = Path(__file__).resolve().parents[2]
-EMU_DIFFICULTY = "2**-19"  # agent.config accepts nonce_difficulty >= 1e-6
+EMU_DIFFICULTY = "2**-19"  # the agent takes the same notation (--nonce-difficulty)
 
 
 def gridminer(*args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
@@ -113,3 +115,31 @@ def test_agent_mines_prints_status_and_idles_the_chain_on_sigterm(emulator, tmp_
     time.sleep(0.3)
     state = json.loads(Path(emulator["status"]).read_text())
     assert state["chain_powered"] is False
+
+
+def test_agent_with_flags_only_probes_the_chain_and_reports_its_chips(emulator, mosquitto,
+                                                                       tmp_path):
+    keygen = gridminer("operator", "keygen", "--key", str(tmp_path / "op.pem"))
+    assert keygen.returncode == 0, keygen.stderr
+    obs = Observer(mosquitto, ["gridminer/s1/d1/status", "gridminer/s1/d1/telemetry"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "agent", "--chain", emulator["chain"],
+         "--board", emulator["board"], "--broker", mosquitto.url, "--site", "s1",
+         "--device", "d1", "--operator-key", str(tmp_path / "op.pub.pem"),
+         "--kid", keygen.stdout.strip(), "--state-dir", str(tmp_path / "state"),
+         "--nonce-difficulty", EMU_DIFFICULTY, "--insecure-no-tls"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        _, status, _ = obs.wait_for(lambda t, m, r: t.endswith("/status"), timeout_s=30)
+        assert status["state"] == "online" and status["caps"]["chips"] == 6
+        obs.wait_for(lambda t, m, r: t.endswith("/telemetry") and m.get("chips_ok") == 6,
+                     timeout_s=30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        obs.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert "chain detected" in err and "6 x BM1370" in err

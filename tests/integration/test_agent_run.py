@@ -3,6 +3,7 @@ two ptys: target steps, a heatwave, and faults while it runs."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +59,8 @@ class AgentRig:
             self.link = link
             link.start()
         self.trace: list[tuple[float, float | None, float]] = []  # (t, measured W, hottest C)
+        # the emulator's true state: (emulated s, board input W, core mV)
+        self.truth: list[tuple[float, float, float]] = []
         self.code: int | None = None
         self._done = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True),
@@ -73,7 +76,9 @@ class AgentRig:
             state = self.emu.state()
             self.trace.append((time.monotonic(), getattr(self.runtime.sample, "power_w", None),
                                float(state["max_chip_temp_c"])))
-            time.sleep(0.05)
+            self.truth.append((float(state["time_s"]), float(state["board_power_w"]),
+                               float(state["vcore_mv"])))
+            time.sleep(0.02)
 
     def wait(self, cond: Callable[[], bool], timeout_s: float) -> bool:
         end = time.monotonic() + timeout_s
@@ -82,6 +87,14 @@ class AgentRig:
                 return True
             time.sleep(0.05)
         return cond()
+
+    def emulated_s(self) -> float:
+        return float(self.emu.state()["time_s"])
+
+    def sleep_emulated(self, seconds: float) -> None:
+        end = self.emulated_s() + seconds
+        while self.emulated_s() < end:
+            time.sleep(0.02)
 
     @property
     def mode(self) -> str | None:
@@ -109,50 +122,91 @@ def rig_factory() -> Iterator[Callable[..., AgentRig]]:
         rig.stop()
 
 
-def _settle_after_step(rig: AgentRig, frac_from: float, frac_to: float) -> list[float]:
-    """Times after a step from `frac_from` to `frac_to` of max power at which measured power was
-    outside +-2 % of max power of the new target."""
-    max_w = rig.governor.max_power_w
-    rig.governor.set_target(frac_from * max_w)
-    time.sleep(5.0)
-    t_step = time.monotonic()
-    target = frac_to * max_w
-    rig.governor.set_target(target)
-    time.sleep(3.0)
-    after = [(t - t_step, w) for t, w, _ in rig.trace if t >= t_step and w is not None]
+def _outside_band(rig: AgentRig, t_step: float, target_w: float) -> list[float]:
+    """Emulated seconds after `t_step` at which the true board power was outside +-2 % of max
+    power of the target."""
+    band = 0.02 * rig.governor.max_power_w
+    after = [(t - t_step, w) for t, w, _ in rig.truth if t >= t_step]
     assert len(after) > 20
-    return [dt for dt, w in after if abs(w - target) > 0.02 * max_w]
+    return [dt for dt, w in after if abs(w - target_w) > band]
 
 
-def test_target_step_down_is_tracked(rig_factory):
+def _largest_change_w(truth: list[tuple[float, float, float]], t0: float, t1: float,
+                      window_s: float = 1.0) -> float:
+    """Largest change of the true power between two moments at most `window_s` apart."""
+    pts = [(t, w) for t, w, _ in truth if t0 <= t <= t1]
+    worst = 0.0
+    for i, (t, w) in enumerate(pts):
+        for tk, wk in pts[i + 1:]:
+            if tk - t > window_s:
+                break
+            worst = max(worst, abs(wk - w))
+    return worst
+
+
+def _one_s_average_peak_w(truth: list[tuple[float, float, float]], t0: float) -> float:
+    pts = [(t, w) for t, w, _ in truth if t >= t0]
+    peaks = [sum(ws) / len(ws) for ws in ([wk for tk, wk in pts[i:] if tk <= t + 1.0]
+                                          for i, (t, _) in enumerate(pts)) if ws]
+    return max(peaks)
+
+
+def test_target_steps_100_30_100_settle_within_1s_and_stay_under_the_cap(rig_factory):
     rig = rig_factory()
+    max_w = rig.governor.max_power_w
+    assert rig.governor.caps()["max_w"] == math.floor(max_w)
     assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
-    outside = _settle_after_step(rig, 1.0, 0.3)
-    # 1.1-1.4 s here: the driver follows each new frequency within a control period; the tail
-    # is the governor closing its model error (tests/bench/bench_agent.py prints the figure)
-    assert not outside or max(outside) <= 2.0, outside[-5:]
-    measured = [w for _, w, _ in rig.trace if w is not None]
-    assert max(measured) <= rig.config.envelope.max_power_w * 1.02  # never above the cap
+    t_on = rig.truth[0][0]
+    # at 100 % (the default target is the rated power) for a few seconds: the model's error
+    # has been measured at a steady load
+    rig.sleep_emulated(6.0)
+    for share in (0.3, 1.0):
+        t_step = rig.emulated_s()
+        rig.governor.set_target(share * max_w)  # the default ramp allows the step in < 0.4 s
+        rig.sleep_emulated(2.5)
+        outside = _outside_band(rig, t_step, share * max_w)
+        assert not outside or max(outside) <= 1.0, (share, outside[-5:])
+        if share == 0.3:  # the core voltage follows the frequency down
+            assert rig.truth[-1][2] < 1100.0
+    # 100 % of the rated power is reached on this board, and never exceeded (1 s average,
+    # as a meter reads; single 20 ms samples within 1 %)
+    peak_avg = _one_s_average_peak_w(rig.truth, t_on)
+    assert peak_avg <= max_w, peak_avg
+    assert max(w for _, w, _ in rig.truth) <= 1.01 * max_w
     assert rig.driver.stats(rig.clock.monotonic()).valid > 10
     assert any("mode=mining" in line for line in rig.lines)
 
 
-def test_target_step_up_is_tracked(rig_factory):
-    rig = rig_factory()
+def test_ramp_limit_holds_from_power_on_and_after_the_chain_restarts(rig_factory):
+    ramp = 30.0
+    rig = rig_factory(raw={"envelope": {"ramp_max_w_s": ramp}})
+    max_w = rig.governor.max_power_w
+    limit_w = ramp * 1.0 + 0.01 * max_w  # over any 1 s, plus 1 % of rated for sensor noise
     assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
-    outside = _settle_after_step(rig, 0.3, 0.9)
-    assert not outside or max(outside) <= 3.0, outside[-5:]  # about 2 s today (governor)
+    t_on = rig.truth[0][0]
+    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.95 * max_w, 10)
+    rig.sleep_emulated(0.5)
+    t_hang = rig.emulated_s()
+    assert _largest_change_w(rig.truth, t_on, t_hang) <= limit_w
+    rig.emu.inject_fault("chain_hang")  # the driver resets and re-initialises the chain
+    assert rig.wait(lambda: rig.driver.recoveries >= 1, 10)
+    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.95 * max_w, 10)
+    after = [(w, t) for t, w, _ in rig.truth if t >= t_hang]
+    t_low = min(after)[1]  # the hang's own drop is the fault; the way back is the agent's
+    assert min(after)[0] < 0.5 * max_w
+    assert _largest_change_w(rig.truth, t_low, rig.emulated_s()) <= limit_w
+    assert max(w for _, w, _ in rig.truth) <= 1.01 * max_w
 
 
 def test_heatwave_derates_and_chips_stay_below_the_hard_limit(rig_factory):
-    rig = rig_factory(speed=4.0)
+    rig = rig_factory(speed=6.0)
     assert rig.wait(lambda: rig.mode == "mining", 30)
     hard = rig.config.envelope.max_chip_temp_hard_c
-    for ambient in range(25, 66, 5):  # 40 emulated seconds to 65 C, then hold
+    for ambient in range(25, 66, 5):  # 38 emulated seconds to 65 C, then hold
         rig.emu.set_ambient_c(float(ambient))
-        time.sleep(1.0)
+        time.sleep(0.7)
     assert rig.wait(lambda: rig.governor.status().limited_by == "thermal", 20)
-    time.sleep(4.0)
+    time.sleep(3.0)
     assert max(h for _, _, h in rig.trace) < hard
     assert rig.runtime.sample.power_w < 0.5 * rig.governor.max_power_w  # derated
     assert rig.code is None  # still running

@@ -65,6 +65,7 @@ def test_operator_setpoint_moves_the_emulated_chain(mosquitto, emulator, tmp_pat
         _, status, _ = obs.wait_for(lambda t, m, r: t.endswith("/status")
                                     and m.get("state") == "online", timeout_s=30)
         caps = status["caps"]
+        assert caps["chips"] == 4 and caps["chip_model"] == "BM1370"  # probed: no [chain] keys
         obs.wait_for(lambda t, m, r: t.endswith("/telemetry") and m.get("mode") == "mining",
                      timeout_s=60)
         before = json.loads(emu_status.read_text())["freq_mhz"]

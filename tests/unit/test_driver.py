@@ -304,3 +304,14 @@ def test_bm1397_midstate_index_selects_the_rolled_version():
     drv.poll(clock.monotonic())
     snap = drv.stats(clock.monotonic())
     assert snap.valid == 1 and snap.hw_errors == 1
+
+
+def test_a_reply_with_aa55_inside_is_taken_once_the_line_is_quiet():
+    clock, port, drv = make(1)
+    drv.bring_up()
+    bits = 0xAA55 << 13  # the version field of the reply reads AA 55: the parser holds it
+    job_id, nonce = port.nonce_for(0, version_bits=bits)
+    port.send_nonce(job_id, nonce, bits)
+    drv.poll(clock.monotonic())  # the reply's bytes arrive, nothing after them
+    drv.poll(clock.monotonic())  # the next read finds the line quiet
+    assert drv.stats(clock.monotonic()).valid == 1

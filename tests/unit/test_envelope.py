@@ -95,6 +95,34 @@ def test_voltage_rises_before_frequency_and_falls_after_it():
     assert down[-1].vcore_mv == 1000
 
 
+def test_held_voltage_names_what_the_next_output_keeps_while_frequency_settles():
+    env, _ = make(ramp_max_w_s=1000.0)
+    t = Ticker(env)
+    assert env.held_vcore_mv(t.now) is None  # nothing powered yet
+    t.tick(act())
+    t.tick(act(freq=525.0))
+    t.tick(act(freq=525.0))
+    t.tick(act(freq=100.0))
+    held = env.held_vcore_mv(t.now)
+    assert held == 1150  # 525 MHz was asked for a moment ago
+    assert t.tick(act(freq=100.0, vcore=1000)).vcore_mv >= held
+    for _ in range(4):
+        t.tick(act(freq=100.0))
+    assert env.held_vcore_mv(t.now) == 1000
+
+
+def test_a_restarted_chain_powers_on_again_at_minimum_and_ramps_from_zero():
+    env, _ = make(ramp_max_w_s=10.0)
+    t = Ticker(env)
+    t.tick(act())
+    for _ in range(30):
+        t.tick(act(freq=525.0, target=20.0))
+    env.chain_restarted()  # the chips lost their state (re-initialisation, power cut)
+    out = t.tick(act(freq=525.0, target=20.0))
+    assert out.chain_power_on and out.freq_mhz == 100.0 and "power_on_at_min" in out.limits
+    assert out.target_w <= 10.0 * DT + 1e-9
+
+
 def test_modelled_power_moves_at_most_the_ramp_per_tick_both_ways():
     env, _ = make(ramp_max_w_s=10.0)
     t = Ticker(env)

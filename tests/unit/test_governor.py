@@ -117,6 +117,15 @@ def make_config(**envelope: float):
     return config_from_mapping({"chain": {"port": "x"}, "board": {"port": "y"}, "envelope": env})
 
 
+@dataclass
+class ChainState:
+    """What the governor reads of agent.chainstats.ChainStats."""
+
+    state: str = "mining"
+    chips_ok: int = 1
+    hashrate_ghs: float = 1000.0
+
+
 class Loop:
     """Governor + plant + fake clock, stepped at the control period."""
 
@@ -127,6 +136,7 @@ class Loop:
         self.plant = plant or Plant()
         self.outs: list[tuple[float, Actuation, float, float]] = []  # t, out, true power, temp
         self.sample_hook = None
+        self.chain: ChainState | None = None  # what the chain driver reports (None: nothing)
 
     def run(self, seconds: float) -> None:
         for _ in range(round(seconds / PERIOD_S)):
@@ -134,7 +144,7 @@ class Loop:
             if self.sample_hook is not None:
                 s = self.sample_hook(s)
             now = self.clock.monotonic()
-            out = self.gov.update(now, s)
+            out = self.gov.update(now, s, self.chain)
             self.plant.apply(out)
             self.plant.step(PERIOD_S)
             self.clock.advance(PERIOD_S)
@@ -162,7 +172,7 @@ def test_starts_at_minimum_and_ramps_to_the_default_target():
 
 @pytest.mark.parametrize(
     "low_share, plant_gain, max_w",
-    [(0.3, 1.08, 20.0), (0.5, 1.08, 20.0), (0.35, 0.85, 16.0), (0.4, 1.25, 20.0)],
+    [(0.3, 1.08, 20.0), (0.5, 1.08, 20.0), (0.4, 0.85, 16.0), (0.4, 1.25, 20.0)],
 )
 def test_step_down_and_up_tracks_within_2pct_of_max_within_1s(low_share, plant_gain, max_w):
     cfg = make_config(ramp_max_w_s=5 * max_w, max_power_w=max_w)
@@ -219,8 +229,23 @@ def test_caps_declares_the_model_minimum_and_the_envelope():
     gov = Loop().gov
     caps = gov.caps()
     assert caps == {"min_w": math.ceil(gov.min_w), "max_w": 20, "ramp_max_w_s": 40, "chips": 1,
-                    "chip_model": "BM1370", "hashrate_max_ghs": 1071.0}
+                    "chip_model": "BM1370", "hashrate_max_ghs": 1275.0}  # 625 MHz
     assert 5.0 < gov.min_w < 9.0
+
+
+@pytest.mark.parametrize("plant_gain", [0.85, 1.15])
+def test_declared_range_is_reachable_on_a_board_15pct_off_the_model(plant_gain):
+    """Default caps (no max_power_w configured): a board drawing 15 % less than the model still
+    reaches max_w, one drawing 15 % more still comes down to min_w."""
+    cfg = config_from_mapping({"chain": {"port": "x"}, "board": {"port": "y"},
+                               "envelope": {"trip_hold_s": 5.0}})
+    loop = Loop(cfg, Plant(gain=plant_gain, offset_w=0.0, heat_cap_j_k=10.0))
+    caps = loop.gov.caps()
+    for target in (caps["max_w"], caps["min_w"], caps["max_w"]):
+        d = loop.gov.set_target(target)
+        loop.run(8.0)
+        assert d.limited_by is None, (target, d)
+        assert abs(loop.plant.power_w - target) < 0.02 * caps["max_w"], target
 
 
 def test_heatwave_derates_and_never_reaches_the_hard_limit():
@@ -555,12 +580,60 @@ def test_vf_curve_is_linear_clamped_and_inverts():
 
 
 def test_target_below_what_the_board_can_reach_is_reported_caps():
-    loop = Loop(plant=Plant(gain=1.25))  # this board draws 25 % more than the model says
+    loop = Loop(plant=Plant(gain=1.4))  # this board draws 40 % more than the model says
     loop.settle()
     loop.gov.set_target(8.0)
     loop.run(4.0)
-    d = loop.gov.set_target(5.2)  # above the model's min_w, below this board's minimum
+    d = loop.gov.set_target(6.0)  # the declared min_w, below this board's minimum (6.5 W)
+    assert loop.gov.caps()["min_w"] == 6
     assert d.limited_by == "caps" and d.applied_w > 6.0
     loop.run(3.0)
     assert loop.outs[-1][1].freq_mhz < 105.0  # at the bottom of the range
     assert abs(loop.plant.power_w - d.applied_w) < 0.4
+
+
+def _largest_1s_change_w(outs, t0: float) -> float:
+    pts = [(t, p) for t, _, p, _ in outs if t >= t0]
+    return max(abs(pk - p) for i, (t, p) in enumerate(pts) for tk, pk in pts[i + 1:]
+               if tk - t <= 1.0 + 1e-9)
+
+
+def test_no_ramp_up_until_the_chain_hashes():
+    loop = Loop()
+    loop.chain = ChainState(state="starting")  # the driver is still bringing the chain up
+    loop.run(2.0)
+    assert loop.gov.mode == "starting" and "hash" in loop.gov.mode_reason
+    assert all(o.freq_mhz == 100.0 for _, o, _, _ in loop.outs)
+    loop.chain.state = "ramping"
+    loop.run(6.0)
+    assert loop.gov.mode == "mining" and abs(loop.plant.power_w - 20.0) < 0.4
+
+
+def test_chain_reinitialisation_ramps_back_from_the_minimum_within_the_ramp(caplog):
+    ramp = 5.0
+    loop = Loop(make_config(ramp_max_w_s=ramp))
+    loop.chain = ChainState()
+    loop.run(10.0)
+    assert abs(loop.plant.power_w - 20.0) < 0.4
+    # a hang: the driver resets the chain, whose chips come back at their reset clock
+    loop.chain.state = "starting"
+    loop.plant.freq_mhz = loop.plant.target_freq = 50.0
+    with caplog.at_level(logging.WARNING, logger="gridminer.governor"):
+        loop.run(0.5)
+    assert "ramping up again from the minimum" in caplog.text
+    assert loop.outs[-1][1].freq_mhz == 100.0 and loop.gov.mode == "starting"
+    t_back = loop.clock.monotonic()
+    loop.chain.state = "ramping"
+    loop.run(6.0)
+    assert _largest_1s_change_w(loop.outs, t_back) <= ramp * 1.0 + 0.01 * 20.0 + 0.3
+    assert abs(loop.plant.power_w - 20.0) < 0.4
+
+
+def test_curtail_goes_to_the_minimum_frequency_and_reports_that_power():
+    loop = Loop(plant=Plant(gain=1.0, offset_w=0.0))
+    loop.settle()
+    d = loop.gov.curtail()
+    assert d.applied_w < loop.gov.caps()["min_w"]  # deeper than the promised minimum
+    loop.run(3.0)
+    assert loop.outs[-1][1].freq_mhz == 100.0
+    assert abs(loop.plant.power_w - d.applied_w) < 0.05 * 20.0
