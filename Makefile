@@ -39,9 +39,32 @@ mosquitto:
 test: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Benchmarks print figures (they are not timed tests): the SHA-256d kernels, then every script
+# in tests/bench (reply parser, emulator, governor, agent on the emulator, MQTT latency).
 bench: setup
 	$(PY) -m agent bench
+	@for script in tests/bench/bench_*.py; do \
+		echo; echo "== $$script"; $(PY) $$script || exit 1; \
+	done
 
 lint: setup
 	$(VENV)/bin/ruff check agent firmware_bridge hil tests
 	$(VENV)/bin/mypy
+
+# The HIL demo: broker + emulated board + agent process + grid operator playing the default
+# scenario (a compressed renewable-surplus day, ~2 minutes); writes the report to $(DEMO_OUT).
+DEMO_SPEED ?= 2.5
+DEMO_OUT ?= out/demo
+.PHONY: demo
+demo: setup
+	@$(PY) -m agent hil run solar_surplus --speed $(DEMO_SPEED) --out $(DEMO_OUT); rc=$$?; \
+	if [ -f $(DEMO_OUT)/report.png ]; then \
+		echo "report: $(abspath $(DEMO_OUT))/report.png (figures: $(abspath $(DEMO_OUT))/summary.md)"; \
+	fi; exit $$rc
+
+# Deploy the bridge firmware onto a MicroPython board with mpremote (precompiled .mpy, main.py,
+# bridge.json): make flash PORT=/dev/ttyACM0 [FLASH_ARGS="--config bridge.json --family BM1366"]
+.PHONY: flash
+flash: setup
+	@test -n "$(PORT)" || { echo "usage: make flash PORT=/dev/ttyACM0 [FLASH_ARGS=...]" >&2; exit 2; }
+	$(VENV)/bin/gridminer flash --port $(PORT) $(FLASH_ARGS)
