@@ -1,9 +1,11 @@
 """Per-chip statistics of a hashing chain: valid nonces, hardware errors, silence, hashrate.
 
 Every valid nonce at ticket difficulty T stands for T * 2**32 hashes; the hashrate is that sum over
-a sliding window. Silence is measured in expected nonce intervals: the hashes a chip should have
-done since its last valid nonce (at the frequencies it actually ran) over T * 2**32, so a chip at a
-low frequency is not called dead for being slow.
+a sliding window: per chip a long one, for the chain one just long enough to hold about 200 expected
+nonces, so the chain figure is steady within ~7 % yet follows a change of load within seconds.
+Silence is measured in expected nonce intervals: the hashes a chip should have done since its last
+valid nonce (at the frequencies it actually ran) over T * 2**32, so a chip at a low frequency is not
+called dead for being slow.
 """
 
 from __future__ import annotations
@@ -12,6 +14,16 @@ from collections import deque
 from dataclasses import dataclass
 
 HASHES_PER_DIFF1 = 2**32
+
+
+def ticket_for(hashrate_ghs: float, nonce_rate_hz: float = 64.0, max_difficulty: int = 256) -> int:
+    """The largest power-of-two ticket difficulty (1 .. max_difficulty) at which a chain hashing
+    at `hashrate_ghs` still returns at least `nonce_rate_hz` nonces a second."""
+    difficulty = 1
+    while (difficulty * 2 <= max_difficulty
+           and hashrate_ghs * 1e9 / (difficulty * 2 * HASHES_PER_DIFF1) >= nonce_rate_hz):
+        difficulty *= 2
+    return difficulty
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,8 @@ class ChainStatistics:
         self,
         small_cores: int,
         window_s: float = 30.0,
+        chain_window_nonces: float = 200.0,
+        min_chain_window_s: float = 2.0,
         dead_intervals: float = 40.0,
         silent_intervals: float = 12.0,
         flaky_ratio: float = 0.5,
@@ -103,6 +117,8 @@ class ChainStatistics:
     ) -> None:
         self.small_cores = small_cores
         self.window_s = window_s
+        self.chain_window_nonces = chain_window_nonces
+        self.min_chain_window_s = min_chain_window_s
         self.dead_intervals = dead_intervals
         self.silent_intervals = silent_intervals
         self.flaky_ratio = flaky_ratio
@@ -212,6 +228,28 @@ class ChainStatistics:
             return 0.0
         return sum(h for _, h in window) / max(span, 1.0) / 1e9
 
+    def chain_hashrate_ghs(self, now_s: float, freq_mhz: float) -> float:
+        """Verified hashes of all chips over a window holding about `chain_window_nonces`
+        expected nonces at `freq_mhz` (between `min_chain_window_s` and `window_s`)."""
+        per_nonce = self.ticket_difficulty * HASHES_PER_DIFF1
+        rate_hz = freq_mhz * 1e6 * self.small_cores * len(self.chips) / per_nonce
+        window_s = self.window_s
+        if rate_hz > 0:
+            window_s = min(window_s, max(self.min_chain_window_s,
+                                         self.chain_window_nonces / rate_hz))
+        cutoff = now_s - window_s
+        start = max(cutoff, self._since_s if self._since_s is not None else cutoff)
+        span = now_s - start
+        if span <= 0:
+            return 0.0
+        hashes = 0.0
+        for chip in self.chips:
+            for ts, h in reversed(chip.window):
+                if ts < cutoff:
+                    break
+                hashes += h
+        return hashes / max(span, min(1.0, window_s)) / 1e9
+
     def silence_intervals(self, chip: ChipCounters, now_s: float) -> float:
         per_nonce = self.ticket_difficulty * HASHES_PER_DIFF1
         return (self._expected_now(now_s) - chip.expected_at_valid) / per_nonce
@@ -264,7 +302,7 @@ class ChainStatistics:
             chips_expected=chips_expected,
             chips_found=len(self.chips),
             chips_ok=sum(1 for c in chips if c.health == "ok") if hashing else 0,
-            hashrate_ghs=sum(c.hashrate_ghs for c in chips),
+            hashrate_ghs=self.chain_hashrate_ghs(now_s, freq_mhz) if hashing else 0.0,
             expected_hashrate_ghs=(freq_mhz * self.small_cores * len(chips) / 1000.0
                                    if hashing else 0.0),
             valid=sum(c.valid for c in chips),

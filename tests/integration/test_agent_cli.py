@@ -103,6 +103,7 @@ def test_agent_mines_prints_status_and_idles_the_chain_on_sigterm(emulator, tmp_
                 break
             time.sleep(0.2)
         assert mining, proc.stderr.read() if proc.poll() is not None else "not mining"
+        time.sleep(2.5)  # two status periods: the status line has been printed while mining
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     finally:

@@ -110,3 +110,34 @@ def test_reinit_keeps_counters_and_restarts_silence():
     snap = snapshot(stats, 500.0, 2)
     assert snap.chips[0].valid == 1 and snap.chips[1].hw_errors == 1
     assert snap.chips[1].health == "ok"
+
+
+def test_automatic_ticket_keeps_about_64_nonces_per_second():
+    from agent.chainstats import ticket_for
+
+    # 4 x BM1370 at 525 MHz: 4284 GH/s = 997 difficulty-1 nonces/s -> ticket 8 (125 nonces/s)
+    assert ticket_for(4284.0) == 8
+    assert ticket_for(1071.0) == 2
+    assert ticket_for(10.0) == 1  # a slow chain never goes below difficulty 1
+    assert ticket_for(137_000.0) == 256  # a big chain stays at the usual 256
+
+
+def test_chain_hashrate_follows_a_load_change_within_seconds():
+    stats = make_stats(4, ticket=8)
+
+    def run(t0: float, t1: float, freq_mhz: float) -> float:
+        # nonces arrive at the rate the frequency gives (deterministic spacing)
+        per_nonce = 8 * 2**32
+        interval_s = per_nonce / (freq_mhz * 1e6 * SMALL_CORES * 4)
+        t = t0
+        while t < t1:
+            t += interval_s
+            stats.advance(t, freq_mhz, hashing=True)
+            stats.record_valid(int(t / interval_s) % 4, t)
+        return t
+
+    t = run(0.0, 40.0, 500.0)
+    assert snapshot(stats, t).hashrate_ghs == pytest.approx(4080.0, rel=0.03)
+    t = run(t, t + 8.0, 150.0)  # load cut to 30 %: the figure follows within seconds
+    after = stats.snapshot(t, "mining", "BM1370", 150.0, 150.0, 4).hashrate_ghs
+    assert after == pytest.approx(1224.0, rel=0.05)

@@ -85,7 +85,7 @@ class FakeBoard:
 def make(chips: int = 4, target_w: float | None = None, grid=None):
     clock = FakeClock()
     port = FakeChainPort("BM1370", chips)
-    raw = {"chain": {"port": "x", "chips": chips, "freq_step_mhz": 25.0,
+    raw = {"chain": {"port": "x", "chips": chips, "ticket_difficulty": 256, "freq_step_mhz": 25.0,
                      "freq_step_interval_s": 0.01},
            "board": {"port": "y"}, "governor": {}, "log": {"status_period_s": 1.0}}
     if target_w is not None:
