@@ -7,7 +7,10 @@
                      --kid KID --state-dir DIR [--insecure-no-tls]]
 
 Flags override the file. When neither the file nor the flags give the chip family or count, the
-agent resets the chain through the board link, probes it and runs with what answered. A bad
+agent probes the chain and runs with what answered. A chain that is already hashing (the agent
+was restarted: the board powers it and it answers at the fast baud) is taken over without a
+reset, its load moved at the ramp limit from where it is; one that answers but is not what the
+config says is wound down at the ramp limit first, then reset and brought up. A bad
 config or flag is one line on stderr and exit status 2; a chain that is not what the config says
 (or that does not answer the probe) is exit status 1; SIGINT/SIGTERM idle the chain and exit 0.
 """
@@ -76,12 +79,14 @@ def build_grid(config: Any, runtime: Any, clock: Any) -> tuple[Any, Any]:
 PROBE_ATTEMPTS = 3
 
 
-def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any) -> Any:
+def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any,
+                 running: Any = None) -> Any:
     """`config` with the [chain] family and chip count it leaves out taken from the chain
-    (probed after a reset through the board link); unchanged when both are given.
+    (`running`, a chain found hashing, as it answered; else probed, at the fast baud first and
+    after a reset through the board link only when nothing runs); unchanged when both are given.
     ChainError when no chip answers, ConfigError when what answered is out of range."""
     from agent.config import with_chain
-    from agent.driver import probe_chain
+    from agent.driver import PROFILES, ProbeResult, probe_chain
 
     unpinned = config.chain_unpinned
     if not unpinned:
@@ -89,7 +94,11 @@ def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any) -> Any:
     family = None if "family" in unpinned else config.chain.family
     for attempt in range(1, PROBE_ATTEMPTS + 1):
         try:
-            found = probe_chain(chain_port, clock, family, board)
+            if running is not None and running.family in PROFILES:
+                found = ProbeResult(running.family, running.chip_id, running.count,
+                                    running.addresses, running)
+            else:
+                found = probe_chain(chain_port, clock, family, board)
             break
         except ChainError as exc:
             if attempt == PROBE_ATTEMPTS:
@@ -104,6 +113,64 @@ def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any) -> Any:
              config.chain.port, found.count, found.family, found.chip_id, config.chain.chips,
              config.chain.family)
     return config
+
+
+def find_running_chain(config: Any, chain_port: Any, board: Any,
+                       clock: Any) -> tuple[Any, Any]:
+    """(board sample, RunningChain or None): a chain the board powers that answers a chip-ID
+    read at the fast baud is already hashing (the agent restarted); it must not be reset."""
+    from agent.driver import read_running_chain
+
+    try:
+        sample = board.read_sample()
+    except BoardLinkError as exc:
+        log.warning("no board sample at start (%s); bringing the chain up cold", exc)
+        return None, None
+    if not getattr(sample, "chain_powered", False):
+        return sample, None
+    family = None if "family" in config.chain_unpinned else config.chain.family
+    running = read_running_chain(chain_port, clock, family)
+    if running is not None:
+        log.info("the chain is running: %d x %s at %.2f MHz, board at %.1f W", running.count,
+                 running.family, running.freq_mhz, sample.power_w)
+    return sample, running
+
+
+def take_over(config: Any, running: Any, sample: Any, chain_port: Any, board: Any, clock: Any,
+              driver: Any, governor: Any, runtime: Any) -> bool:
+    """Adopt a running chain without a reset (True). When it is not what the config says, wind
+    it down at the ramp limit first, so that the cold bring-up's reset drops no load (False)."""
+    from agent.driver import START_FREQ_MHZ, wind_down
+
+    problem = running.problem(config.chain.family, config.chain.chips)
+    if problem is None:
+        now = clock.monotonic()
+        freq = running.freq_mhz
+        vcore = float(getattr(sample, "vcore_mv", 0) or 0)
+        power = float(getattr(sample, "power_w", 0) or 0)
+        governor.adopt(now, freq, vcore, power, sample)
+        driver.adopt(now, running)
+        runtime.adopt(now, freq)
+        return True
+    if running.freq_mhz <= START_FREQ_MHZ + 0.5:
+        log.info("the chain answers at the fast rate at its reset clock; bringing it up cold")
+        return False
+    log.warning("the running chain cannot be taken over (%s): winding it down at the ramp "
+                "limit before a reset", problem)
+    model = governor.model
+    temp = governor.envelope.check.hottest_c
+    vcore = float(getattr(sample, "vcore_mv", 0) or 0) or governor.curve_vcore(running.freq_mhz)
+    overhead = model.params.overhead_w
+    # the model is for the configured chain: scale its chain power to what the board draws now
+    modelled = model.power_w(running.freq_mhz, vcore, temp) - overhead
+    measured = float(getattr(sample, "power_w", 0) or 0) - overhead
+    scale = min(4.0, max(1.0, measured / modelled)) if modelled > 0 and measured > 0 else 1.0
+
+    def power_w(freq_mhz: float) -> float:
+        return overhead + scale * (model.power_w(freq_mhz, vcore, temp) - overhead)
+
+    wind_down(chain_port, clock, running, power_w, governor.ramp_max_w_s, tick=board.heartbeat)
+    return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,7 +213,8 @@ def _run(config: Any) -> int:
         board_port = open_serial(config.board.port, "board", 115200, 0.02)
         closers.append(board_port.close)
         board = BoardClient(board_port)
-        config = detect_chain(config, chain_port, board, clock)
+        sample, running = find_running_chain(config, chain_port, board, clock)
+        config = detect_chain(config, chain_port, board, clock, running)
         if config.grid.insecure_dev:
             log.warning("INSECURE DEVELOPMENT MODE (grid.insecure_dev): operator keys are "
                         "optional and secret files others can read are accepted; never use "
@@ -159,6 +227,9 @@ def _run(config: Any) -> int:
                           period_s=config.governor.control_period_s,
                           status_period_s=config.log.status_period_s, wake=wake,
                           on_stop=[board_port.close])
+        if running is not None:
+            take_over(config, running, sample, chain_port, board, clock, driver, governor,
+                      runtime)
         if config.grid.broker_url:
             session, link = build_grid(config, runtime, clock)
             runtime.grid = session

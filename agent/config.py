@@ -54,7 +54,7 @@ class ChainConfig:
     freq_step_mhz: float = _key(6.25, lo=0.5, hi=200.0)
     freq_step_interval_s: float = _key(0.004, lo=0.0, hi=10.0)
     nonce_difficulty: float | None = _key(None, lo=1e-12, hi=2.0**64)
-    ticket_difficulty: int = _key(256, lo=1, hi=2**32)
+    ticket_difficulty: int = _key(0, lo=0, hi=2**32)  # 0: chosen for ~64 nonces/s (chainstats)
 
 
 @dataclass(frozen=True)
@@ -330,7 +330,8 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
             f"governor.vf_points: min_freq_mhz {_fmt(env.min_freq_mhz)} needs more than "
             f"envelope.max_vcore_mv {env.max_vcore_mv}"
         )
-    if env.max_power_w is None:
+    rating_derived = env.max_power_w is None
+    if rating_derived:
         model = PowerModel(ModelParams.for_family(
             prof.family, cfg.chain.chips, chip_power_w=gov.chip_power_w,
             regulator_efficiency=gov.regulator_efficiency, overhead_w=gov.board_overhead_w))
@@ -345,7 +346,10 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
     if gov.default_target_w is None:
         gov = dataclasses.replace(gov, default_target_w=max_power_w)
     assert gov.default_target_w is not None
-    if gov.default_target_w > max_power_w:
+    # with the chip count left to detection the rating is not known yet: `with_chain` checks
+    # the target again once the agent has counted the chips
+    chips_known = not (rating_derived and "chips" in cfg.chain_unpinned)
+    if gov.default_target_w > max_power_w and chips_known:
         raise _range_error("governor.default_target_w", gov.default_target_w, 0, max_power_w,
                            "envelope.max_power_w")
     if gov.fan_target_temp_c >= env.max_chip_temp_soft_c:

@@ -16,6 +16,12 @@ While hashing it reads a counter register every second; a chain that answers not
 `hung_timeout_s` is hung, a chip silent for many expected nonce intervals is dead, one whose
 nonces mostly fail is flaky. Each of these resets and re-initialises the chain (with a back-off)
 and ramps back to the frequency last asked for.
+
+Takeover (an agent restart while the chain hashes): `read_running_chain` reads chip IDs and PLL0
+at the fast baud without a reset (a chain fresh from reset answers at 115200 only) and `adopt`
+goes on hashing at the clock read back, re-sending only what is safe without a reset (ticket
+mask, version rolling, HCN, jobs). `wind_down` steps a running chain that cannot be taken over
+down to 50 MHz within a power ramp before the reset.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.chainstats import ChainStatistics, ChainStats
+from agent.chainstats import ChainStatistics, ChainStats, ticket_for
 from agent.clock import Clock
 from agent.errors import BoardLinkError, ChainError
 from agent.work import (
@@ -129,7 +135,7 @@ class ChainSettings:
         values: dict[str, Any] = {
             "family": chain.family,
             "chips": chain.chips,
-            "ticket_difficulty": chain.ticket_difficulty,
+            "ticket_difficulty": chain.ticket_difficulty or _auto_ticket(chain.family, chain.chips),
             "nonce_difficulty": chain.nonce_difficulty,
             "initial_baud": chain.baud,
             "ramp_step_mhz": chain.freq_step_mhz,
@@ -149,6 +155,12 @@ def next_pow2(n: int) -> int:
     while p < n:
         p <<= 1
     return p
+
+
+def _auto_ticket(family: str, chips: int) -> int:
+    """Ticket difficulty for a steady hashrate figure at the family's default clock."""
+    prof = profile(family)
+    return ticket_for(prof.hashrate_ghs(prof.default_freq_mhz, chips))
 
 
 def job_interval_s(family: str, chips: int, freq_mhz: float) -> float:
@@ -247,6 +259,7 @@ class ChainDriver:
         self.nonces = 0
         self.recovery_reasons: list[str] = []
         self._attempts = 0
+        self.adopted = False  # the chain was taken over running, without a reset
         # reader thread
         self._rx: queue.SimpleQueue[bytes | BaseException] = queue.SimpleQueue()
         self._threaded = threaded
@@ -271,6 +284,7 @@ class ChainDriver:
         self._pll_value = asic.pll_value(self.family, START_FREQ_MHZ)
         self._hcn_written = None
         self._hcn_pending = False
+        self.adopted = False
         self.phase = "reset"
         self._want_wake = True
         if self.board is not None:
@@ -309,6 +323,32 @@ class ChainDriver:
         self.state = DOWN
         self.freq_mhz = START_FREQ_MHZ
         self.jobs.clear()
+
+    def adopt(self, now: float, running: RunningChain) -> None:
+        """Take over a chain that is already hashing (the agent restarted): no reset. The chips
+        keep their addresses, baud and clock; the ticket mask and version rolling are written
+        again, jobs follow, and the frequency stays where it was read until asked otherwise."""
+        self._script.clear()
+        self._retry_at_s = None
+        self.error = None
+        self.phase = ""
+        self.jobs.clear()
+        self.addresses = list(running.addresses)
+        self.chip_ids = [((running.chip_id << 16) | a, a) for a in running.addresses]
+        self.stats_.set_chips(self.addresses, now)
+        self._set_host_baud(running.host_baud)
+        self._flush_input()
+        self.freq_mhz = running.freq_mhz
+        self._pll_value = running.pll_value
+        self._requested_mhz = self.target_freq_mhz = running.freq_mhz
+        self._hcn_written = None
+        self._hcn_pending = True  # the counting number for this clock and count, written again
+        self.adopted = True
+        self._queue(takeover_frames(self.family, int(self.ticket)), now)
+        self._run_script(now)
+        log.info("%s: took over %d running %s chips at %.2f MHz (no reset)", self.name,
+                 len(self.addresses), self.family, self.freq_mhz)
+        self._begin_hashing(now)
 
     @property
     def hashing(self) -> bool:
@@ -516,6 +556,8 @@ class ChainDriver:
             stats.unattributed += 1
             return
         if check.work is None:
+            if self.adopted and now - self._hashing_since_s < self.settings.job_grace_s:
+                return  # a nonce for a job the previous agent sent, before the takeover
             stats.record_hw_error(chip, now)
             return
         stats.record_valid(chip, now, check.stale)
@@ -806,11 +848,137 @@ class ChainDriver:
 
 
 @dataclass(frozen=True)
+class RunningChain:
+    """A chain found hashing at the fast baud (an agent restart): what its chips answered."""
+
+    family: str
+    chip_id: int
+    addresses: tuple[int, ...]  # as the chips report them, in chain order
+    pll_values: tuple[int, ...]  # register 0x08 of each chip that answered
+    host_baud: int
+
+    @property
+    def count(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def pll_value(self) -> int:
+        """The PLL0 value of the fastest chip (the one the power follows)."""
+        return max(self.pll_values, key=lambda v: asic.pll_freq_mhz(self.family, v))
+
+    @property
+    def freq_mhz(self) -> float:
+        return asic.pll_freq_mhz(self.family, self.pll_value)
+
+    def problem(self, family: str, chips: int | None) -> str | None:
+        """Why this chain cannot be taken over as the config says (None: it can)."""
+        fam = profile(family).family
+        if self.family != fam:
+            return f"the running chips are {self.family}, the config says {fam}"
+        if chips and self.count != chips:
+            return f"{self.count} running chips answered, the config says {chips}"
+        if self.addresses != tuple(bringup.chip_addresses(self.count)):
+            return f"the running chips report addresses {list(self.addresses)}"
+        if len(self.pll_values) != self.count:
+            return f"{len(self.pll_values)} of {self.count} chips answered the PLL0 read"
+        freqs = {round(asic.pll_freq_mhz(self.family, v), 2) for v in self.pll_values}
+        if len(freqs) != 1:
+            return f"the running chips disagree on their clock ({sorted(freqs)} MHz)"
+        f = self.freq_mhz
+        if f <= START_FREQ_MHZ + 0.5:
+            return "the chips run at their reset clock (idle or never configured)"
+        if f > 2000:
+            return f"the running chips report an implausible clock ({f:.1f} MHz)"
+        return None
+
+
+def takeover_frames(family: str, difficulty: int) -> list[tuple[bytes, int]]:
+    """What a running chain gets again on a takeover (safe without a reset): ticket mask and
+    version rolling (BM1366/68/70)."""
+    frames = [(asic.cmd_write(asic.REG_TICKET_MASK, asic.ticket_mask(difficulty)), 0)]
+    if profile(family).family != "BM1397":
+        frames.append((asic.cmd_write(asic.REG_VERSION_ROLLING,
+                                      asic.version_rolling_value()), 0))
+    return frames
+
+
+def read_running_chain(
+    port: SerialPort, clock: Clock, family: str | None = None, timeout_s: float = 0.5,
+) -> RunningChain | None:
+    """Look for a chain that is already hashing, without a reset: chip-ID and PLL0 broadcast
+    reads at the family's fast host baud (a chain fresh from reset answers at 115200 only).
+    None (and the port's baud as it was) when nothing answers there."""
+    try:
+        before = int(port.baudrate)
+    except Exception:
+        before = INITIAL_BAUD
+    families = [profile(family).family] if family else ["BM1370", "BM1397"]
+    for fam in families:
+        host_baud = bringup.baud_frame(fam)[1]
+        try:
+            port.baudrate = host_baud
+        except Exception as exc:
+            log.warning("cannot set %d baud on the chain port: %s", host_baud, exc)
+            continue
+        with contextlib.suppress(Exception):
+            port.reset_input_buffer()
+        port.write(asic.cmd_read(asic.REG_CHIP_ID))
+        ids = _collect(port, clock, asic.ResponseParser(fam), timeout_s, asic.REG_CHIP_ID)
+        if not ids:
+            continue
+        chip_id = ids[0].value >> 16
+        found = next((p.family for p in PROFILES.values() if p.chip_id == chip_id), fam)
+        port.write(asic.cmd_read(asic.REG_PLL0))
+        plls = _collect(port, clock, asic.ResponseParser(fam), timeout_s, asic.REG_PLL0)
+        return RunningChain(found, chip_id, tuple(r.chip_addr for r in ids),
+                            tuple(r.value for r in plls), host_baud)
+    with contextlib.suppress(Exception):
+        port.baudrate = before
+    return None
+
+
+def wind_down(
+    port: SerialPort, clock: Clock, running: RunningChain, power_w: Callable[[float], float],
+    ramp_w_s: float, tick: Callable[[], None] | None = None, period_s: float = 0.1,
+    step_mhz: float = 6.25,
+) -> float:
+    """Bring a running chain's clock down to 50 MHz with broadcast PLL0 writes, each step's
+    modelled power (`power_w(freq_mhz)`) at most 90 % of `ramp_w_s` per period below the last:
+    the safe way to a reset when a running chain cannot be taken over. `tick` runs every
+    period (the board heartbeat). Returns the seconds it took."""
+    family = running.family
+    start = clock.monotonic()
+    f = running.freq_mhz
+    budget = 0.9 * ramp_w_s * period_s
+    steps = asic.ramp_steps(f, START_FREQ_MHZ, step_mhz) if f > START_FREQ_MHZ else []
+    i = 0
+    while i < len(steps):
+        # the lowest next step whose power is within the budget (at least one step)
+        j = i
+        while j + 1 < len(steps) and power_w(f) - power_w(steps[j + 1]) <= budget:
+            j += 1
+        drop = power_w(f) - power_w(steps[j])
+        f = steps[j]
+        i = j + 1
+        if family == "BM1397":
+            port.write(asic.cmd_write(asic.REG_PLL0_DIVIDER, 0x0F0F0F00))
+        port.write(asic.cmd_write(asic.REG_PLL0, asic.pll_value(family, f)))
+        if tick is not None:
+            with contextlib.suppress(Exception):
+                tick()
+        clock.sleep(period_s * max(1.0, drop / budget if budget > 0 else 1.0))
+    log.info("wound the running chain down from %.2f MHz in %.1f s", running.freq_mhz,
+             clock.monotonic() - start)
+    return clock.monotonic() - start
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     family: str
     chip_id: int
     count: int
     addresses: tuple[int, ...]  # as the chips report them after addressing
+    running: RunningChain | None = None  # found hashing: listed without a reset
 
 
 def probe_chain(
@@ -822,7 +990,22 @@ def probe_chain(
 ) -> ProbeResult:
     """Enumerate a chain without configuring it: chip-ID read (family inferred from the answer
     when not given), chain inactive, addresses, then a chip-ID read to list the addresses.
-    ChainError if no chip answers."""
+    A chain already hashing (it answers at the fast baud) is listed as it runs, without a
+    reset (`running` set). ChainError if no chip answers."""
+    try:
+        baud = int(port.baudrate)
+    except Exception:
+        baud = INITIAL_BAUD
+    running = read_running_chain(port, clock, family, min(timeout_s, 0.5))
+    if running is not None and running.problem(running.family, None) is None:
+        if profile(running.family).chip_id != running.chip_id:
+            raise ChainError(f"{running.count} running chips answered with an unknown chip id "
+                             f"0x{running.chip_id:04X}")
+        return ProbeResult(running.family, running.chip_id, running.count, running.addresses,
+                           running)
+    if running is not None:  # answered at the fast rate, but not a configured, hashing chain
+        with contextlib.suppress(Exception):
+            port.baudrate = baud
     if board is not None:
         try:
             board.reset_chain()

@@ -353,6 +353,13 @@ class Envelope:
                                    last.mode, 0.0, last.reason)
             self._freq_history.clear()
 
+    def adopt(self, now_s: float, running: Actuation) -> None:
+        """A chain found running (an agent restart): `running` is what the hardware does now,
+        so the next outputs are ramped from there, not powered on from the minimum."""
+        self._last, self._last_s = running, now_s
+        self._freq_history.clear()
+        self._freq_history.append((now_s, running.freq_mhz))
+
     def power_w(self, a: Actuation, temp_c: float | None) -> float:
         """Modelled power of an actuation (0 with the chain down)."""
         return self.model.power_w(a.freq_mhz, a.vcore_mv, temp_c) if a.chain_power_on else 0.0

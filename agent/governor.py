@@ -221,6 +221,52 @@ class Governor:
         if t_s is not None:
             log.info("governor: ramp-up held for %.1f s", max(0.0, t_s - self.clock.monotonic()))
 
+    def adopt(self, now_s: float, freq_mhz: float, vcore_mv: float, power_w: float,
+              sample: BoardReading | None = None) -> Actuation:
+        """Start from a chain found hashing (an agent restart) instead of from power-on: the
+        ramped reference is the measured board power, the last output the chain's frequency at
+        the measured core voltage, and the model is corrected to the measured power there; the
+        next moves are ramp-limited from where the load is. `sample` (the board sample the
+        power was read from) counts as the first sample."""
+        if sample is not None:
+            self.envelope.observe(now_s, sample)
+        temp = self.envelope.check.hottest_c
+        freq = min(max(float(freq_mhz), self.min_freq_mhz), self.max_freq_mhz)
+        vcore = round(vcore_mv) if math.isfinite(vcore_mv) and vcore_mv > 0 else 0
+        vcore = max(vcore, self.curve_vcore(freq))
+        power = float(power_w) if math.isfinite(power_w) and power_w > 0 else \
+            self.model.power_w(freq, vcore, temp)
+        m, lim = self.model, self.gcfg.correction_limit_pct / 100.0
+        overhead = m.params.overhead_w
+        chain0 = (m.power_w(freq, vcore, temp) - overhead) / m.gain  # at gain 1
+        if self.gcfg.correction == "gain" and chain0 > 0:
+            m.gain = min(1.0 + lim, max(1.0 - lim, (power - overhead) / chain0))
+        else:
+            resid = power - m.power_w(freq, vcore, temp)
+            self._bias_w = min(lim * self.max_power_w, max(-lim * self.max_power_w, resid))
+        fan = getattr(sample, "fan_pct", None)
+        if isinstance(fan, int | float) and math.isfinite(fan):
+            self.fan.reset(fan)
+        self._starting = False
+        self._ref_w = power
+        self._validated_w = power
+        self._last_now = now_s
+        self._pred_hist.clear()
+        self._pred_hist.append((now_s, (chain0, 1.0)))
+        self._pred_delayed = (chain0, 1.0)
+        self._chain0_f, self._on_f = chain0, 1.0
+        self._last_target_w = power
+        self._set_mode("mining", f"took over the running chain at {freq:.1f} MHz, {power:.1f} W")
+        out = Actuation(freq, vcore, int(fan) if isinstance(fan, int | float) and
+                        math.isfinite(fan) else self.gcfg.fan_startup_pct, True, self._mode,
+                        power, self._mode_reason)
+        self.envelope.adopt(now_s, out)
+        self._out = out
+        self._applied_w, self._limited_by = self._resolve(temp)
+        log.info("governor: took over the running chain at %.2f MHz, %d mV, %.1f W", freq,
+                 vcore, power)
+        return out
+
     def _decide(self, op: str, ramp_w_s: float | None) -> TargetDecision:
         ramp_limited = False
         if ramp_w_s is None or not math.isfinite(ramp_w_s) or ramp_w_s <= 0:

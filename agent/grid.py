@@ -180,13 +180,26 @@ class GridSession:
         self.link.set_status(caps_map(self._caps()), None)
 
     # ---- life cycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Restore the persisted state and begin the restart spread."""
+    def start(self, hot: bool = False) -> None:
+        """Restore the persisted state and begin the restart spread. `hot`: the agent took over
+        a chain that was already hashing (a restart of the agent, not of the power), so the load
+        is on: no curtail and no spread, the persisted active command (or the default) goes on
+        from the current load, ramp-limited by the governor."""
         now_s = self.clock.monotonic()
         now_ms = self._now_ms()
         self._started_s = now_s
         self._next_telemetry_s = now_s
         self._restore(now_ms)
+        if hot:
+            self.hold_until_s = None
+            log.info("hot start: the load is on; continuing without a restart spread")
+            if self.active is not None:
+                self._apply_command(self.active)
+            else:
+                self._apply(DEFAULT_OP, None, None)
+            self._publish_status()
+            self._started = True
+            return
         spread = self.rng.uniform(0.0, max(0.0, self.policy.restart_spread_s))
         self.hold_until_s = now_s + spread
         log.info("restart spread: %.1f s before ramping up", spread)

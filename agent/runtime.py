@@ -67,7 +67,8 @@ class Controller(Protocol):
 
 
 class Session(Protocol):
-    """The grid session as the runtime uses it (agent.grid.GridSession)."""
+    """The grid session as the runtime uses it (agent.grid.GridSession; `start(hot=...)` is
+    called first when it has one)."""
 
     def service(self, now_s: float | None = None) -> float: ...
 
@@ -158,6 +159,8 @@ class Runtime:
         self._last_error_log: dict[str, float] = {}
         self.exit_code = 0
         self.error: str | None = None
+        self.hot = False  # the chain was taken over running (an agent restart)
+        self._grid_started = False
 
     # -- control from other threads ---------------------------------------------------------
 
@@ -174,6 +177,14 @@ class Runtime:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    def adopt(self, now: float, freq_mhz: float) -> None:
+        """The chain is already powered and hashing at `freq_mhz` (the driver and the governor
+        have taken it over): no power-on and no bring-up; the grid session starts hot."""
+        self.hot = True
+        self._chain_on = True
+        self._chain_on_s = now
+        self._prev_freq_mhz = float(freq_mhz)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -207,6 +218,11 @@ class Runtime:
         if self.grid is not None and (self._grid_pending or now >= self._grid_due_s):
             self._grid_pending = False
             try:
+                if not self._grid_started:
+                    self._grid_started = True
+                    start = getattr(self.grid, "start", None)
+                    if start is not None:
+                        start(hot=self.hot)
                 delay = self.grid.service(now)
             except Exception:
                 self.counters.grid_errors += 1

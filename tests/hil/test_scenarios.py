@@ -54,16 +54,7 @@ def test_default_scenario_short_through_the_cli(tmp_path: Path, request: pytest.
     assert "FAIL" in again.stdout
 
 
-# Known product issue the rig found: after a SIGKILL the new agent process re-enumerates the
-# chain (reset, 50 MHz) before ramping back, so the load drops from ~58 W to ~5 W in < 0.5 s,
-# far faster than the declared ramp (spec 3.4: every move, restarts included, respects it).
-RESTART_DROP = pytest.mark.xfail(
-    strict=True, reason="agent restart resets a running chain: a load step faster than the ramp")
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=RESTART_DROP) if n == "agent_restart" else n
-             for n in OTHER_SCENARIOS])
+@pytest.mark.parametrize("name", OTHER_SCENARIOS)
 def test_scenario_short(name: str, hil_run) -> None:
     summary = hil_run(name)
     assert summary["passed"], failed_criteria(summary)
@@ -71,9 +62,7 @@ def test_scenario_short(name: str, hil_run) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [pytest.param(p.stem, marks=RESTART_DROP) if p.stem == "agent_restart" else p.stem
-             for p in available()])
+@pytest.mark.parametrize("name", [p.stem for p in available()])
 def test_scenario_full_length(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     from hil.rig import RigOptions, RigTarget, run_scenario
 

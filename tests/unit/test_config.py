@@ -181,3 +181,15 @@ def test_insecure_dev_lifts_the_operator_key_requirement():
     cfg = config_from_args(parse(["--chain", "a", "--board", "b", "--broker", grid["broker_url"],
                                   "--site", "s", "--device", "d", "--insecure-dev"]))
     assert cfg.grid.insecure_dev is True and cfg.grid.operator_keys == ()
+
+
+def test_a_target_above_one_chip_waits_for_the_chip_count_when_it_is_detected():
+    cfg = config_from_args(parse(["--chain", "a", "--board", "b", "--target-w", "45"]))
+    assert "chips" in cfg.chain_unpinned
+    four = with_chain(cfg, "BM1370", 4)  # detection found 4 chips: 45 W is within their rating
+    assert four.governor.default_target_w == 45 and four.envelope.max_power_w >= 45
+    with pytest.raises(ConfigError, match="governor.default_target_w"):
+        with_chain(cfg, "BM1370", 1)  # one chip cannot draw 45 W: refused with the key
+    with pytest.raises(ConfigError, match="governor.default_target_w"):  # a pinned chain at once
+        config_from_args(parse(["--chain", "a", "--board", "b", "--chips", "1",
+                                "--target-w", "45"]))
