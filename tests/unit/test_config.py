@@ -188,8 +188,8 @@ def test_a_target_above_one_chip_waits_for_the_chip_count_when_it_is_detected():
     assert "chips" in cfg.chain_unpinned
     four = with_chain(cfg, "BM1370", 4)  # detection found 4 chips: 45 W is within their rating
     assert four.governor.default_target_w == 45 and four.envelope.max_power_w >= 45
-    with pytest.raises(ConfigError, match="governor.default_target_w"):
+    with pytest.raises(ConfigError, match=r"governor\.default_target_w"):
         with_chain(cfg, "BM1370", 1)  # one chip cannot draw 45 W: refused with the key
-    with pytest.raises(ConfigError, match="governor.default_target_w"):  # a pinned chain at once
+    with pytest.raises(ConfigError, match=r"governor\.default_target_w"):  # a pinned chain at once
         config_from_args(parse(["--chain", "a", "--board", "b", "--chips", "1",
                                 "--target-w", "45"]))
