@@ -69,9 +69,9 @@ def build_grid(config: Any, runtime: Any, clock: Any) -> tuple[Any, Any]:
     settings = LinkSettings.from_config(grid)
     link = GridLink(settings, clock)
     keys = load_operator_keys(grid.operator_keys, grid.insecure_dev)
-    session = GridSession(link, GovernorSink(runtime.governor), keys, grid.state_dir,
-                          snapshot=runtime.snapshot, policy=GridPolicy.from_config(grid),
-                          clock=clock)
+    sink = GovernorSink(runtime.governor, on_apply=runtime.request_tick)
+    session = GridSession(link, sink, keys, grid.state_dir, snapshot=runtime.snapshot,
+                          policy=GridPolicy.from_config(grid), clock=clock)
     link.on_inbound = runtime.notify_grid
     return session, link
 

@@ -32,6 +32,7 @@ log = logging.getLogger("gridminer.runtime")
 HEARTBEAT_PERIOD_S = 0.5
 STOP_RAMP_TIMEOUT_S = 5.0
 ERROR_LOG_PERIOD_S = 10.0
+VCORE_SETTLE_S = 0.05  # after a voltage-only step (regulators settle well within this)
 
 
 class Board(Protocol):
@@ -76,10 +77,13 @@ class Session(Protocol):
 class GovernorSink:
     """The governor as the grid session's setpoint sink (agent.grid.SetpointSink)."""
 
-    def __init__(self, governor: Controller) -> None:
+    def __init__(self, governor: Controller, on_apply: Callable[[], None] | None = None) -> None:
         self.governor = governor
+        self.on_apply = on_apply  # e.g. Runtime.request_tick: act on a command without waiting
 
     def apply(self, op: str, power_w: float | None, ramp_w_s: float | None) -> Any:
+        if self.on_apply is not None:
+            self.on_apply()
         g = self.governor
         if op == "setpoint":
             return g.set_target(0.0 if power_w is None else float(power_w), ramp_w_s)
@@ -143,6 +147,7 @@ class Runtime:
         self._grid_pending = True
         self._grid_due_s = 0.0
         self._next_tick_s: float | None = None
+        self._tick_now = False
         self._next_status_s: float | None = None
         self._next_heartbeat_s = 0.0
         self._chain_on: bool | None = None  # what we last told the board
@@ -168,6 +173,10 @@ class Runtime:
         """Ask the loop to idle the chain and return (signal handlers call this)."""
         self._stop.set()
         self.wake.set()
+
+    def request_tick(self) -> None:
+        """Run the control tick on the next pass (a new target is to be acted on now)."""
+        self._tick_now = True
 
     def notify_grid(self) -> None:
         """The MQTT thread queued something: serve the grid session now."""
@@ -210,10 +219,13 @@ class Runtime:
         if now >= self._next_tick_s:
             if now - self._next_tick_s > self.period_s:
                 self.counters.overruns += 1
-            self.tick(now)
+            act = self.tick(now)
             self._next_tick_s += self.period_s
             if self._next_tick_s <= now:
                 self._next_tick_s = now + self.period_s
+            if act is not None and "vcore_first" in getattr(act, "limits", ()):
+                # the voltage went up first; the frequency follows once the regulator settled
+                self._next_tick_s = min(self._next_tick_s, now + VCORE_SETTLE_S)
         self._poll_driver(now)
         if self.grid is not None and (self._grid_pending or now >= self._grid_due_s):
             self._grid_pending = False
@@ -229,6 +241,9 @@ class Runtime:
                 self._log_error("grid", "grid session failed")
                 delay = 1.0
             self._grid_due_s = now + max(0.0, min(float(delay), 1.0))
+        if self._tick_now:
+            self._tick_now = False
+            self._next_tick_s = now
         if self.status_period_s > 0 and self._next_status_s is not None \
                 and now >= self._next_status_s:
             self._next_status_s = now + self.status_period_s

@@ -215,6 +215,10 @@ class AsicChain:
                       "resyncs": 0, "resets": 0, "hashes_scanned": 0, "baud_changes": 0}
         self.model_nonce_rate_hz = 0.0
         self._slices: dict[int, tuple[int, int, list[int]]] = {}
+        #: observation hook: called as `on_write(reg, value, chip, now_s)` for every register write
+        #: the chain acts on (`chip` None = broadcast), from the thread that feeds the bytes, after
+        #: the chips took it; for benchmarks and tests (e.g. command -> first PLL write latency)
+        self.on_write: Callable[[int, int, int | None, float], None] | None = None
 
     # ---- host -> chips -----------------------------------------------------------------------
     def feed(self, data: bytes, now_s: float) -> None:
@@ -277,6 +281,8 @@ class AsicChain:
                 if baud is not None and baud != self.baud:
                     self.baud = baud  # after the whole frame: replies from now on use it
                     self.stats["baud_changes"] += 1
+            if self.on_write is not None:
+                self.on_write(cmd.reg, cmd.value, None if cmd.broadcast else cmd.chip, now_s)
         elif kind == "job":
             self.stats["jobs"] += 1
             midstates: list[tuple[int, ...]] = []

@@ -39,7 +39,7 @@ def test_insecure_dev_runs_the_grid_link_without_an_operator_key(tmp_path):
         "state_dir": str(tmp_path), "insecure_dev": True}})
     clock = FakeClock()
     runtime = SimpleNamespace(governor=Governor(cfg, clock), snapshot=dict,
-                              notify_grid=lambda: None)
+                              notify_grid=lambda: None, request_tick=lambda: None)
     session, link = build_grid(cfg, runtime, clock)
     assert link.settings.insecure_dev is True
     assert session.checker.policy.keys == {}  # every command is rejected: bad_signature

@@ -129,6 +129,21 @@ def test_commands_with_a_bad_crc_are_ignored():
     assert len(host.replies()) == 2
 
 
+def test_on_write_reports_each_register_write_the_chips_act_on_with_its_time():
+    chain = AsicChain("BM1370", 2, DIFFICULTY, random.Random(1))
+    seen: list[tuple[int, int, int | None, float]] = []
+    chain.on_write = lambda reg, value, chip, now_s: seen.append((reg, value, chip, now_s))
+    host = Host(chain, reply_len=9)
+    bad_write = bytearray(asic.pll_frame("BM1370", 400.0))
+    bad_write[-1] ^= 0x04
+    host.send([bytes(bad_write), asic.cmd_read(asic.REG_PLL0)])  # dropped, and a read
+    host.now = 2.5
+    host.send([asic.pll_frame("BM1370", 400.0), asic.cmd_write(0x54, 3, chip=0x02)])
+    assert seen == [(asic.REG_PLL0, asic.pll_value("BM1370", 400.0), None, 2.5),
+                    (0x54, 3, 0x02, 2.5)]
+    assert chain.freqs_mhz() == [400.0, 400.0]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_nonce_is_a_real_solution_with_the_right_job_core_and_version(family):
     chips = 4

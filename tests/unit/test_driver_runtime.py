@@ -260,3 +260,24 @@ def test_chain_cut_by_the_bridge_is_powered_on_and_brought_up_again():
     assert board.calls.count(("power", True)) == 2
     assert board.powered and driver.hashing
     assert port.resets >= 3
+
+
+def test_a_grid_command_is_acted_on_at_once_not_at_the_next_period():
+    clock, _port, _board, _driver, rt, _, _, cfg = make()
+    run_for(rt, clock, 3.0)
+    sink = GovernorSink(rt.governor, on_apply=rt.request_tick)
+
+    def ticks_within(seconds: float) -> int:
+        before = rt.counters.ticks
+        end = clock.monotonic() + seconds
+        while clock.monotonic() < end:
+            clock.advance(0.001)
+            rt.service(clock.monotonic())
+        return rt.counters.ticks - before
+
+    rt.service(clock.monotonic())
+    while ticks_within(0.001) == 0:  # line up just after a periodic tick
+        pass
+    assert ticks_within(0.005) == 0  # nothing asked: the next tick is a period away
+    sink.apply("setpoint", cfg.envelope.max_power_w / 2, None)
+    assert ticks_within(0.005) == 1  # a command: the governor acts on it within milliseconds
