@@ -169,7 +169,8 @@ def take_over(config: Any, running: Any, sample: Any, chain_port: Any, board: An
     def power_w(freq_mhz: float) -> float:
         return overhead + scale * (model.power_w(freq_mhz, vcore, temp) - overhead)
 
-    wind_down(chain_port, clock, running, power_w, governor.ramp_max_w_s, tick=board.heartbeat)
+    wind_down(chain_port, clock, running.family, running.freq_mhz, power_w,
+              governor.ramp_max_w_s, tick=board.heartbeat)
     return False
 
 
@@ -223,6 +224,7 @@ def _run(config: Any) -> int:
         driver = ChainDriver(chain_port, settings, clock, LocalWorkSource(clock), board=board,
                              wake=wake)
         governor = Governor(config, clock)
+        driver.wind_down_power = (governor.power_at, governor.ramp_max_w_s)
         runtime = Runtime(clock, driver, board, governor,
                           period_s=config.governor.control_period_s,
                           status_period_s=config.log.status_period_s, wake=wake,

@@ -213,6 +213,8 @@ class ChainDriver:
         self.fatal = False  # the first bring-up failed: the chain is not what the config says
         self.ever_hashed = False
         self.chip_ids: list[tuple[int, int]] = []  # (register 0x00 value, reporting address)
+        # (power at a frequency, ramp limit W/s): set by the agent so a recovery winds down first
+        self.wind_down_power: tuple[Callable[[float], float], float] | None = None
         self.addresses: list[int] = []
         self.freq_mhz = START_FREQ_MHZ
         self.target_freq_mhz = max(settings.min_freq_mhz, START_FREQ_MHZ)
@@ -840,6 +842,13 @@ class ChainDriver:
         self.stats_.resets += 1
         self._crc_base += self._parser.crc_errors
         self._discard_base += self._parser.discarded_bytes
+        if self.wind_down_power is not None and not reason.startswith("chain hung"):
+            # the chips still take commands: bring the load down at the ramp limit first, so the
+            # reset drops no load (a hung chain takes none: its reset is the only way out)
+            power_w, ramp_w_s = self.wind_down_power
+            heartbeat = getattr(self.board, "heartbeat", None)
+            wind_down(self.port, self.clock, self.family, self.freq_mhz, power_w, ramp_w_s,
+                      tick=heartbeat)
         self._parser = asic.ResponseParser(self.family)
         self.start(now)
 
@@ -938,17 +947,16 @@ def read_running_chain(
 
 
 def wind_down(
-    port: SerialPort, clock: Clock, running: RunningChain, power_w: Callable[[float], float],
-    ramp_w_s: float, tick: Callable[[], None] | None = None, period_s: float = 0.1,
-    step_mhz: float = 6.25,
+    port: SerialPort, clock: Clock, family: str, freq_mhz: float,
+    power_w: Callable[[float], float], ramp_w_s: float, tick: Callable[[], None] | None = None,
+    period_s: float = 0.1, step_mhz: float = 6.25,
 ) -> float:
-    """Bring a running chain's clock down to 50 MHz with broadcast PLL0 writes, each step's
-    modelled power (`power_w(freq_mhz)`) at most 90 % of `ramp_w_s` per period below the last:
-    the safe way to a reset when a running chain cannot be taken over. `tick` runs every
-    period (the board heartbeat). Returns the seconds it took."""
-    family = running.family
+    """Bring a hashing chain's clock from `freq_mhz` down to 50 MHz with broadcast PLL0 writes,
+    each step's modelled power (`power_w(freq_mhz)`) at most 90 % of `ramp_w_s` per period below
+    the last: the safe way to a reset (a running chain that cannot be taken over, a chip fault).
+    `tick` runs every period (the board heartbeat). Returns the seconds it took."""
     start = clock.monotonic()
-    f = running.freq_mhz
+    f = freq_mhz
     budget = 0.9 * ramp_w_s * period_s
     steps = asic.ramp_steps(f, START_FREQ_MHZ, step_mhz) if f > START_FREQ_MHZ else []
     i = 0
@@ -967,8 +975,7 @@ def wind_down(
             with contextlib.suppress(Exception):
                 tick()
         clock.sleep(period_s * max(1.0, drop / budget if budget > 0 else 1.0))
-    log.info("wound the running chain down from %.2f MHz in %.1f s", running.freq_mhz,
-             clock.monotonic() - start)
+    log.info("wound the chain down from %.2f MHz in %.1f s", freq_mhz, clock.monotonic() - start)
     return clock.monotonic() - start
 
 

@@ -470,6 +470,12 @@ class Governor:
         self._record(now_s, out, temp)
         return out
 
+    def power_at(self, freq_mhz: float) -> float:
+        """The (corrected) model's power at `freq_mhz` on the V/f curve, at the chips' latest
+        temperature: how the driver paces a wind-down."""
+        return self.model.power_w(freq_mhz, self.curve_vcore(freq_mhz),
+                                  self.envelope.check.hottest_c)
+
     def curve_vcore(self, freq_mhz: float) -> int:
         return math.ceil(self.curve.vcore_mv(freq_mhz) - 1e-6)
 

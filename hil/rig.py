@@ -677,7 +677,12 @@ class Rig:
                 fault["duration_s"] = duration
             reply = emu.control({"cmd": "inject_fault", "fault": fault})
             ok, detail = bool(reply.get("ok")), str(reply.get("error", ""))
-            record["exempt"]["tracking"] = [[t, t + exempt_after]]
+            # the agent finds the dead chip, winds the chain down at its ramp, re-initialises it
+            # and climbs back at its ramp: tracking is judged again after that recovery (the
+            # ramp is judged throughout, but for the step of the chip dying itself)
+            rec = self.rec
+            recover_s = 4.0 + (2.0 * rec.rated_w / rec.ramp_max_w_s if rec is not None else 0.0)
+            record["exempt"]["tracking"] = [[t, t + exempt_after + recover_s]]
             record["exempt"]["ramp"] = [[t - 0.5, t + 2.0]]
             if end is not None:  # the chip coming back is a step of its own
                 record["exempt"]["tracking"].append([end, end + exempt_after])
