@@ -16,13 +16,13 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import itertools
 
+from agent.board import BoardSample as Sample
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
 from agent.envelope import Actuation
@@ -31,22 +31,6 @@ from agent.governor import Governor
 PERIOD_S = 0.1
 SUBSTEP_S = 0.004  # the chain driver's frequency step interval
 
-
-@dataclass
-class Sample:
-    ts_s: float
-    chip_temps_c: list[float | None]
-    board_temp_c: float | None
-    vr_temp_c: float | None
-    vin_v: float | None
-    iin_a: float | None
-    power_w: float | None
-    fan_rpm: float | None
-    fan_pct: float | None
-    vcore_mv: float | None
-    chain_powered: bool
-    bridge_state: str = "running"
-    trip_reason: str | None = None
 
 
 class SimplePlant:

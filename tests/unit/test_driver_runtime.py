@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from driver_fake import EASY, FakeChainPort
 
+from agent.board import BoardSample as Sample
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
 from agent.driver import ChainDriver, ChainSettings
@@ -14,23 +15,6 @@ from agent.errors import BoardLinkError
 from agent.governor import Governor
 from agent.runtime import GovernorSink, Runtime
 from agent.work import LocalWorkSource
-
-
-@dataclass
-class Sample:
-    ts_s: float
-    chip_temps_c: list[float | None]
-    board_temp_c: float | None
-    vr_temp_c: float | None
-    vin_v: float | None
-    iin_a: float | None
-    power_w: float | None
-    fan_rpm: float | None
-    fan_pct: float | None
-    vcore_mv: float | None
-    chain_powered: bool
-    bridge_state: str = "ok"
-    trip_reason: str | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.board import BoardSample as Sample
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
 from agent.envelope import Actuation
@@ -24,24 +25,6 @@ from agent.governor import Governor
 
 PERIOD_S = 0.1
 
-
-@dataclass
-class Sample:
-    """Same fields as agent.board.BoardSample."""
-
-    ts_s: float
-    chip_temps_c: list[float | None]
-    board_temp_c: float | None
-    vr_temp_c: float | None
-    vin_v: float | None
-    iin_a: float | None
-    power_w: float | None
-    fan_rpm: float | None
-    fan_pct: float | None
-    vcore_mv: float | None
-    chain_powered: bool
-    bridge_state: str = "running"
-    trip_reason: str | None = None
 
 
 @dataclass
