@@ -3,8 +3,11 @@ GridSession with a fake sink) run by a control thread the way the agent runs it.
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,37 @@ OPERATOR_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KID = "op-test"
 CAPS = {"min_w": 100, "max_w": 3000, "ramp_max_w_s": 500, "chips": 4, "chip_model": "BM1370",
         "hashrate_max_ghs": 5000.0}
+
+
+def _open_fds() -> set[tuple[int, str]]:
+    """Open file descriptors of this process with what they point at."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds.add((int(name), os.readlink(f"/proc/self/fd/{name}")))
+        except OSError:
+            continue  # the descriptor listdir itself used, closed by now
+    return fds
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves a thread running or a file descriptor open.
+
+    Compares identities, not counts, so an earlier test's garbage closed meanwhile is no error."""
+    gc.collect()
+    threads, fds = set(threading.enumerate()), _open_fds()
+    yield
+    deadline = time.monotonic() + 2.0
+    while True:
+        gc.collect()
+        new_threads = set(threading.enumerate()) - threads
+        new_fds = _open_fds() - fds
+        if not (new_threads or new_fds) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not new_threads, f"threads left running: {sorted(t.name for t in new_threads)}"
+    assert not new_fds, f"file descriptors left open: {sorted(new_fds)}"
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import random
 import socket
 import struct
-import threading
 import time
 
 import pytest
@@ -24,18 +23,6 @@ HEADER = bytes.fromhex(
     "6d0359c451434605c52a5a9ce074340be47c2c63840731f9edf1db3f26b1cdd9a9f16f643aae051747896e27"
 )
 DIFFICULTY = 2.0**-26
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture
-def no_leaks():
-    fds, threads = open_fds(), threading.active_count()
-    yield
-    assert threading.active_count() == threads
-    assert open_fds() == fds
 
 
 def read_frames(port: serial.Serial, size: int, count: int, timeout_s: float = 3.0) -> bytes:
