@@ -1,9 +1,12 @@
 """The hard safety envelope: the one place that decides what may reach the hardware.
 
 `Envelope.observe(now_s, sample)` judges each board sample (stale, NaN, out of range, frozen, too
-hot, regulator too hot, over power, bridge trip) and latches a trip; `Envelope.enforce(now_s,
-proposed)` is the last step of every governor output and returns an `Actuation` inside the
-envelope, whatever was proposed:
+hot, regulator too hot, over power, bridge trip) and latches a trip; frozen is a whole sample
+bit-identical for `sensor_frozen_s`, or one chip temperature unchanged for `sensor_frozen_s`
+while the board power swung by `FROZEN_SWING_SHARE` of max power (a stuck channel among live
+ones could hide the hottest chip; it stays suspect until its reading changes).
+`Envelope.enforce(now_s, proposed)` is the last step of every governor output and returns an
+`Actuation` inside the envelope, whatever was proposed:
 
 * tripped: chain powered down, fan 100 %, target 0, until the condition has been clear for
   `trip_hold_s`; the return is then ramped like any other move;
@@ -43,6 +46,7 @@ IIN_RANGE_A = (0.0, 1000.0)
 VCORE_RANGE_MV = (0.0, 5000.0)
 THERMAL_TRIPS = ("overtemp", "vr_overtemp")
 VR_CLEAR_MARGIN_C = 10.0  # a regulator trip clears this far below max_vr_temp_c (ESP-Miner: 95)
+FROZEN_SWING_SHARE = 0.10  # a live chip sensor follows a power swing this large (share of max)
 
 
 class BoardReading(Protocol):
@@ -88,6 +92,53 @@ class SampleCheck:
     chain_powered: bool = False
     temps_valid: bool = False
     vr_temp_c: float | None = None
+
+
+@dataclass
+class _Watch:
+    """One chip temperature channel: the reading held since `since_s`, and the power range seen
+    meanwhile."""
+
+    temp_c: float
+    since_s: float
+    power_lo_w: float
+    power_hi_w: float
+
+
+class _StuckChannels:
+    """Chip temperature channels that keep one reading while the board power swings."""
+
+    def __init__(self, frozen_s: float, swing_w: float) -> None:
+        self.frozen_s = frozen_s
+        self.swing_w = swing_w
+        self._watch: dict[int, _Watch] = {}
+        self._stuck: dict[int, _Watch] = {}  # latched until the reading changes
+
+    def observe(self, now_s: float, temps_c: list[float | None], power_w: float) -> str | None:
+        """Follow one sample; the fault of the first stuck channel, or None."""
+        for ch, t in enumerate(temps_c):
+            stuck = self._stuck.get(ch)
+            if stuck is not None and t == stuck.temp_c:
+                continue
+            self._stuck.pop(ch, None)
+            w = self._watch.get(ch)
+            if t is None:
+                self._watch.pop(ch, None)
+            elif w is None or t != w.temp_c:
+                self._watch[ch] = _Watch(t, now_s, power_w, power_w)
+            else:
+                w.power_lo_w, w.power_hi_w = min(w.power_lo_w, power_w), max(w.power_hi_w, power_w)
+                if now_s - w.since_s > self.frozen_s and \
+                        w.power_hi_w - w.power_lo_w >= self.swing_w:
+                    self._stuck[ch] = w
+        for table in (self._watch, self._stuck):  # a shorter sample: missing channels forgotten
+            for ch in [ch for ch in table if ch >= len(temps_c)]:
+                del table[ch]
+        if not self._stuck:
+            return None
+        ch, w = min(self._stuck.items())
+        return (f"sensor_frozen: chip_temps_c[{ch}] stuck at {w.temp_c:g} C for "
+                f"{now_s - w.since_s:.1f} s while power moved {w.power_hi_w - w.power_lo_w:.0f} W")
 
 
 @dataclass
@@ -140,6 +191,7 @@ class Envelope:
         self._last_fresh_s: float | None = None
         self._frozen_key: tuple[Any, ...] | None = None
         self._frozen_since_s: float | None = None
+        self._stuck = _StuckChannels(cfg.sensor_frozen_s, FROZEN_SWING_SHARE * cfg.max_power_w)
         self._chip_temp_seen_s: float | None = None
         self._chain_on_since_s: float | None = None
         self._over_since_s: float | None = None
@@ -262,6 +314,10 @@ class Envelope:
                 now_s - self._frozen_since_s > self.cfg.sensor_frozen_s:
             return (f"sensor_frozen: identical readings for {now_s - self._frozen_since_s:.1f} s",
                     hottest, power, bool(temps))
+        if power is not None:
+            stuck = self._stuck.observe(now_s, list(s.chip_temps_c or ()), power)
+            if stuck is not None:
+                return stuck, hottest, power, bool(temps)
         return None, hottest, power, bool(temps)
 
     def _persistent_faults(

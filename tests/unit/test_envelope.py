@@ -230,6 +230,42 @@ def test_frozen_readings_trip_only_while_the_chain_is_powered():
     assert env.tripped and env.trip_reason.startswith("sensor_frozen")
 
 
+def _stuck_channel_run(env: Envelope, t0: float, n: int, chip0, power_w) -> float:
+    """`n` samples 0.1 s apart: chip 1 live (it follows the power), chip 0 `chip0(i)`, board power
+    `power_w(i)`. Returns the time after the last one."""
+    for i in range(n):
+        p = power_w(i)
+        env.observe(t0 + i * DT, Sample(ts_s=t0 + i * DT, chip_temps_c=[chip0(i), 40.0 + p / 2],
+                                        power_w=p))
+    return t0 + n * DT
+
+
+def test_one_stuck_chip_sensor_trips_when_the_power_swings_and_holds_until_it_reads_again():
+    env, _ = make(max_power_w=20.0, sensor_frozen_s=1.0, trip_hold_s=0.5)
+    # steady power: a chip reading that does not move is normal (quantised sensors do that)
+    t = _stuck_channel_run(env, 10.0, 30, lambda i: 55.0, lambda i: 15.0 + 0.01 * (i % 3))
+    assert not env.tripped
+    # the power swings by 25 % of max while chip 0 keeps its reading: it is stuck
+    t = _stuck_channel_run(env, t, 15, lambda i: 55.0, lambda i: 15.0 - 0.4 * i)
+    assert env.tripped
+    assert env.trip_reason.startswith("sensor_frozen: chip_temps_c[0] stuck at 55 C")
+    # idle, powers steady: the channel is still suspect, so the trip holds past trip_hold_s
+    t = _stuck_channel_run(env, t, 20, lambda i: 55.0, lambda i: 2.0 + 0.01 * (i % 3))
+    assert env.tripped and env.clear_remaining_s(t) is None
+    # it reads again: clear, and released after the hold
+    t = _stuck_channel_run(env, t, 10, lambda i: 50.0 - 0.1 * i, lambda i: 2.0)
+    assert not env.tripped
+
+
+def test_a_chip_sensor_that_follows_the_power_never_counts_as_stuck():
+    env, _ = make(max_power_w=20.0, sensor_frozen_s=1.0)
+    # power swings up and down for 6 s; chip 0 moves with it in coarse 1 C steps
+    swing = [15.0 + 4.0 * math.sin(i / 5) for i in range(60)]
+    _stuck_channel_run(env, 10.0, 60, lambda i: float(round(40 + swing[i])),
+                       lambda i: swing[i])
+    assert not env.tripped, env.trip_reason
+
+
 def test_missing_chip_temperature_trips_after_the_grace():
     env, _ = make(sensor_stale_s=0.5, sensor_frozen_s=1.0)
     for i in range(8):  # chain just powered: no temperature yet, grace = sensor_frozen_s
