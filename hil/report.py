@@ -17,9 +17,10 @@ Definitions (rated power = the device's declared `caps.max_w`):
   response until the next command; RMS (time-weighted) and max.
 * response: from the command to 90 % of the step (steps under `min_step_pct` of rated skipped).
 * violations, counted as episodes: cap (true power, averaged over 1 s like a power meter,
-  above max_w by more than `cap_tolerance_pct` of rated), ramp (true power moving faster than
-  the declared ramp over `ramp_window_s`, beyond `ramp_tolerance_pct` plus 1 % of rated for
-  sensor noise), temp (hottest true chip temperature above the agent's hard limit).
+  above max_w by more than `cap_tolerance_pct` of rated), ramp (true power changing, between any
+  two moments at most `ramp_window_s` apart, by more than the declared ramp x `ramp_window_s`,
+  beyond `ramp_tolerance_pct` plus 1 % of rated for sensor noise), temp (hottest true chip
+  temperature above the agent's hard limit).
 * telemetry gaps: missing `seq` numbers within one agent process (a restart starts a new run).
 """
 
@@ -29,6 +30,7 @@ import bisect
 import itertools
 import json
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +43,8 @@ ONE_SIDED_OPS = ("curtail", "standby")
 CAP_WINDOW_S = 1.0
 SAME_REFERENCE_PCT = 0.5  # a command this close to the previous target continues its step
 ACCEPTED = ("accepted", "scheduled", "duplicate")
+TRIP_GRACE_S = 1.5  # an expected trip shows in telemetry this long after its fault at the latest
+TRIP_SETTLE_S = 0.5  # a trip's drop is over this long after the first `tripped` telemetry
 
 
 @dataclass
@@ -147,7 +151,8 @@ def _in_any(t: float, windows: Iterable[tuple[float, float]]) -> bool:
 
 
 def exempt_windows(rec: Recording, what: str) -> list[tuple[float, float]]:
-    """Windows where `what` ("tracking" or "ramp") is not judged, from the faults' exemptions."""
+    """Windows where `what` ("tracking" or "ramp") is not judged, from the faults' exemptions;
+    for ramp also the safety trips a fault expects (a trip drops the load at once)."""
     out = []
     for f in rec.faults:
         window = (f.get("exempt") or {}).get(what)
@@ -155,6 +160,31 @@ def exempt_windows(rec: Recording, what: str) -> list[tuple[float, float]]:
             continue
         pairs = window if isinstance(window[0], list | tuple) else [window]
         out += [(float(a), float(b)) for a, b in pairs]
+    if what == "ramp":
+        out += [(a, b + TRIP_SETTLE_S) for _, drops in expected_trips(rec) for a, b in drops]
+    return out
+
+
+def trip_drops(rec: Recording) -> list[tuple[float, float]]:
+    """Each move of the agent into `tripped`: (its last telemetry before, its first one in)."""
+    out = []
+    for prev, m in itertools.pairwise(rec.telemetry):
+        if m.get("mode") == "tripped" and prev.get("mode") != "tripped":
+            out.append((float(prev["t_s"]), float(m["t_s"])))
+    return out
+
+
+def expected_trips(rec: Recording) -> list[tuple[dict[str, Any], list[tuple[float, float]]]]:
+    """Each fault that expects a safety trip (`expect = "trip"`), with the trips seen while it
+    lasted (plus one telemetry period and a margin)."""
+    drops = trip_drops(rec)
+    out = []
+    for f in rec.faults:
+        if f.get("expect") != "trip":
+            continue
+        t0 = float(f["t_s"])
+        t1 = float(f["end_s"] if f.get("end_s") is not None else rec.end_s) + TRIP_GRACE_S
+        out.append((f, [(a, b) for a, b in drops if t0 <= b <= t1]))
     return out
 
 
@@ -317,38 +347,60 @@ def temp_violations(rec: Recording) -> list[tuple[float, float]]:
     return _episodes([(t, v > rec.temp_max_c) for t, v in rec.truth_temp_c.points(0.0)])
 
 
-def ramp_rates(rec: Recording) -> list[tuple[float, float]]:
-    """(time, W/s) of the true power over `ramp_window_s` windows."""
-    pts = rec.truth_power_w.points()
-    window = rec.measure.ramp_window_s
-    ts = [p[0] for p in pts]
-    out = []
-    for i, (t, p) in enumerate(pts):
-        j = bisect.bisect_left(ts, t + window, lo=i + 1)
-        if j >= len(pts):
+def window_changes(points: Sequence[tuple[float, float]], window_s: float,
+                   partial: bool = False) -> list[tuple[float, float]]:
+    """(t, largest change of the value between two moments in [t, t + window_s]) for each
+    point: a sliding max - min. Windows that run past the last point are left out unless
+    `partial`."""
+    out: list[tuple[float, float]] = []
+    top: deque[int] = deque()  # indices of the window's falling values: its max first
+    bottom: deque[int] = deque()  # rising values: its min first
+    j = 0
+    for i, (t, _) in enumerate(points):
+        while j < len(points) and points[j][0] <= t + window_s:
+            v = points[j][1]
+            while top and points[top[-1]][1] <= v:
+                top.pop()
+            while bottom and points[bottom[-1]][1] >= v:
+                bottom.pop()
+            top.append(j)
+            bottom.append(j)
+            j += 1
+        if j >= len(points) and not partial:
             break
-        tj, pj = pts[j]
-        out.append((t, (pj - p) / (tj - t)))
+        while top[0] < i:
+            top.popleft()
+        while bottom[0] < i:
+            bottom.popleft()
+        out.append((t, points[top[0]][1] - points[bottom[0]][1]))
     return out
 
 
+def largest_change_w(points: Sequence[tuple[float, float]], t0: float, t1: float,
+                     window_s: float = 1.0) -> float:
+    """Largest change of a power series between two moments in [t0, t1] at most `window_s`
+    apart (W)."""
+    inside = [(t, p) for t, p in points if t0 <= t <= t1]
+    return max((c for _, c in window_changes(inside, window_s, partial=True)), default=0.0)
+
+
 def ramp_violations(rec: Recording) -> tuple[list[tuple[float, float]], float]:
-    """Episodes where the true power moved faster than the declared ramp (beyond tolerance),
-    and the fastest rate seen outside exempt windows (W/s)."""
+    """Episodes where the true power changed, between two moments at most `ramp_window_s`
+    apart, by more than the declared ramp allows over that window (beyond tolerance), and the
+    fastest move seen outside exempt windows (W/s: largest change / window)."""
     m = rec.measure
     exempt = exempt_windows(rec, "ramp")
-    noise_w = 0.01 * rec.rated_w
+    allowed_w = (rec.ramp_max_w_s * m.ramp_window_s * (1.0 + m.ramp_tolerance_pct / 100.0)
+                 + 0.01 * rec.rated_w)  # 1 % of rated for sensor noise
     flags = []
     fastest = 0.0
-    for t, rate in ramp_rates(rec):
+    for t, change_w in window_changes(rec.truth_power_w.points(), m.ramp_window_s):
         if t < 0.0:
             continue
-        if _in_any(t, exempt) or _in_any(t + m.ramp_window_s, exempt):
+        if any(a <= t + m.ramp_window_s and t <= b for a, b in exempt):
             continue  # not judged; a move seen on both sides of it is one episode
-        fastest = max(fastest, abs(rate))
-        allowed = (rec.ramp_max_w_s * (1.0 + m.ramp_tolerance_pct / 100.0)
-                   + noise_w / m.ramp_window_s)
-        flags.append((t, abs(rate) > allowed))
+        fastest = max(fastest, change_w / m.ramp_window_s)
+        flags.append((t, change_w > allowed_w))
     return _episodes(flags), fastest
 
 
@@ -443,6 +495,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
     temp_ep = temp_violations(rec)
     ramp_ep, fastest = ramp_violations(rec)
     gaps = telemetry_gaps(rec)
+    missed = [f for f, drops in expected_trips(rec) if not drops]
     sent = [c for c in rec.commands]
     acked = [c for c in sent if c.get("result") is not None]
     latencies = [1000.0 * (float(c["ack_t_s"]) - float(c["t_s"])) for c in acked
@@ -501,7 +554,9 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "reserve_failures": sum(1 for r in reserve if r["passed"] is False),
         "agent_restarts": rec.agent_restarts,
         "agent_crashes": rec.agent_crashes,
-        "faults": [{k: f.get(k) for k in ("t_s", "end_s", "kind", "label")} for f in rec.faults],
+        "faults": [{k: f.get(k) for k in ("t_s", "end_s", "kind", "label", "expect")}
+                   for f in rec.faults],
+        "faults_missed": len(missed),
         "skipped": list(rec.meta.get("skipped") or []),
     }
     if "energy_wh_wall_incl_psu" in rec.meta:
@@ -532,6 +587,7 @@ def figure(summary: dict[str, Any], name: str) -> float | None:
         "telemetry_gaps": summary["telemetry_gaps"],
         "reserve_failures": summary["reserve_failures"],
         "agent_crashes": summary["agent_crashes"],
+        "faults_missed": summary["faults_missed"],
     }
     assert set(table) == set(CRITERIA), "every criterion needs a figure"
     return table[name]

@@ -479,6 +479,7 @@ class Rig:
         self.crashes = 0
         self.restarts = 0
         self.rec: Recording | None = None
+        self.agent_cfg: Any = None  # the agent's config as the agent reads it
         self._stop_mqtt = threading.Event()
         self._mqtt_thread: threading.Thread | None = None
         self._killed_by_rig = False
@@ -680,8 +681,7 @@ class Rig:
             # the agent finds the dead chip, winds the chain down at its ramp, re-initialises it
             # and climbs back at its ramp: tracking is judged again after that recovery (the
             # ramp is judged throughout, but for the step of the chip dying itself)
-            rec = self.rec
-            recover_s = 4.0 + (2.0 * rec.rated_w / rec.ramp_max_w_s if rec is not None else 0.0)
+            recover_s = 4.0 + 2.0 * self._full_ramp_s()
             record["exempt"]["tracking"] = [[t, t + exempt_after + recover_s]]
             record["exempt"]["ramp"] = [[t - 0.5, t + 2.0]]
             if end is not None:  # the chip coming back is a step of its own
@@ -693,13 +693,24 @@ class Rig:
                 fault["duration_s"] = duration
             reply = emu.control({"cmd": "inject_fault", "fault": fault})
             ok, detail = bool(reply.get("ok")), str(reply.get("error", ""))
-            record["exempt"]["tracking"] = [t, (end or self.s.duration_s) + exempt_after]
+            # the agent must find the stuck reading and trip to a safe idle (its drop is not
+            # judged for ramp); it comes back once the reading moves again, after its hold
+            # time, at its ramp
+            record["expect"] = "trip"
+            hold_s = self.agent_cfg.envelope.trip_hold_s if self.agent_cfg is not None else 0.0
+            record["exempt"]["tracking"] = [
+                t, (end or self.s.duration_s) + exempt_after + hold_s + self._full_ramp_s()]
         if not ok:
             self.skipped.append(f"{f.kind} at {f.at_s:g} s: {detail}")
             self.note(f"fault {label} NOT injected: {detail}")
             return
         self.faults.append(record)
         self.note(f"fault: {label}" + (f" for {duration:.1f} s" if duration else ""))
+
+    def _full_ramp_s(self) -> float:
+        """Seconds the agent's ramp takes from idle to rated power."""
+        rec = self.rec
+        return rec.rated_w / rec.ramp_max_w_s if rec is not None else 0.0
 
     def _end_fault(self, f: Fault) -> None:
         if f.kind == "broker_outage" and self.cutter is not None:
@@ -760,6 +771,7 @@ class Rig:
             agent_url, pub, chain, board,
             self.emulator.difficulty if self.emulator is not None else None)
         cfg = load_config(config_path)  # the agent would refuse it the same way
+        self.agent_cfg = cfg
         sender = self._connect_operator(broker_url, signer)
         self.agent = AgentProcess(config_path, self.work, o.python)
         self.agent.start()

@@ -94,6 +94,7 @@ CRITERIA: dict[str, float | None] = {
     "telemetry_gaps": 0,
     "reserve_failures": 0,
     "agent_crashes": 0,
+    "faults_missed": 0,  # faults the agent must answer with a safety trip (a stuck sensor)
 }
 
 
@@ -218,7 +219,7 @@ class Measure:
 
     settle_s: float = 2.0  # after |step| / ramp: the governor's delay and settling
     min_step_pct: float = 5.0
-    ramp_window_s: float = 2.0
+    ramp_window_s: float = 1.0
     ramp_tolerance_pct: float = 3.0
     cap_tolerance_pct: float = 1.0
     temp_max_c: float | None = None
