@@ -22,12 +22,10 @@ import queue
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +41,8 @@ from agent.operator import BrokerOptions, CommandSigner, Operator, kid_for
 from firmware_bridge import asic
 from hil.broker import Mosquitto
 from hil.hashboard import HashBoardEmulator
-
-ROOT = Path(__file__).resolve().parents[2]
-
-CAPS = {"min_w": 100, "max_w": 3000, "ramp_max_w_s": 500, "chips": 4, "chip_model": "BM1370",
-        "hashrate_max_ghs": 5000.0}
-
-
-@dataclass
-class Decision:
-    applied_w: float
-    limited_by: str | None = None
-    eta_s: float | None = None
-
-
-class Sink:
-    def apply(self, op: str, power_w: Any, ramp_w_s: Any) -> Decision:
-        return Decision(float(power_w or 0.0))
-
-    def caps(self) -> dict:
-        return CAPS
+from tests.support.agent_process import start_agent, stop_process
+from tests.support.grid_fakes import RecordingSink
 
 
 def control_loop(session: GridSession, link: GridLink, stop: threading.Event, tick_s: float,
@@ -85,7 +65,8 @@ def measure_ack_latency(broker: Mosquitto, folder: Path, n: int, tick_s: float,
                         wake: bool) -> list[float]:
     key = Ed25519PrivateKey.generate()
     link = GridLink(LinkSettings(broker.url, "site-a", "dev-1", state_dir=str(folder / "dev")))
-    session = GridSession(link, Sink(), {b"bench": key.public_key()}, folder / "dev", lambda: {},
+    session = GridSession(link, RecordingSink(eta_s=None), {b"bench": key.public_key()},
+                          folder / "dev", lambda: {},
                           GridPolicy(restart_spread_s=0.0, telemetry_period_s=1.0),
                           rng=random.Random(1))
     stop = threading.Event()
@@ -211,29 +192,17 @@ def measure_pll_latency(broker: Mosquitto, folder: Path, n: int, quiet_s: float 
     kid = kid_for(key.public_key())
     pub = folder / "op.pub.pem"
     pub.write_bytes(cose.public_pem(key.public_key()))
-    config = folder / "agent.toml"
-    config.write_text("[grid]\nrestart_spread_s = 0.0\ntelemetry_period_s = 0.5\n")
     writes = PllWrites("BM1370")
     emu = HashBoardEmulator(family="BM1370", chips=4, seed=1)
     emu.chain.on_write = writes
     agent_log = folder / "agent.err"
     with emu, open(agent_log, "w") as err:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "agent", "--config", str(config),
-             "--chain", emu.chain_path, "--board", emu.board_path, "--broker", broker.url,
-             "--site", "s1", "--device", "d1", "--operator-key", str(pub), "--kid", kid,
-             "--state-dir", str(folder / "state"), "--nonce-difficulty", "2**-24"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-        )
+        agent = start_agent(folder, emu.chain_path, emu.board_path, broker.url, pub, kid, err,
+                            "--nonce-difficulty", "2**-24")
         try:
             return _drive_setpoints(emu, writes, broker, key, kid, n, quiet_s, period_s, levels)
         finally:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(20)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait(5)
+            stop_process(agent, 20)
             if agent.returncode not in (0, -signal.SIGTERM):
                 print(agent_log.read_text()[-2000:], file=sys.stderr)
 

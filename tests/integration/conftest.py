@@ -9,7 +9,6 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,11 @@ from agent.grid import GridPolicy, GridSession
 from agent.gridlink import GridLink, LinkSettings, release_sockets
 from agent.operator import BrokerOptions, CommandSigner, Operator, SeqCounter
 from hil.broker import Mosquitto
+from tests.support.grid_fakes import CAPS as CAPS  # re-exported
+from tests.support.grid_fakes import RecordingSink
 
 OPERATOR_KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 KID = "op-test"
-CAPS = {"min_w": 100, "max_w": 3000, "ramp_max_w_s": 500, "chips": 4, "chip_model": "BM1370",
-        "hashrate_max_ghs": 5000.0}
 
 
 def _open_fds() -> set[tuple[int, str]]:
@@ -72,30 +71,6 @@ def secure_mosquitto() -> Iterator[Mosquitto]:
         yield broker
 
 
-@dataclass
-class Decision:
-    applied_w: float
-    limited_by: str | None = None
-    eta_s: float | None = None
-
-
-class RecordingSink:
-    """A governor stand-in that records what it was told (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, Any]] = []
-        self.changed = threading.Event()
-
-    def apply(self, op: str, power_w: Any, ramp_w_s: Any) -> Decision:
-        self.calls.append((op, power_w, ramp_w_s))
-        self.changed.set()
-        target = {"curtail": 100.0, "standby": 0.0, "resume": 2500.0}.get(op, power_w)
-        return Decision(float(target), None, 0.5)
-
-    def caps(self) -> dict:
-        return CAPS
-
-
 class Device:
     """A device on the broker: GridLink + GridSession driven by its own control thread, which
     sleeps until the next due time or until the link wakes it."""
@@ -103,7 +78,7 @@ class Device:
     def __init__(self, settings: LinkSettings, state_dir: Path, policy: GridPolicy | None = None,
                  snapshot: Any = None) -> None:
         self.link = GridLink(settings, rng=random.Random(7))
-        self.sink = RecordingSink()
+        self.sink = RecordingSink(eta_s=0.5)
         self.snap = {"mode": "mining", "power_w": 1000.0, "target_w": 1000.0}
         self.session = GridSession(
             self.link, self.sink, {KID.encode(): OPERATOR_KEY.public_key()}, state_dir,

@@ -4,7 +4,6 @@ emulated hash board -> the chain's frequency moves; the ack comes back to the CL
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Observer
+from tests.support.agent_process import start_agent, stop_process
 
 ROOT = Path(__file__).parents[2]
 pytest.importorskip("agent.board", reason="the board link (agent.board) is not built yet")
@@ -35,12 +35,7 @@ def emulator(tmp_path):
         info = json.loads(proc.stdout.readline())
         yield info, status
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
         if proc.stdout is not None:
             proc.stdout.close()
 
@@ -50,16 +45,9 @@ def test_operator_setpoint_moves_the_emulated_chain(mosquitto, emulator, tmp_pat
     done = cli("operator", "keygen", "--key", str(tmp_path / "op.pem"))
     assert done.returncode == 0, done.stderr
     kid = done.stdout.strip()
-    config = tmp_path / "agent.toml"
-    config.write_text("[grid]\nrestart_spread_s = 0.0\ntelemetry_period_s = 0.5\n")
     agent_err = open(tmp_path / "agent.err", "w")  # noqa: SIM115 - closed in finally
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "agent", "--config", str(config),
-         "--chain", info["chain"], "--board", info["board"], "--broker", mosquitto.url,
-         "--site", "s1", "--device", "d1", "--operator-key", str(tmp_path / "op.pub.pem"),
-         "--kid", kid, "--state-dir", str(tmp_path / "state")],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=agent_err,
-    )
+    agent = start_agent(tmp_path, info["chain"], info["board"], mosquitto.url,
+                        tmp_path / "op.pub.pem", kid, agent_err)
     obs = Observer(mosquitto, ["gridminer/s1/d1/status", "gridminer/s1/d1/telemetry"])
     try:
         _, status, _ = obs.wait_for(lambda t, m, r: t.endswith("/status")
@@ -87,10 +75,5 @@ def test_operator_setpoint_moves_the_emulated_chain(mosquitto, emulator, tmp_pat
                      timeout_s=10)
     finally:
         obs.close()
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait(5)
+        stop_process(agent, 20)
         agent_err.close()

@@ -4,7 +4,6 @@ restart spread, telemetry buffering; with a fake link, a fake sink and a FakeClo
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -16,35 +15,12 @@ from agent.command import Topics
 from agent.grid import GridPolicy, GridSession
 from agent.gridlink import Inbound
 from agent.operator import CommandSigner
+from tests.support.grid_fakes import CAPS
+from tests.support.grid_fakes import RecordingSink as FakeSink  # also used by test_takeover
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 SIGNER = CommandSigner(KEY, "op-1")
 TOPICS = Topics("site-a", "dev-1")
-CAPS = {"min_w": 100, "max_w": 3000, "ramp_max_w_s": 500, "chips": 4, "chip_model": "BM1370",
-        "hashrate_max_ghs": 5000.0}
-
-
-@dataclass
-class Decision:
-    applied_w: float
-    limited_by: str | None = None
-    eta_s: float | None = None
-
-
-class FakeSink:
-    def __init__(self, max_w: float = 3000.0) -> None:
-        self.calls: list[tuple[str, Any, Any]] = []
-        self.max_w = max_w
-
-    def apply(self, op: str, power_w: Any, ramp_w_s: Any) -> Decision:
-        self.calls.append((op, power_w, ramp_w_s))
-        target = {"curtail": 100.0, "standby": 0.0, "resume": 2500.0}.get(op, power_w)
-        if target > self.max_w:
-            return Decision(self.max_w, "thermal", 3.0)
-        return Decision(float(target), None, 1.5)
-
-    def caps(self) -> dict:
-        return CAPS
 
 
 class FakeLink:
