@@ -43,6 +43,7 @@ from agent.clock import SystemClock  # noqa: E402
 from agent.driver import ChainDriver, ChainSettings, open_port  # noqa: E402
 from agent.work import LocalWorkSource, target_for  # noqa: E402
 from firmware_bridge import asic  # noqa: E402
+from hil.report import largest_change_w  # noqa: E402
 
 EMU_DIFFICULTY = 2.0**-19  # agent.config accepts nonce_difficulty >= 1e-6
 
@@ -375,30 +376,9 @@ def overshoot_w(trace: Trace, t_step: float, t_end: float, from_w: float, target
 
 
 def window_change_w(trace: Trace, t0: float, t1: float, window_s: float = 1.0) -> float:
-    """Largest change of the true power between any two moments `window_s` apart (W)."""
-    pts = [(t, p) for t, p, _ in trace if t0 <= t <= t1]
-    worst, j = 0.0, 0
-    for i, (t, p) in enumerate(pts):
-        # every later point within the window counts: the load may not step more than this
-        j = max(j, i)
-        while j + 1 < len(pts) and pts[j + 1][0] - t <= window_s:
-            j += 1
-        for _tk, pk in pts[i + 1:j + 1]:
-            worst = max(worst, abs(pk - p))
-    return worst
-
-
-def hil_ramp_w_s(trace: Trace, t0: float, t1: float, window_s: float = 2.0) -> float:
-    """The HIL report's ramp figure (hil/report.py ramp_rates): |P(t + window) - P(t)| / window."""
-    pts = [(t, p) for t, p, _ in trace if t0 <= t <= t1]
-    worst = 0.0
-    for i, (t, p) in enumerate(pts):
-        later = [(tk, pk) for tk, pk in pts[i + 1:] if tk >= t + window_s]
-        if not later:
-            break
-        tk, pk = later[0]
-        worst = max(worst, abs(pk - p) / (tk - t))
-    return worst
+    """Largest change of the true power between two moments `window_s` apart (W): the HIL
+    report's ramp measure."""
+    return largest_change_w([(t, p) for t, p, _ in trace], t0, t1, window_s)
 
 
 def cap_figures(trace: Trace, t0: float, t1: float) -> tuple[float, float]:
@@ -469,7 +449,6 @@ def bench_steps_with(label: str, raw: dict[str, Any] | None, restart: bool) -> N
         t_judged = t_restart if t_restart is not None else t_last
         start_change = window_change_w(rig.trace, t_on, t_full)
         run_change = window_change_w(rig.trace, t_on, t_judged)
-        hil = hil_ramp_w_s(rig.trace, t_on, t_judged)
         allowed_1s = ramp * 1.0 + 0.01 * max_w
         print(f"steps    [{label}] caps min_w {caps['min_w']} W, max_w {caps['max_w']} W, "
               f"max {rig.config.envelope.max_freq_mhz:.0f} MHz; ramp limit {ramp:g} W/s")
@@ -477,8 +456,7 @@ def bench_steps_with(label: str, raw: dict[str, Any] | None, restart: bool) -> N
             print(f"           {line}")
         print(f"           largest change of true power over any 1 s: power-on to "
               f"100 % {start_change:.1f} W, steps {run_change:.1f} W (limit {ramp:g} W + 1 % of "
-              f"rated = {allowed_1s:.1f} W); HIL figure (2 s windows) {hil:.1f} W/s (allowed "
-              f"{ramp * 1.03 + 0.01 * max_w / 2.0:.1f})")
+              f"rated = {allowed_1s:.1f} W)")
         print(f"           peak true power {peak:.2f} W, peak 1 s average {avg:.2f} W (cap "
               f"{max_w:g} W); power at the end {end_w:.1f} W{restart_text}")
     finally:

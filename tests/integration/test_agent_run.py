@@ -20,6 +20,7 @@ from agent.governor import Governor
 from agent.runtime import Runtime
 from agent.work import LocalWorkSource
 from hil.hashboard import HashBoardEmulator
+from hil.report import largest_change_w
 
 EMU_DIFFICULTY = 2.0**-19  # agent.config accepts nonce_difficulty >= 1e-6
 
@@ -131,17 +132,9 @@ def _outside_band(rig: AgentRig, t_step: float, target_w: float) -> list[float]:
     return [dt for dt, w in after if abs(w - target_w) > band]
 
 
-def _largest_change_w(truth: list[tuple[float, float, float]], t0: float, t1: float,
-                      window_s: float = 1.0) -> float:
-    """Largest change of the true power between two moments at most `window_s` apart."""
-    pts = [(t, w) for t, w, _ in truth if t0 <= t <= t1]
-    worst = 0.0
-    for i, (t, w) in enumerate(pts):
-        for tk, wk in pts[i + 1:]:
-            if tk - t > window_s:
-                break
-            worst = max(worst, abs(wk - w))
-    return worst
+def _largest_change_w(truth: list[tuple[float, float, float]], t0: float, t1: float) -> float:
+    """Largest change of the true power between two moments at most 1 s apart."""
+    return largest_change_w([(t, w) for t, w, _ in truth], t0, t1, 1.0)
 
 
 def _one_s_average_peak_w(truth: list[tuple[float, float, float]], t0: float) -> float:

@@ -6,15 +6,19 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hil.report import (
     Recording,
     Series,
+    largest_change_w,
     markdown,
     moving_average,
     percentile,
     read_recording,
     summarize,
+    window_changes,
     write_report,
 )
 from hil.scenario import Measure
@@ -89,6 +93,73 @@ def test_ramp_faster_than_declared_is_a_violation_episode():
     s = summarize(make([(0.0, 30.0), (20.0, 70.0), (40.0, 30.0)], ramp=40.0))
     assert s["violations"]["ramp"] == 2
     assert s["fastest_ramp_w_s"] > 19.0
+
+
+def test_a_short_jump_then_a_hold_is_a_ramp_violation():
+    # 16 W in 0.1 s at a 10 W/s limit, then flat: moved 1.6x the ramp in under a second
+    rec = make([(0.0, 30.0)])
+    for i, t in enumerate(rec.truth_power_w.t_s):
+        if t >= 20.0:
+            rec.truth_power_w.v[i] = 46.0
+    s = summarize(rec)
+    assert s["violations"]["ramp"] == 1
+    assert s["violation_episodes"]["ramp"][0][0] == pytest.approx(19.0, abs=0.15)
+    assert s["fastest_ramp_w_s"] == pytest.approx(16.0)
+
+
+@given(st.lists(st.tuples(st.floats(0.01, 1.0), st.floats(-100.0, 100.0)), max_size=40),
+       st.floats(0.05, 3.0))
+def test_window_changes_is_the_largest_change_between_two_moments_in_each_window(steps, window):
+    t, points = 0.0, []
+    for dt, v in steps:
+        t += dt
+        points.append((t, v))
+    for partial in (False, True):
+        got = dict(window_changes(points, window, partial))
+        for ti, _ in points:
+            inside = [v for tk, v in points if ti <= tk <= ti + window]
+            covered = points[-1][0] > ti + window
+            if covered or partial:
+                assert got[ti] == max(inside) - min(inside)
+            else:
+                assert ti not in got
+    brute = max((abs(a - b) for i, (ta, a) in enumerate(points)
+                 for tb, b in points[i:] if tb - ta <= 1.0), default=0.0)
+    assert largest_change_w(points, 0.0, math.inf, 1.0) == brute
+
+
+def _with_modes(rec: Recording, tripped: tuple[float, float] | None) -> Recording:
+    """Telemetry mode `tripped` during `tripped` (start, end), `mining` otherwise; the true power
+    drops to 2 W at once while tripped."""
+    for m in rec.telemetry:
+        inside = tripped is not None and tripped[0] <= m["t_s"] <= tripped[1]
+        m["mode"] = "tripped" if inside else "mining"
+    if tripped is not None:
+        for i, t in enumerate(rec.truth_power_w.t_s):
+            if tripped[0] - 0.5 <= t <= tripped[1]:
+                rec.truth_power_w.v[i] = 2.0
+    return rec
+
+
+def test_a_stuck_sensor_expects_a_trip_whose_drop_is_not_a_ramp_violation():
+    stuck = {"t_s": 20.0, "end_s": 30.0, "kind": "stuck_sensor", "label": "", "expect": "trip",
+             "exempt": {"tracking": [20.0, 50.0]}}
+    rec = _with_modes(make([(0.0, 50.0)]), (25.0, 40.0))
+    rec.faults.append(stuck)
+    s = summarize(rec)
+    assert s["faults_missed"] == 0
+    # the drop is the trip's; the jump back at 40 s is the agent's own move and is judged
+    assert [a for a, _ in s["violation_episodes"]["ramp"]] == [pytest.approx(39.1, abs=0.15)]
+
+    missed = make([(0.0, 50.0)], criteria={"faults_missed": 0})
+    missed.faults.append(stuck)
+    s = summarize(_with_modes(missed, None))
+    assert s["faults_missed"] == 1 and not s["passed"]
+    # a trip outside the fault's time is no answer to it, and its drop is judged
+    late = _with_modes(make([(0.0, 50.0)]), (45.0, 50.0))
+    late.faults.append(stuck)
+    s = summarize(late)
+    assert s["faults_missed"] == 1 and s["violations"]["ramp"] == 2
 
 
 def test_ramp_exemption_window_of_a_fault():
