@@ -31,6 +31,8 @@ log = logging.getLogger("gridminer.agent")
 
 #: pyserial URL schemes served by the lab emulator; `hil` registers them when imported
 LAB_SCHEMES = ("asicemu://", "asicboard://")
+#: a chip-fault reset waits at most two full ramps plus this for the load to come down
+WIND_DOWN_SLACK_S = 5.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -196,6 +198,17 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
 
 
+def wind_down_for(governor: Any) -> Any:
+    """How the driver brings the load down before a chip-fault reset: through the governor, at
+    its ramp, to its lowest frequency (`agent.driver.WindDown`)."""
+    from agent.driver import WindDown
+
+    return WindDown(governor.power_at, lambda: governor.envelope.check.power_w,
+                    governor.ramp_max_w_s, governor.min_freq_mhz,
+                    timeout_s=WIND_DOWN_SLACK_S
+                    + 2.0 * governor.max_power_w / governor.ramp_max_w_s)
+
+
 def _run(config: Any) -> int:
     from agent.clock import SystemClock
     from agent.driver import ChainDriver, ChainSettings
@@ -224,7 +237,7 @@ def _run(config: Any) -> int:
         driver = ChainDriver(chain_port, settings, clock, LocalWorkSource(clock), board=board,
                              wake=wake)
         governor = Governor(config, clock)
-        driver.wind_down_power = (governor.power_at, governor.ramp_max_w_s)
+        driver.wind_down = wind_down_for(governor)
         runtime = Runtime(clock, driver, board, governor,
                           period_s=config.governor.control_period_s,
                           status_period_s=config.log.status_period_s, wake=wake,

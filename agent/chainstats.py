@@ -66,6 +66,7 @@ class ChainStats:
     resets: int
     ticket_difficulty: float
     chips: tuple[ChipStat, ...]
+    reset_pending: str | None = None  # a chip fault waits for the load to come down to a reset
 
     @property
     def mining(self) -> bool:
@@ -275,6 +276,7 @@ class ChainStatistics:
         freq_mhz: float,
         target_freq_mhz: float,
         chips_expected: int,
+        reset_pending: str | None = None,
     ) -> ChainStats:
         chips = []
         for c in self.chips:
@@ -315,4 +317,5 @@ class ChainStatistics:
             resets=self.resets,
             ticket_difficulty=self.ticket_difficulty,
             chips=tuple(chips),
+            reset_pending=reset_pending,
         )

@@ -15,7 +15,11 @@ frequency ramp in configurable steps to the target, then the hash counting numbe
 While hashing it reads a counter register every second; a chain that answers nothing for
 `hung_timeout_s` is hung, a chip silent for many expected nonce intervals is dead, one whose
 nonces mostly fail is flaky. Each of these resets and re-initialises the chain (with a back-off)
-and ramps back to the frequency last asked for.
+and ramps back to the frequency last asked for. A hung chain takes no commands, so it is reset at
+once. A dead or flaky chip still leaves the others hashing: with a `WindDown` set, the driver
+marks the reset pending (`reset_pending`, also in its stats), the governor brings the load down at
+its ramp as any other move, and the reset follows once the chips run at the governor's floor (or
+after the wind-down's time-out): the control thread never waits for it.
 
 Takeover (an agent restart while the chain hashes): `read_running_chain` reads chip IDs and PLL0
 at the fast baud without a reset (a chain fresh from reset answers at 115200 only) and `adopt`
@@ -91,6 +95,17 @@ def open_port(url: str, baudrate: int = INITIAL_BAUD, timeout_s: float = 0.05) -
         return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout_s, write_timeout=2.0)
     except (serial.SerialException, OSError, ValueError) as exc:
         raise ChainError(f"cannot open chain port {url}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WindDown:
+    """How the load comes down before a chip-fault reset (set by the agent from its governor)."""
+
+    power_w: Callable[[float], float]  # the modelled power at a frequency
+    measured_w: Callable[[], float | None]  # the latest measured board power
+    ramp_w_s: float  # the ramp limit
+    floor_mhz: float  # the governor's lowest frequency: the reset waits for the chips to run there
+    timeout_s: float  # ... or this long at most
 
 
 @dataclass(frozen=True)
@@ -213,8 +228,9 @@ class ChainDriver:
         self.fatal = False  # the first bring-up failed: the chain is not what the config says
         self.ever_hashed = False
         self.chip_ids: list[tuple[int, int]] = []  # (register 0x00 value, reporting address)
-        # (power at a frequency, ramp limit W/s): set by the agent so a recovery winds down first
-        self.wind_down_power: tuple[Callable[[float], float], float] | None = None
+        self.wind_down: WindDown | None = None  # set by the agent: chip faults wind down first
+        self.reset_pending: str | None = None  # why a reset waits for the load to come down
+        self._reset_due_s = 0.0  # when it comes anyway
         self.addresses: list[int] = []
         self.freq_mhz = START_FREQ_MHZ
         self.target_freq_mhz = max(settings.min_freq_mhz, START_FREQ_MHZ)
@@ -279,6 +295,7 @@ class ChainDriver:
         """Begin bring-up from reset (also used to re-initialise after a fault)."""
         self._script.clear()
         self._retry_at_s = None
+        self.reset_pending = None
         self.error = None
         self.state = STARTING
         self.jobs.clear()
@@ -322,6 +339,7 @@ class ChainDriver:
         """Forget the chain's state at once (its power was cut): DOWN, nothing more is sent."""
         self._script.clear()
         self._retry_at_s = None
+        self.reset_pending = None
         self.state = DOWN
         self.freq_mhz = START_FREQ_MHZ
         self.jobs.clear()
@@ -365,7 +383,7 @@ class ChainDriver:
         self.stats_.advance(now, self.freq_mhz, self.hashing)
         return self.stats_.snapshot(
             now, self.state, self.family, self.freq_mhz, self.target_freq_mhz,
-            self.settings.chips or len(self.addresses),
+            self.settings.chips or len(self.addresses), self.reset_pending,
         )
 
     def next_deadline_s(self, now: float) -> float:
@@ -764,6 +782,10 @@ class ChainDriver:
         if now >= self._next_counter_s:
             self._write(asic.cmd_read(self._counter_reg))
             self._next_counter_s = now + self.settings.counter_interval_s
+        if self.reset_pending is not None and self.wind_down is not None and (
+                self.freq_mhz <= self.wind_down.floor_mhz + 1e-6 or now >= self._reset_due_s):
+            self._recover(now, self.reset_pending)
+            return
         if now >= self._next_health_s:
             self._next_health_s = now + 1.0
             self._check_health(now)
@@ -815,24 +837,33 @@ class ChainDriver:
     def _check_health(self, now: float) -> None:
         silent_s = now - self._last_frame_s
         if silent_s >= self.settings.hung_timeout_s:
+            self.reset_pending = None  # a hung chain takes no commands: reset at once
             self._recover(now, f"chain hung: no reply for {silent_s:.1f} s")
             return
-        if now - self._hashing_since_s < self.settings.dead_min_s:
+        if self.reset_pending is not None or now - self._hashing_since_s < self.settings.dead_min_s:
             return
         self._sync_counters()
         for chip in self.stats_.chips:
             health = self.stats_.health(chip, now)
             if health in ("dead", "flaky"):
-                self._recover(now, f"chip {chip.index} (address {chip.address}) is {health}")
+                self._chip_fault(now, f"chip {chip.index} (address {chip.address}) is {health}")
                 return
         if self._last_recover_s is not None and now - self._last_recover_s > 3600:
             self._backoff_s = self.settings.recover_backoff_s
 
-    def _recover(self, now: float, reason: str) -> None:
-        if (self._last_recover_s is not None
-                and now - self._last_recover_s < self._backoff_s
-                and not reason.startswith("chain hung")):
+    def _chip_fault(self, now: float, reason: str) -> None:
+        """A dead or flaky chip: reset now, or once the governor has brought the load down."""
+        if self._last_recover_s is not None and now - self._last_recover_s < self._backoff_s:
             return  # a chip fault right after a recovery: wait out the back-off
+        if self.wind_down is None:
+            self._recover(now, reason)
+            return
+        log.warning("%s: %s; bringing the load down at the ramp before a reset", self.name,
+                    reason)
+        self.reset_pending = reason
+        self._reset_due_s = now + self.wind_down.timeout_s
+
+    def _recover(self, now: float, reason: str) -> None:
         log.warning("%s: %s; resetting and re-initialising", self.name, reason)
         if self._last_recover_s is not None and now - self._last_recover_s < self._backoff_s * 2:
             self._backoff_s = min(self._backoff_s * 2, self.settings.recover_backoff_max_s)
@@ -842,13 +873,15 @@ class ChainDriver:
         self.stats_.resets += 1
         self._crc_base += self._parser.crc_errors
         self._discard_base += self._parser.discarded_bytes
-        if self.wind_down_power is not None and not reason.startswith("chain hung"):
-            # the chips still take commands: bring the load down at the ramp limit first, so the
-            # reset drops no load (a hung chain takes none: its reset is the only way out)
-            power_w, ramp_w_s = self.wind_down_power
-            heartbeat = getattr(self.board, "heartbeat", None)
-            wind_down(self.port, self.clock, self.family, self.freq_mhz, power_w, ramp_w_s,
-                      tick=heartbeat)
+        wd = self.wind_down
+        if wd is not None and self.reset_pending is not None:
+            # the chips still take commands: from the governor's floor on down to the reset
+            # at the ramp limit too (a short wait), paced as if all of the measured power were
+            # clock-bound (the slowest pace; a model is least sure down here)
+            measured_w, f0 = wd.measured_w(), self.freq_mhz
+            power_w = wd.power_w if measured_w is None else (lambda f: measured_w * f / f0)
+            wind_down(self.port, self.clock, self.family, f0, power_w, wd.ramp_w_s,
+                      tick=getattr(self.board, "heartbeat", None))
         self._parser = asic.ResponseParser(self.family)
         self.start(now)
 
@@ -952,12 +985,21 @@ def wind_down(
     period_s: float = 0.1, step_mhz: float = 6.25,
 ) -> float:
     """Bring a hashing chain's clock from `freq_mhz` down to 50 MHz with broadcast PLL0 writes,
-    each step's modelled power (`power_w(freq_mhz)`) at most 90 % of `ramp_w_s` per period below
-    the last: the safe way to a reset (a running chain that cannot be taken over, a chip fault).
-    `tick` runs every period (the board heartbeat). Returns the seconds it took."""
+    at most 90 % of `ramp_w_s` of modelled power (`power_w(freq_mhz)`) per period: the safe way
+    to a reset (a running chain that cannot be taken over, a chip fault). Each step waits before
+    it as long as its drop needs, and so does the reset after it (its drop taken as all of the
+    power at 50 MHz), so the moves before and after stay within the ramp too. `tick` runs every
+    period (the board heartbeat). Returns the seconds it took."""
     start = clock.monotonic()
     f = freq_mhz
     budget = 0.9 * ramp_w_s * period_s
+
+    def pay(drop_w: float) -> None:
+        if tick is not None:
+            with contextlib.suppress(Exception):
+                tick()
+        clock.sleep(period_s * max(1.0, drop_w / budget if budget > 0 else 1.0))
+
     steps = asic.ramp_steps(f, START_FREQ_MHZ, step_mhz) if f > START_FREQ_MHZ else []
     i = 0
     while i < len(steps):
@@ -965,16 +1007,13 @@ def wind_down(
         j = i
         while j + 1 < len(steps) and power_w(f) - power_w(steps[j + 1]) <= budget:
             j += 1
-        drop = power_w(f) - power_w(steps[j])
+        pay(power_w(f) - power_w(steps[j]))
         f = steps[j]
         i = j + 1
         if family == "BM1397":
             port.write(asic.cmd_write(asic.REG_PLL0_DIVIDER, 0x0F0F0F00))
         port.write(asic.cmd_write(asic.REG_PLL0, asic.pll_value(family, f)))
-        if tick is not None:
-            with contextlib.suppress(Exception):
-                tick()
-        clock.sleep(period_s * max(1.0, drop / budget if budget > 0 else 1.0))
+    pay(power_w(f))  # room for the reset that follows
     log.info("wound the chain down from %.2f MHz in %.1f s", freq_mhz, clock.monotonic() - start)
     return clock.monotonic() - start
 

@@ -78,6 +78,7 @@ class ChainFigures(Protocol):
 
     chips_ok: int
     hashrate_ghs: float
+    reset_pending: str | None
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,7 @@ class Governor:
             self.fan.reset(100)
         temp = chk.hottest_c
         state = getattr(chain_stats, "state", None) if chain_stats is not None else None
+        reset_pending = getattr(chain_stats, "reset_pending", None)
         hashing = state is None or state in HASHING_STATES
         last = self.envelope.last
         if not hashing and not self._starting and last is not None and last.chain_power_on:
@@ -429,6 +431,11 @@ class Governor:
                 self._set_mode("mining", "ramp-up held (restart spread)")
             else:
                 self._set_mode("mining", f"tracking {self._applied_w:.1f} W")
+            if reset_pending:
+                # the driver resets the chain once it runs at the floor: down at the ramp
+                goal = min(goal, self._floor_w(temp))
+                self._set_mode(self._mode, f"down to the minimum for a chain reset "
+                                           f"({reset_pending})")
         # ramped reference
         ref = self._ref_w
         up_rate = self._cmd_ramp_w_s * RAMP_SHARE
@@ -447,7 +454,7 @@ class Governor:
         else:
             ref = max(goal, ref - down_rate * dt)
         # feedforward through the model, corrected by the model-error estimate
-        if self._starting or (self._op in ("curtail", "standby")
+        if self._starting or ((self._op in ("curtail", "standby") or reset_pending)
                               and ref <= self._floor_w(temp) + 1e-6):
             freq = self.min_freq_mhz
         else:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agent.agent_cmd import build_grid, open_serial
+from agent.agent_cmd import build_grid, open_serial, wind_down_for
 from agent.board import BoardClient
 from agent.clock import SystemClock
 from agent.config import config_from_mapping
@@ -26,7 +26,8 @@ EMU_DIFFICULTY = 2.0**-19  # agent.config accepts nonce_difficulty >= 1e-6
 
 
 class AgentRig:
-    def __init__(self, speed: float = 1.0, raw: dict[str, Any] | None = None) -> None:
+    def __init__(self, speed: float = 1.0, raw: dict[str, Any] | None = None,
+                 **driver_settings: Any) -> None:
         self.emu = HashBoardEmulator(family="BM1370", chips=4, seed=5,
                                      difficulty=EMU_DIFFICULTY, speed=speed)
         self.emu.start()
@@ -45,10 +46,12 @@ class AgentRig:
         self.board = BoardClient(self.board_port)
         self.driver = ChainDriver(open_serial(self.emu.chain_path, "chain", 115200, 0.05),
                                   ChainSettings.from_config(self.config.chain,
-                                                            self.config.envelope),
+                                                            self.config.envelope,
+                                                            **driver_settings),
                                   self.clock, LocalWorkSource(self.clock), board=self.board,
                                   wake=wake)
         self.governor = Governor(self.config, self.clock)
+        self.driver.wind_down = wind_down_for(self.governor)
         self.lines: list[str] = []
         self.runtime = Runtime(self.clock, self.driver, self.board, self.governor, period_s=0.1,
                                status_period_s=1.0, wake=wake, status_out=self.lines.append,
@@ -203,6 +206,32 @@ def test_heatwave_derates_and_chips_stay_below_the_hard_limit(rig_factory):
     assert max(h for _, _, h in rig.trace) < hard
     assert rig.runtime.sample.power_w < 0.5 * rig.governor.max_power_w  # derated
     assert rig.code is None  # still running
+
+
+def test_a_dead_chip_is_reset_after_the_governor_brought_the_load_down_at_the_ramp(rig_factory):
+    ramp = 30.0
+    rig = rig_factory(raw={"envelope": {"ramp_max_w_s": ramp}}, dead_min_s=2.0)
+    max_w = rig.governor.max_power_w
+    limit_w = ramp * 1.0 + 0.01 * max_w
+    assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
+    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.9 * max_w, 20)
+    t_death = rig.emulated_s()
+    rig.emu.inject_fault("chip_silent", chip=2)
+    assert rig.wait(lambda: rig.driver.reset_pending is not None, 20)
+    assert "chip 2 (address 128) is dead" in rig.driver.reset_pending
+    ticks = rig.runtime.counters.ticks
+    t_pending = time.monotonic()
+    assert rig.wait(lambda: "chain reset" in rig.governor.status().mode_reason, 2)
+    assert rig.wait(lambda: rig.driver.recoveries >= 1, 15)
+    # the control loop ran on through the wind-down (10 ticks a second), the reset came once
+    # the chips ran at the governor's lowest frequency, and the load went down at the ramp
+    waited_s = time.monotonic() - t_pending
+    assert waited_s > 0.5 * (0.9 * max_w - rig.governor.min_w) / ramp
+    assert rig.runtime.counters.ticks - ticks >= 7 * waited_s
+    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.6 * max_w, 20)
+    t_back = rig.emulated_s()
+    assert _largest_change_w(rig.truth, t_death + 0.5, t_back) <= limit_w
+    assert rig.code is None and rig.driver.addresses == [0, 64, 128, 192]
 
 
 def test_faults_while_running_are_counted_and_survived(rig_factory):

@@ -8,7 +8,7 @@ import pytest
 from driver_fake import EASY, FakeBoard, FakeChainPort, sha256d
 
 from agent.clock import FakeClock
-from agent.driver import ChainDriver, ChainSettings, job_interval_s, probe_chain
+from agent.driver import ChainDriver, ChainSettings, WindDown, job_interval_s, probe_chain
 from agent.errors import ChainError
 from agent.work import LocalWorkSource, target_for
 from firmware_bridge import asic, bringup
@@ -315,3 +315,31 @@ def test_a_reply_with_aa55_inside_is_taken_once_the_line_is_quiet():
     drv.poll(clock.monotonic())  # the reply's bytes arrive, nothing after them
     drv.poll(clock.monotonic())  # the next read finds the line quiet
     assert drv.stats(clock.monotonic()).valid == 1
+
+
+def test_a_chip_fault_reset_waits_for_the_governors_floor_or_its_time_out():
+    clock, port, drv = make(4, recover_backoff_s=1.0)
+    drv.wind_down = WindDown(power_w=lambda f: f / 20.0, measured_w=lambda: None,
+                             ramp_w_s=1000.0, floor_mhz=100.0, timeout_s=5.0)
+    drv.set_frequency(400.0)
+    drv.bring_up()
+    run_until(drv, clock, lambda: drv.state == "mining")
+    resets = port.resets
+    drv._chip_fault(clock.monotonic(), "chip 1 (address 64) is dead")
+    assert drv.stats(clock.monotonic()).reset_pending == "chip 1 (address 64) is dead"
+    t0 = clock.monotonic()
+    run_until(drv, clock, lambda: clock.monotonic() - t0 > 2.0)
+    assert port.resets == resets and drv.state == "mining"  # hashing on, no reset yet
+    drv.set_frequency(100.0)  # the governor has brought the load down
+    run_until(drv, clock, lambda: drv.recoveries == 1)
+    assert port.resets == resets + 1 and drv.reset_pending is None
+    run_until(drv, clock, lambda: drv.state == "mining")
+    assert port.freq_mhz == pytest.approx(100.0)
+    # a governor that never gets there (a bug): the reset comes after the time-out anyway
+    drv.set_frequency(400.0)
+    run_until(drv, clock, lambda: drv.state == "mining")
+    clock.advance(2.0)
+    drv._chip_fault(clock.monotonic(), "chip 2 (address 128) is flaky")
+    t1 = clock.monotonic()
+    run_until(drv, clock, lambda: drv.recoveries == 2)
+    assert 5.0 <= clock.monotonic() - t1 < 5.5
