@@ -495,7 +495,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
     temp_ep = temp_violations(rec)
     ramp_ep, fastest = ramp_violations(rec)
     gaps = telemetry_gaps(rec)
-    missed = [f for f, drops in expected_trips(rec) if not drops]
+    answers = {id(f): drops for f, drops in expected_trips(rec)}
     sent = [c for c in rec.commands]
     acked = [c for c in sent if c.get("result") is not None]
     latencies = [1000.0 * (float(c["ack_t_s"]) - float(c["t_s"])) for c in acked
@@ -554,9 +554,8 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "reserve_failures": sum(1 for r in reserve if r["passed"] is False),
         "agent_restarts": rec.agent_restarts,
         "agent_crashes": rec.agent_crashes,
-        "faults": [{k: f.get(k) for k in ("t_s", "end_s", "kind", "label", "expect")}
-                   for f in rec.faults],
-        "faults_missed": len(missed),
+        "faults": [_fault_summary(f, answers.get(id(f))) for f in rec.faults],
+        "faults_missed": sum(1 for drops in answers.values() if not drops),
         "skipped": list(rec.meta.get("skipped") or []),
     }
     if "energy_wh_wall_incl_psu" in rec.meta:
@@ -564,6 +563,14 @@ def summarize(rec: Recording) -> dict[str, Any]:
     summary["criteria"] = check_criteria(summary, rec.criteria)
     summary["passed"] = all(c["ok"] for c in summary["criteria"])
     return summary
+
+
+def _fault_summary(f: dict[str, Any], trips: list[tuple[float, float]] | None) -> dict[str, Any]:
+    """A fault as the summary lists it; one that expects a trip says when the agent tripped."""
+    out = {k: f.get(k) for k in ("t_s", "end_s", "kind", "label", "expect")}
+    if trips is not None:
+        out["tripped_at_s"] = round(trips[0][1], 1) if trips else None
+    return out
 
 
 def _r(x: float | None, nd: int) -> float | None:
@@ -672,7 +679,12 @@ def markdown(s: dict[str, Any]) -> str:
         lines += ["## Faults", ""]
         for f in s["faults"]:
             end = f" to {f['end_s']:.1f} s" if f.get("end_s") is not None else ""
-            lines.append(f"* {f['t_s']:.1f} s{end}: {f['kind']} {f.get('label') or ''}".rstrip())
+            line = f"* {f['t_s']:.1f} s{end}: {f['kind']} {f.get('label') or ''}".rstrip()
+            if f.get("expect") == "trip":
+                at = f.get("tripped_at_s")
+                line += (f"; the agent tripped at {at:.1f} s" if at is not None
+                         else "; the agent did NOT trip")
+            lines.append(line)
         lines.append("")
     if s.get("skipped"):
         lines += ["## Not played on this rig", ""]

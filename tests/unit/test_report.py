@@ -148,6 +148,8 @@ def test_a_stuck_sensor_expects_a_trip_whose_drop_is_not_a_ramp_violation():
     rec.faults.append(stuck)
     s = summarize(rec)
     assert s["faults_missed"] == 0
+    assert s["faults"][0]["tripped_at_s"] == pytest.approx(25.0, abs=1.0)
+    assert "stuck_sensor; the agent tripped at 2" in markdown(s)
     # the drop is the trip's; the jump back at 40 s is the agent's own move and is judged
     assert [a for a, _ in s["violation_episodes"]["ramp"]] == [pytest.approx(39.1, abs=0.15)]
 
@@ -155,6 +157,7 @@ def test_a_stuck_sensor_expects_a_trip_whose_drop_is_not_a_ramp_violation():
     missed.faults.append(stuck)
     s = summarize(_with_modes(missed, None))
     assert s["faults_missed"] == 1 and not s["passed"]
+    assert "the agent did NOT trip" in markdown(s)
     # a trip outside the fault's time is no answer to it, and its drop is judged
     late = _with_modes(make([(0.0, 50.0)]), (45.0, 50.0))
     late.faults.append(stuck)
