@@ -118,8 +118,8 @@ class _StuckChannels:
         """Follow one sample; the fault of the first stuck channel, or None."""
         for ch, t in enumerate(temps_c):
             stuck = self._stuck.get(ch)
-            if stuck is not None and t == stuck.temp_c:
-                continue
+            if stuck is not None and (t is None or t == stuck.temp_c):
+                continue  # suspect until it reads something else
             self._stuck.pop(ch, None)
             w = self._watch.get(ch)
             if t is None:

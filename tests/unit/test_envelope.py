@@ -252,6 +252,9 @@ def test_one_stuck_chip_sensor_trips_when_the_power_swings_and_holds_until_it_re
     # idle, powers steady: the channel is still suspect, so the trip holds past trip_hold_s
     t = _stuck_channel_run(env, t, 20, lambda i: 55.0, lambda i: 2.0 + 0.01 * (i % 3))
     assert env.tripped and env.clear_remaining_s(t) is None
+    # unreadable for a while: still suspect
+    t = _stuck_channel_run(env, t, 20, lambda i: None, lambda i: 2.0 + 0.01 * (i % 3))
+    assert env.tripped and env.clear_remaining_s(t) is None
     # it reads again: clear, and released after the hold
     t = _stuck_channel_run(env, t, 10, lambda i: 50.0 - 0.1 * i, lambda i: 2.0)
     assert not env.tripped
