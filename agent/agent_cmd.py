@@ -226,7 +226,7 @@ def _run(config: Any) -> int:
 
         board_port = open_serial(config.board.port, "board", 115200, 0.02)
         closers.append(board_port.close)
-        board = BoardClient(board_port)
+        board = BoardClient(board_port, psu_efficiency=config.board.psu_efficiency)
         sample, running = find_running_chain(config, chain_port, board, clock)
         config = detect_chain(config, chain_port, board, clock, running)
         if config.grid.insecure_dev:

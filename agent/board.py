@@ -36,7 +36,7 @@ class BoardSample:
     vr_temp_c: float | None = None
     vin_v: float | None = None
     iin_a: float | None = None
-    power_w: float | None = None
+    power_w: float | None = None  # the board's input, or the wall's with a PSU efficiency
     fan_rpm: int | None = None
     fan_pct: int | None = None
     vcore_mv: int | None = None
@@ -64,8 +64,9 @@ def _scaled(value: int | None, scale: float) -> float | None:
     return None if value is None else value / scale
 
 
-def sample_from_payload(payload: bytes, ts_s: float) -> BoardSample:
-    """BoardSample from a READ_SENSORS reply payload (ValueError if malformed)."""
+def sample_from_payload(payload: bytes, ts_s: float, psu_efficiency: float = 1.0) -> BoardSample:
+    """BoardSample from a READ_SENSORS reply payload (ValueError if malformed); `power_w` is the
+    wall's (board input / `psu_efficiency`)."""
     s = link.unpack_sensors(payload)
     return BoardSample(
         ts_s=ts_s,
@@ -74,7 +75,7 @@ def sample_from_payload(payload: bytes, ts_s: float) -> BoardSample:
         vr_temp_c=_scaled(s["vr_temp_dc"], 10.0),
         vin_v=_scaled(s["vin_mv"], 1000.0),
         iin_a=_scaled(s["iin_ma"], 1000.0),
-        power_w=_scaled(s["power_mw"], 1000.0),
+        power_w=_scaled(s["power_mw"], 1000.0 * psu_efficiency),
         fan_rpm=s["fan_rpm"],
         fan_pct=s["fan_pct"],
         vcore_mv=s["vcore_mv"],
@@ -90,7 +91,8 @@ class BoardClient:
     """Client of the bridge firmware on `serial_port` (a pyserial port, or a path/URL to open).
 
     Every call is one request; `timeout_s` per attempt, `retries` more attempts with the same seq.
-    Unsolicited trip events are kept in `events` (newest last, at most 32)."""
+    Unsolicited trip events are kept in `events` (newest last, at most 32). Samples count power
+    at the wall when a `psu_efficiency` below 1 is given (config [board])."""
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class BoardClient:
         retries: int = 2,
         clock: Clock | None = None,
         baudrate: int = DEFAULT_BAUD,
+        psu_efficiency: float = 1.0,
     ) -> None:
         if isinstance(serial_port, str):
             import serial
@@ -114,6 +117,7 @@ class BoardClient:
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.clock = clock or SystemClock()
+        self.psu_efficiency = float(psu_efficiency)
         self._decoder = link.Decoder()
         self._seq = 0
         self._lock = threading.Lock()
@@ -192,7 +196,7 @@ class BoardClient:
     def read_sample(self) -> BoardSample:
         reply = self.request(link.T_READ_SENSORS)
         try:
-            return sample_from_payload(reply.payload, self.clock.monotonic())
+            return sample_from_payload(reply.payload, self.clock.monotonic(), self.psu_efficiency)
         except ValueError as exc:
             raise BoardLinkError(f"board link read_sensors: bad reply: {exc}") from exc
 

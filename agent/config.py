@@ -19,10 +19,13 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
 from firmware_bridge.chips import FAMILIES, profile
+
+if TYPE_CHECKING:
+    from agent.power_model import ModelParams
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -62,6 +65,9 @@ class BoardConfig:
     """[board]: the board-management link to the bridge firmware."""
 
     port: str = _key()
+    # the power supply between the wall and the board input; below 1 every power the agent
+    # measures, reports and is commanded is wall (AC) power = board input / psu_efficiency
+    psu_efficiency: float = _key(1.0, lo=0.5, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -272,11 +278,21 @@ def _range_error(key: str, value: float, lo: float, hi: float, why: str) -> Conf
     return ConfigError(f"{key}: {_fmt(value)} is out of range [{_fmt(lo)}, {_fmt(hi)}] ({why})")
 
 
+def model_params(cfg: AgentConfig) -> ModelParams:
+    """The power model's constants for this board (agent.power_model)."""
+    from agent.power_model import ModelParams
+
+    gov = cfg.governor
+    return ModelParams.for_family(
+        cfg.chain.family, cfg.chain.chips, chip_power_w=gov.chip_power_w,
+        regulator_efficiency=gov.regulator_efficiency, overhead_w=gov.board_overhead_w,
+        psu_efficiency=cfg.board.psu_efficiency)
+
+
 def _derive(cfg: AgentConfig) -> AgentConfig:
     """Fill family-dependent defaults and check the keys that constrain each other."""
     from agent.power_model import (
         MIN_VCORE_MV,
-        ModelParams,
         PowerModel,
         VfCurve,
         default_max_freq_mhz,
@@ -332,9 +348,7 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
         )
     rating_derived = env.max_power_w is None
     if rating_derived:
-        model = PowerModel(ModelParams.for_family(
-            prof.family, cfg.chain.chips, chip_power_w=gov.chip_power_w,
-            regulator_efficiency=gov.regulator_efficiency, overhead_w=gov.board_overhead_w))
+        model = PowerModel(model_params(cfg))
         # the rating at the family default, and reachable (at the fan's target temperature)
         # by a board drawing 15 % less than the model; rounded down
         top = model.rated_max_w(curve, env.max_freq_mhz, gov.fan_target_temp_c)

@@ -45,10 +45,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.clock import Clock
-from agent.config import AgentConfig
+from agent.config import AgentConfig, model_params
 from agent.envelope import Actuation, BoardReading, Envelope, SampleCheck
 from agent.fan import FanController
-from agent.power_model import ModelParams, PowerModel, VfCurve
+from agent.power_model import PowerModel, VfCurve
 
 log = logging.getLogger("gridminer.governor")
 
@@ -130,9 +130,7 @@ class Governor:
         assert gov.default_target_w is not None
         self.config = config
         self.clock = clock
-        self.model = model or PowerModel(ModelParams.for_family(
-            config.chain.family, config.chain.chips, chip_power_w=gov.chip_power_w,
-            regulator_efficiency=gov.regulator_efficiency, overhead_w=gov.board_overhead_w))
+        self.model = model or PowerModel(model_params(config))
         self.curve = VfCurve(gov.vf_points, env.min_vcore_mv, env.max_vcore_mv)
         self.envelope = Envelope(env, self.model, self.curve, fan_min_pct=gov.fan_min_pct,
                                  control_period_s=gov.control_period_s,

@@ -4,8 +4,9 @@ Per chip (f in MHz, V in volts, T in degC):
 ``P_chip = gain * V**2 * (k_dyn * f + c_static * leak(T))`` with
 ``leak(T) = 1 + leak_per_c * (T - 60)``: the dynamic part is the usual ``C f V**2``; the static
 part (leakage) is taken proportional to ``V**2`` and rising with temperature, which keeps the
-inverse in closed form. Wall power: ``chips * P_chip / regulator_efficiency + overhead_w``
-(fan, MCU).
+inverse in closed form. Board power: ``chips * P_chip / regulator_efficiency + overhead_w``
+(fan, MCU), divided by ``psu_efficiency`` when power is counted at the wall (1 by default: the
+board's input is the power).
 
 Defaults are fitted per family to the vendors' efficiency at the default frequency and voltage
 (spec bm13xx-protocol.md section 7.1: BM1370 15 J/TH, BM1368 17.5 J/TH, BM1366 0.021 J/GH,
@@ -135,6 +136,7 @@ class ModelParams:
     regulator_efficiency: float = 0.92
     overhead_w: float = 1.5  # fan, MCU, regulator quiescent (board, not per chip)
     small_cores: int = 0
+    psu_efficiency: float = 1.0  # wall to board input (1: power means the board's input)
 
     @classmethod
     def for_family(
@@ -145,6 +147,7 @@ class ModelParams:
         chip_power_w: float | None = None,
         regulator_efficiency: float = 0.92,
         overhead_w: float = 1.5,
+        psu_efficiency: float = 1.0,
     ) -> ModelParams:
         """Fit to one chip's power at the family default frequency/voltage and 60 degC."""
         prof = profile(family)
@@ -158,6 +161,7 @@ class ModelParams:
             regulator_efficiency=regulator_efficiency,
             overhead_w=overhead_w,
             small_cores=prof.small_cores,
+            psu_efficiency=psu_efficiency,
         )
 
 
@@ -187,7 +191,12 @@ class PowerModel:
         """Board (wall) power with the chain hashing at this frequency and voltage."""
         p = self.params
         chain = p.chips * self.chip_power_w(freq_mhz, vcore_mv, temp_c)
-        return chain / p.regulator_efficiency + p.overhead_w
+        return (chain / p.regulator_efficiency + p.overhead_w) / p.psu_efficiency
+
+    def _chip_share_w(self, power_w: float) -> float:
+        """One chip's power at the core when the board draws `power_w` (inverse of the above)."""
+        p = self.params
+        return (power_w * p.psu_efficiency - p.overhead_w) * p.regulator_efficiency / p.chips
 
     def freq_for_power_at_vcore(
         self, power_w: float, vcore_mv: float, temp_c: float | None = None
@@ -195,7 +204,7 @@ class PowerModel:
         """Frequency giving `power_w` at a fixed voltage (may be negative or above any bound)."""
         p = self.params
         v = vcore_mv / 1000.0
-        per_chip = (power_w - p.overhead_w) * p.regulator_efficiency / p.chips
+        per_chip = self._chip_share_w(power_w)
         return (per_chip / (self.gain * v * v) - p.c_static_w * self._leak(temp_c)) / p.k_dyn_w
 
     def vcore_for_power_at_freq(
@@ -203,7 +212,7 @@ class PowerModel:
     ) -> float:
         """Voltage giving `power_w` at a fixed frequency (0 when the power is below overhead)."""
         p = self.params
-        per_chip = (power_w - p.overhead_w) * p.regulator_efficiency / p.chips
+        per_chip = self._chip_share_w(power_w)
         denom = self.gain * (p.k_dyn_w * max(0.0, freq_mhz) + p.c_static_w * self._leak(temp_c))
         if per_chip <= 0 or denom <= 0:
             return 0.0

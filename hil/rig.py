@@ -613,9 +613,10 @@ class Rig:
                 return None
             freqs = st.get("freq_mhz")
             freq = (sum(freqs) / len(freqs)) if isinstance(freqs, list) and freqs else freqs
-            # the board's input power: the quantity the agent measures and the setpoint means
-            # (the emulator's wall_power_w adds an external PSU the agent cannot see)
-            rec.truth_power_w.add(t, _num(st.get("board_power_w")))
+            # the power the setpoint means: the board's input, or the wall's (through the
+            # emulator's PSU model) when the agent is told its PSU's efficiency
+            at_wall = self.agent_cfg is not None and self.agent_cfg.board.psu_efficiency < 1.0
+            rec.truth_power_w.add(t, _num(st.get("wall_power_w" if at_wall else "board_power_w")))
             self._wall_w.add(t, _num(st.get("wall_power_w")))
             rec.truth_temp_c.add(t, _num(st.get("max_chip_temp_c")))
             rec.truth_hashrate_ghs.add(t, _num(st.get("hashrate_ghs")))

@@ -43,7 +43,7 @@ class AgentRig:
         self.clock = SystemClock()
         wake = threading.Event()
         self.board_port = open_serial(self.emu.board_path, "board", 115200, 0.02)
-        self.board = BoardClient(self.board_port)
+        self.board = BoardClient(self.board_port, psu_efficiency=self.config.board.psu_efficiency)
         self.driver = ChainDriver(open_serial(self.emu.chain_path, "chain", 115200, 0.05),
                                   ChainSettings.from_config(self.config.chain,
                                                             self.config.envelope,
@@ -232,6 +232,26 @@ def test_a_dead_chip_is_reset_after_the_governor_brought_the_load_down_at_the_ra
     t_back = rig.emulated_s()
     assert _largest_change_w(rig.truth, t_death + 0.5, t_back) <= limit_w
     assert rig.code is None and rig.driver.addresses == [0, 64, 128, 192]
+
+
+def test_with_the_psu_efficiency_set_the_agent_holds_the_wall_power(rig_factory):
+    """The emulator's PSU is 92 % efficient; told so, the agent counts and holds wall watts."""
+    rig = rig_factory(raw={"board": {"psu_efficiency": 0.92}})
+    max_w = rig.governor.max_power_w
+    assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
+    target = 0.6 * max_w
+    rig.governor.set_target(target)
+    rig.sleep_emulated(8.0)
+    walls, boards = [], []
+    for _ in range(20):
+        st = rig.emu.state()
+        walls.append(float(st["wall_power_w"]))
+        boards.append(float(st["board_power_w"]))
+        time.sleep(0.05)
+    wall, board = sum(walls) / len(walls), sum(boards) / len(boards)
+    assert abs(wall - target) <= 0.02 * max_w
+    assert board == pytest.approx(0.92 * wall, rel=0.01)  # the board itself draws 8 % less
+    assert rig.runtime.sample.power_w == pytest.approx(wall, abs=0.03 * max_w)
 
 
 def test_faults_while_running_are_counted_and_survived(rig_factory):

@@ -65,6 +65,15 @@ def test_read_sample_scales_units(rig):
     assert s.max_chip_temp_c == 61.2
 
 
+def test_a_psu_efficiency_makes_the_sample_power_the_walls(rig):
+    _, port = rig
+    client = BoardClient(port, timeout_s=0.1, retries=2, clock=port.clock, psu_efficiency=0.8)
+    port.hal.vin, port.hal.iin = 12000, 1500
+    client.set_chain_power(True)
+    s = client.read_sample()
+    assert s.vin_v == 12.0 and s.iin_a == 1.5 and s.power_w == pytest.approx(18.75)
+
+
 def test_setters(rig):
     client, port = rig
     assert client.set_fan_pct(55) == 55 and port.hal.fan_pct == 55

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import config_from_mapping
+from agent.config import config_from_mapping, model_params
+from agent.errors import ConfigError
 from agent.power_model import (
     MODEL_TOLERANCE,
     ModelParams,
@@ -74,3 +75,22 @@ def test_a_configured_ceiling_below_the_default_frequency_rates_at_the_ceiling()
     _c, model, curve = _derived("BM1370", 4)
     top = model.curve_power_w(400.0, curve, 60.0)
     assert cfg.envelope.max_power_w <= (1.0 - MODEL_TOLERANCE) * top
+
+
+def test_a_psu_efficiency_counts_power_at_the_wall_in_the_model_and_the_rating():
+    board = config_from_mapping({"chain": {"port": "x", "family": "BM1370", "chips": 4},
+                                 "board": {"port": "y"}})
+    wall = config_from_mapping({"chain": {"port": "x", "family": "BM1370", "chips": 4},
+                                "board": {"port": "y", "psu_efficiency": 0.9}})
+    m_board, m_wall = PowerModel(model_params(board)), PowerModel(model_params(wall))
+    assert m_wall.power_w(500.0, 1100, 60.0) == pytest.approx(m_board.power_w(500.0, 1100, 60.0)
+                                                               / 0.9)
+    # the inverses find the same operating point for the same board input
+    p_wall = m_wall.power_w(480.0, 1120, 55.0)
+    assert m_wall.freq_for_power_at_vcore(p_wall, 1120, 55.0) == pytest.approx(480.0)
+    assert m_wall.vcore_for_power_at_freq(p_wall, 480.0, 55.0) == pytest.approx(1120.0)
+    # the declared maximum is the wall's: a tenth more (rounded down to whole watts)
+    assert wall.envelope.max_power_w == pytest.approx(board.envelope.max_power_w / 0.9, abs=1.0)
+    with pytest.raises(ConfigError, match="psu_efficiency"):
+        config_from_mapping({"chain": {"port": "x"}, "board": {"port": "y",
+                                                               "psu_efficiency": 0.3}})
