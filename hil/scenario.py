@@ -296,6 +296,9 @@ class Scenario:
 # --------------------------------------------------------------------------- parsing
 
 
+_ABSENT = object()  # a key the table does not have
+
+
 class _Table:
     """One TOML table being read: every key must be consumed, leftovers are errors."""
 
@@ -318,6 +321,15 @@ class _Table:
         self.used.add(key)
         return self.data.get(key)
 
+    def _take(self, key: str, required: bool, hint: str = "") -> Any:
+        """The value of `key` (marked used), or _ABSENT; a missing required key is an error."""
+        self.used.add(key)
+        if key in self.data:
+            return self.data[key]
+        if required:
+            raise self.error("is required" + hint, key)
+        return _ABSENT
+
     def number(
         self,
         key: str,
@@ -328,12 +340,9 @@ class _Table:
         hi: float | None = None,
         lo_open: bool = False,
     ) -> float | None:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.error("is required", key)
+        value = self._take(key, required)
+        if value is _ABSENT:
             return default
-        value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(f"must be a number, got {value!r}", key)
         value = float(value)
@@ -355,12 +364,9 @@ class _Table:
         self, key: str, default: int | None = None, *, lo: int | None = None,
         hi: int | None = None, required: bool = False,
     ) -> int | None:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.error("is required", key)
+        value = self._take(key, required)
+        if value is _ABSENT:
             return default
-        value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"must be an integer, got {value!r}", key)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -372,14 +378,9 @@ class _Table:
         self, key: str, default: str | None = None, *, choices: tuple[str, ...] | None = None,
         required: bool = False,
     ) -> str | None:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.error(
-                    "is required" + (f" (one of {', '.join(choices)})" if choices else ""), key
-                )
+        value = self._take(key, required, f" (one of {', '.join(choices)})" if choices else "")
+        if value is _ABSENT:
             return default
-        value = self.data[key]
         if not isinstance(value, str):
             raise self.error(f"must be a string, got {value!r}", key)
         if choices is not None and value not in choices:
