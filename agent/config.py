@@ -25,7 +25,7 @@ from agent.errors import ConfigError
 from firmware_bridge.chips import FAMILIES, profile
 
 if TYPE_CHECKING:
-    from agent.power_model import ModelParams
+    from agent.control.power_model import ModelParams
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -279,8 +279,8 @@ def _range_error(key: str, value: float, lo: float, hi: float, why: str) -> Conf
 
 
 def model_params(cfg: AgentConfig) -> ModelParams:
-    """The power model's constants for this board (agent.power_model)."""
-    from agent.power_model import ModelParams
+    """The power model's constants for this board (agent.control.power_model)."""
+    from agent.control.power_model import ModelParams
 
     gov = cfg.governor
     return ModelParams.for_family(
@@ -291,7 +291,7 @@ def model_params(cfg: AgentConfig) -> ModelParams:
 
 def _derive(cfg: AgentConfig) -> AgentConfig:
     """Fill family-dependent defaults and check the keys that constrain each other."""
-    from agent.power_model import (
+    from agent.control.power_model import (
         MIN_VCORE_MV,
         PowerModel,
         VfCurve,

@@ -37,7 +37,7 @@ from hashlib import sha256 as _sha256
 from typing import Any
 
 from agent import hashing
-from agent.work import target_for
+from agent.chain.work import target_for
 from firmware_bridge import asic
 from firmware_bridge.chips import profile
 

@@ -39,9 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from agent.chain.driver import ChainDriver, ChainSettings, open_port  # noqa: E402
+from agent.chain.work import LocalWorkSource, target_for  # noqa: E402
 from agent.clock import SystemClock  # noqa: E402
-from agent.driver import ChainDriver, ChainSettings, open_port  # noqa: E402
-from agent.work import LocalWorkSource, target_for  # noqa: E402
 from firmware_bridge import asic  # noqa: E402
 from hil.report import largest_change_w  # noqa: E402
 
@@ -50,7 +50,7 @@ EMU_DIFFICULTY = 2.0**-19  # agent.config accepts nonce_difficulty >= 1e-6
 
 def have_board_link() -> bool:
     try:
-        import agent.board  # noqa: F401
+        import agent.chain.board  # noqa: F401
         import firmware_bridge.bridge  # noqa: F401
     except ImportError:
         return False
@@ -208,8 +208,8 @@ def _cpu_s(pid: int) -> float:
 DRIVER_ONLY = r"""
 import sys, time, threading
 from agent.clock import SystemClock
-from agent.driver import ChainDriver, ChainSettings, open_port
-from agent.work import LocalWorkSource
+from agent.chain.driver import ChainDriver, ChainSettings, open_port
+from agent.chain.work import LocalWorkSource
 clock = SystemClock(); wake = threading.Event()
 drv = ChainDriver(open_port(sys.argv[1]), ChainSettings(family="BM1370", chips=int(sys.argv[2]),
                   nonce_difficulty=float(sys.argv[3]), ramp_step_mhz=25.0, ramp_interval_s=0.01),
@@ -281,11 +281,11 @@ class AgentRig:
 
     def __init__(self, chips: int = 4, raw: dict[str, Any] | None = None, speed: float = 1.0,
                  ambient_c: float = 25.0) -> None:
-        from agent.agent_cmd import open_serial
-        from agent.board import BoardClient
+        from agent.chain.board import BoardClient
+        from agent.cli.agent import open_serial
         from agent.config import config_from_mapping
-        from agent.governor import Governor
-        from agent.runtime import Runtime
+        from agent.control.governor import Governor
+        from agent.control.runtime import Runtime
         from hil.hashboard import HashBoardEmulator
 
         self.emu = HashBoardEmulator(family="BM1370", chips=chips, seed=2,
@@ -465,7 +465,7 @@ def bench_steps_with(label: str, raw: dict[str, Any] | None, restart: bool) -> N
 
 def bench_steps() -> None:
     if not have_board_link():
-        print("steps    skipped: agent.board / firmware_bridge.bridge not available yet")
+        print("steps    skipped: agent.chain.board / firmware_bridge.bridge not available yet")
         return
     bench_steps_with("default ramp", None, restart=False)
     bench_steps_with("ramp 15 W/s, chain re-initialised at the end",
@@ -476,7 +476,7 @@ def bench_spread() -> None:
     """The declared range on boards whose chips draw 15 % less or more than the emulator's fit
     (and the agent's model): is max_w reached, and min_w held?"""
     if not have_board_link():
-        print("spread   skipped: agent.board / firmware_bridge.bridge not available yet")
+        print("spread   skipped: agent.chain.board / firmware_bridge.bridge not available yet")
         return
     from hil import plant
 
@@ -508,7 +508,7 @@ def bench_spread() -> None:
 
 def bench_heatwave() -> None:
     if not have_board_link():
-        print("heatwave skipped: agent.board / firmware_bridge.bridge not available yet")
+        print("heatwave skipped: agent.chain.board / firmware_bridge.bridge not available yet")
         return
     rig = AgentRig(4, speed=4.0)
     try:

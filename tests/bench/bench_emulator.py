@@ -27,7 +27,7 @@ import time
 import serial
 
 from agent import hashing
-from agent.work import target_for
+from agent.chain.work import target_for
 from firmware_bridge import asic, bringup
 
 HEADER = bytes.fromhex(

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import itertools
 
-from agent.board import BoardSample as Sample
+from agent.chain.board import BoardSample as Sample
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
-from agent.envelope import Actuation
-from agent.governor import Governor
+from agent.control.envelope import Actuation
+from agent.control.governor import Governor
 
 PERIOD_S = 0.1
 SUBSTEP_S = 0.004  # the chain driver's frequency step interval

@@ -4,7 +4,7 @@ Run: `.venv/bin/python tests/bench/bench_grid.py [--commands 1000] [--tick-s 0.1
 [--pll-commands 200] [--only ack|pll]`.
 
 A real Mosquitto, a device (GridLink + GridSession with a recording sink) served by a control
-loop that sleeps one control tick unless the link wakes it (as agent.runtime does), and an
+loop that sleeps one control tick unless the link wakes it (as agent.control.runtime does), and an
 operator that publishes signed setpoints one after the other (Response Topic + Correlation Data)
 and times publish -> ack received. Printed: p50, p90, p99 and max over N commands, and whether
 p99 meets the 50 ms budget. `--no-wake` shows what the tick alone would cost.
@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import cose
-from agent.grid import GridPolicy, GridSession
-from agent.gridlink import GridLink, LinkSettings
-from agent.operator import BrokerOptions, CommandSigner, Operator, kid_for
+from agent.grid import cose
+from agent.grid.link import GridLink, LinkSettings
+from agent.grid.session import GridPolicy, GridSession
+from agent.site.operator import BrokerOptions, CommandSigner, Operator, kid_for
 from firmware_bridge import asic
 from hil.broker import Mosquitto
 from hil.hashboard import HashBoardEmulator

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.grid import GridPolicy, GridSession
-from agent.gridlink import GridLink, LinkSettings, release_sockets
-from agent.operator import BrokerOptions, CommandSigner, Operator, SeqCounter
+from agent.grid.link import GridLink, LinkSettings, release_sockets
+from agent.grid.session import GridPolicy, GridSession
+from agent.site.operator import BrokerOptions, CommandSigner, Operator, SeqCounter
 from hil.broker import Mosquitto
 from tests.support.grid_fakes import CAPS as CAPS  # re-exported
 from tests.support.grid_fakes import RecordingSink

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from agent.chain.driver import ChainDriver, ChainSettings, open_port
+from agent.chain.work import LocalWorkSource
 from agent.clock import SystemClock
-from agent.driver import ChainDriver, ChainSettings, open_port
-from agent.work import LocalWorkSource
 from hil.hashboard import HashBoardEmulator
 
 EMU_DIFFICULTY = 2.0**-20

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from agent.agent_cmd import build_grid, open_serial, wind_down_for
-from agent.board import BoardClient
+from agent.chain.board import BoardClient
+from agent.chain.driver import ChainDriver, ChainSettings
+from agent.chain.work import LocalWorkSource
+from agent.cli.agent import build_grid, open_serial, wind_down_for
 from agent.clock import SystemClock
 from agent.config import config_from_mapping
-from agent.driver import ChainDriver, ChainSettings
-from agent.governor import Governor
-from agent.runtime import Runtime
-from agent.work import LocalWorkSource
+from agent.control.governor import Governor
+from agent.control.runtime import Runtime
 from hil.hashboard import HashBoardEmulator
 from hil.report import largest_change_w
 

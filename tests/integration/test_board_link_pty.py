@@ -8,7 +8,7 @@ import tty
 
 import pytest
 
-from agent.board import BoardClient
+from agent.chain.board import BoardClient
 from agent.errors import BoardLinkError
 from firmware_bridge.bridge import Bridge
 from firmware_bridge.hal import SimHal

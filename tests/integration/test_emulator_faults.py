@@ -9,8 +9,8 @@ import time
 import pytest
 import serial
 
+from agent.chain.work import target_for
 from agent.hashing import sha256d
-from agent.work import target_for
 from firmware_bridge import asic, bringup
 from hil.errors import FaultPlanError
 from hil.faults import FaultPlan

@@ -12,8 +12,8 @@ import time
 import pytest
 import serial
 
+from agent.chain.work import target_for
 from agent.hashing import sha256d
-from agent.work import target_for
 from firmware_bridge import asic, bringup
 from firmware_bridge.chips import profile
 from hil.hashboard import HashBoardEmulator

@@ -11,7 +11,7 @@ import tty
 
 import pytest
 
-from agent.board import BoardClient
+from agent.chain.board import BoardClient
 from agent.cli import main as cli
 from hil.mpy_board import MpyBoard
 

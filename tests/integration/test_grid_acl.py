@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import GridLinkError
-from agent.gridlink import GridLink, LinkSettings, release_sockets
+from agent.grid.link import GridLink, LinkSettings, release_sockets
 from tests.integration.conftest import Observer, operator_for
 
 

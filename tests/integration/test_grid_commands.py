@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import cose
-from agent.command import REASONS
-from agent.operator import CommandSigner
+from agent.grid import cose
+from agent.grid.command import REASONS
+from agent.site.operator import CommandSigner
 from tests.integration.conftest import KID, OPERATOR_KEY, operator_for, plain_settings
 
 ROOT = Path(__file__).parents[2]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-from agent.grid import GridPolicy
+from agent.grid.session import GridPolicy
 from tests.integration.conftest import CAPS, Observer, plain_settings
 
 
@@ -79,7 +79,7 @@ def test_broker_restart_will_then_birth_and_buffered_telemetry_in_order(
 
 DEVICE_SCRIPT = """
 import sys, time
-from agent.gridlink import GridLink, LinkSettings
+from agent.grid.link import GridLink, LinkSettings
 link = GridLink(LinkSettings(sys.argv[1], "site-a", "dev-9", state_dir=sys.argv[2]))
 link.set_status({"min_w": 1, "max_w": 2, "ramp_max_w_s": 3}, "mining")
 link.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from agent.work import target_for
+from agent.chain.work import target_for
 from firmware_bridge import asic
 from firmware_bridge.chips import profile
 

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 from driver_fake import FakeBoard, FakeChainPort
 
-from agent.agent_cmd import build_grid, detect_chain
+from agent.cli.agent import build_grid, detect_chain
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
-from agent.governor import Governor
+from agent.control.governor import Governor
 
 PORTS = {"chain": {"port": "/dev/ttyUSB0"}, "board": {"port": "/dev/ttyACM0"}}
 

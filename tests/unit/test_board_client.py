@@ -1,8 +1,8 @@
-"""agent.board.BoardClient against the real Bridge over an in-process fake port (no threads)."""
+"""agent.chain.board.BoardClient against the real Bridge over an in-process fake port (no threads)."""
 
 import pytest
 
-from agent.board import BoardClient
+from agent.chain.board import BoardClient
 from agent.clock import FakeClock
 from agent.errors import BoardLinkError
 from firmware_bridge.bridge import Bridge

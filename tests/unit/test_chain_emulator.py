@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
+from agent.chain.work import target_for
 from agent.hashing import sha256d
-from agent.work import target_for
 from firmware_bridge import asic, bringup
 from firmware_bridge.chips import profile
 from hil.chain import AsicChain

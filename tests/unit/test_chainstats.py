@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.chainstats import ChainStatistics
+from agent.chain.stats import ChainStatistics
 
 SMALL_CORES = 2040  # BM1370
 
@@ -113,7 +113,7 @@ def test_reinit_keeps_counters_and_restarts_silence():
 
 
 def test_automatic_ticket_keeps_about_64_nonces_per_second():
-    from agent.chainstats import ticket_for
+    from agent.chain.stats import ticket_for
 
     # 4 x BM1370 at 525 MHz: 4284 GH/s = 997 difficulty-1 nonces/s -> ticket 8 (125 nonces/s)
     assert ticket_for(4284.0) == 8

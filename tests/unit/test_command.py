@@ -10,16 +10,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import cose
-from agent.command import (
+from agent.grid import cose
+from agent.grid.command import (
     REASONS,
     CheckPolicy,
     CommandChecker,
     Topics,
     ack_map,
 )
-from agent.operator import CommandSigner
-from agent.replay import ReplayGuard
+from agent.grid.replay import ReplayGuard
+from agent.site.operator import CommandSigner
 
 NOW_MS = 1_800_000_000_000
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -9,7 +9,7 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import cose
+from agent.grid import cose
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "cose_sign1.json").read_text())
 SEED = bytes.fromhex(VECTORS["private_key_seed_hex"])

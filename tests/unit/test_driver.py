@@ -7,10 +7,10 @@ import itertools
 import pytest
 from driver_fake import EASY, FakeBoard, FakeChainPort, sha256d
 
+from agent.chain.driver import ChainDriver, ChainSettings, WindDown, job_interval_s, probe_chain
+from agent.chain.work import LocalWorkSource, target_for
 from agent.clock import FakeClock
-from agent.driver import ChainDriver, ChainSettings, WindDown, job_interval_s, probe_chain
 from agent.errors import ChainError
-from agent.work import LocalWorkSource, target_for
 from firmware_bridge import asic, bringup
 
 

@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 
 from driver_fake import EASY, FakeChainPort
 
-from agent.board import BoardSample as Sample
+from agent.chain.board import BoardSample as Sample
+from agent.chain.driver import ChainDriver, ChainSettings
+from agent.chain.work import LocalWorkSource
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
-from agent.driver import ChainDriver, ChainSettings
+from agent.control.governor import Governor
+from agent.control.runtime import GovernorSink, Runtime
 from agent.errors import BoardLinkError
-from agent.governor import Governor
-from agent.runtime import GovernorSink, Runtime
-from agent.work import LocalWorkSource
 
 
 @dataclass
@@ -228,7 +228,7 @@ def test_snapshot_has_the_telemetry_fields():
     clock, _port, _board, _driver, rt, _, _, _ = make()
     run_for(rt, clock, 3.0)
     snap = rt.snapshot()
-    from agent.telemetry import SNAPSHOT_FIELDS
+    from agent.grid.telemetry import SNAPSHOT_FIELDS
 
     assert set(SNAPSHOT_FIELDS) <= set(snap)
     assert snap["energy_wh"] > 0 and snap["chips_ok"] == 4

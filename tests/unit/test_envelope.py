@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import config_from_mapping
-from agent.envelope import Actuation, Envelope
-from agent.power_model import ModelParams, PowerModel, VfCurve
+from agent.control.envelope import Actuation, Envelope
+from agent.control.power_model import ModelParams, PowerModel, VfCurve
 
 DT = 0.1
 
 
 @dataclass(frozen=True)
 class Sample:
-    """Same fields as agent.board.BoardSample."""
+    """Same fields as agent.chain.board.BoardSample."""
 
     ts_s: float
     chip_temps_c: list[float | None]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.fan import FanController
+from agent.control.fan import FanController
 
 DT = 0.1
 

@@ -1,10 +1,10 @@
-"""agent.flash: the bundle and the mpremote steps (the real deploy is tests/integration)."""
+"""agent.cli.flash: the bundle and the mpremote steps (the real deploy is tests/integration)."""
 
 import json
 
 import pytest
 
-from agent import flash
+from agent.cli import flash
 
 
 def test_bundle_has_precompiled_modules_main_and_config(tmp_path):

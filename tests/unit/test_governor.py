@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.board import BoardSample as Sample
+from agent.chain.board import BoardSample as Sample
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
-from agent.envelope import Actuation
-from agent.governor import Governor
+from agent.control.envelope import Actuation
+from agent.control.governor import Governor
 
 PERIOD_S = 0.1
 
@@ -102,7 +102,7 @@ def make_config(**envelope: float):
 
 @dataclass
 class ChainState:
-    """What the governor reads of agent.chainstats.ChainStats."""
+    """What the governor reads of agent.chain.stats.ChainStats."""
 
     state: str = "mining"
     chips_ok: int = 1
@@ -512,7 +512,7 @@ def test_status_reports_what_telemetry_needs():
     [("BM1370", 15.0), ("BM1368", 17.5), ("BM1366", 21.0), ("BM1397", 30.0)],
 )
 def test_model_matches_the_vendor_efficiency_at_the_family_defaults(family, j_per_th):
-    from agent.power_model import ModelParams, PowerModel
+    from agent.control.power_model import ModelParams, PowerModel
     from firmware_bridge.chips import profile
 
     prof = profile(family)
@@ -523,7 +523,7 @@ def test_model_matches_the_vendor_efficiency_at_the_family_defaults(family, j_pe
 
 
 def test_bm1370_board_at_defaults_is_about_19_w_at_the_wall():
-    from agent.power_model import ModelParams, PowerModel
+    from agent.control.power_model import ModelParams, PowerModel
 
     model = PowerModel(ModelParams.for_family("BM1370", 1))
     assert 15.0 <= model.chip_power_w(525, 1150, 60.0) <= 19.0
@@ -535,7 +535,7 @@ def test_bm1370_board_at_defaults_is_about_19_w_at_the_wall():
 
 
 def test_model_inverses_round_trip():
-    from agent.power_model import ModelParams, PowerModel, VfCurve
+    from agent.control.power_model import ModelParams, PowerModel, VfCurve
 
     model = PowerModel(ModelParams.for_family("BM1366", 6))
     curve = VfCurve([(100, 1100), (485, 1200)], 1100, 1200)
@@ -550,7 +550,7 @@ def test_model_inverses_round_trip():
 
 
 def test_vf_curve_is_linear_clamped_and_inverts():
-    from agent.power_model import VfCurve
+    from agent.control.power_model import VfCurve
 
     curve = VfCurve([(100, 1000), (525, 1150)], 1000, 1150)
     assert curve.vcore_mv(100) == 1000 and curve.vcore_mv(525) == 1150

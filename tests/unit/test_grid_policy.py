@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.clock import FakeClock
-from agent.command import Topics
-from agent.grid import GridPolicy, GridSession
-from agent.gridlink import Inbound
-from agent.operator import CommandSigner
+from agent.grid.command import Topics
+from agent.grid.link import Inbound
+from agent.grid.session import GridPolicy, GridSession
+from agent.site.operator import CommandSigner
 from tests.support.grid_fakes import CAPS
 from tests.support.grid_fakes import RecordingSink as FakeSink  # also used by test_takeover
 
@@ -284,7 +284,7 @@ def test_telemetry_is_buffered_while_offline_and_sent_in_order(tmp_path) -> None
 
 # ---- link set-up checks (no connection is made) -----------------------------------------------
 def test_backoff_is_exponential_capped_and_really_jittered() -> None:
-    from agent.gridlink import Backoff
+    from agent.grid.link import Backoff
 
     backoff = Backoff(0.5, 8.0, random.Random(4))
     delays = [backoff.next_delay() for _ in range(8)]
@@ -297,7 +297,7 @@ def test_backoff_is_exponential_capped_and_really_jittered() -> None:
 
 def test_plain_mqtt_to_a_remote_broker_needs_the_insecure_flag(tmp_path) -> None:
     from agent.errors import GridLinkError
-    from agent.gridlink import GridLink, LinkSettings
+    from agent.grid.link import GridLink, LinkSettings
 
     with pytest.raises(GridLinkError, match="plain MQTT"):
         GridLink(LinkSettings("mqtt://broker.example:1883", "s", "d", state_dir=str(tmp_path)))
@@ -312,7 +312,7 @@ def test_plain_mqtt_to_a_remote_broker_needs_the_insecure_flag(tmp_path) -> None
 
 def test_password_file_readable_by_others_is_refused(tmp_path) -> None:
     from agent.errors import GridLinkError
-    from agent.gridlink import GridLink, LinkSettings
+    from agent.grid.link import GridLink, LinkSettings
 
     secret = tmp_path / "pw"
     secret.write_text("hunter2")
@@ -326,9 +326,9 @@ def test_password_file_readable_by_others_is_refused(tmp_path) -> None:
 
 
 def test_operator_keys_are_required_unless_insecure(tmp_path) -> None:
-    from agent import cose
     from agent.errors import GridLinkError
-    from agent.grid import load_operator_keys
+    from agent.grid import cose
+    from agent.grid.session import load_operator_keys
 
     with pytest.raises(GridLinkError, match="no operator public key"):
         load_operator_keys([])

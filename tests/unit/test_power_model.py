@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from agent.config import config_from_mapping, model_params
-from agent.errors import ConfigError
-from agent.power_model import (
+from agent.control.power_model import (
     MODEL_TOLERANCE,
     ModelParams,
     PowerModel,
     VfCurve,
     default_max_freq_mhz,
 )
+from agent.errors import ConfigError
 from firmware_bridge.chips import profile
 
 

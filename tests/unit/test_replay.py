@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from agent.replay import ReplayGuard, StateFile
+from agent.grid.replay import ReplayGuard, StateFile
 
 
 def test_state_file_round_trip_is_atomic_and_private(tmp_path) -> None:

@@ -12,14 +12,14 @@ from driver_fake import EASY, FakeChainPort
 from test_driver_runtime import FakeBoard, make, run_for
 from test_grid_policy import KEY, FakeLink, FakeSink, Rig
 
-from agent.agent_cmd import detect_chain, find_running_chain, take_over
+from agent.chain.driver import ChainDriver, ChainSettings, probe_chain, read_running_chain
+from agent.chain.work import LocalWorkSource
+from agent.cli.agent import detect_chain, find_running_chain, take_over
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
-from agent.driver import ChainDriver, ChainSettings, probe_chain, read_running_chain
-from agent.governor import Governor
-from agent.grid import GridPolicy, GridSession
-from agent.runtime import Runtime
-from agent.work import LocalWorkSource
+from agent.control.governor import Governor
+from agent.control.runtime import Runtime
+from agent.grid.session import GridPolicy, GridSession
 
 
 def restart(clock: FakeClock, port: FakeChainPort, board: FakeBoard, cfg, target_w=None):

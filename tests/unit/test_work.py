@@ -6,8 +6,7 @@ import hashlib
 
 import pytest
 
-from agent.clock import FakeClock
-from agent.work import (
+from agent.chain.work import (
     DEFAULT_VERSION_MASK,
     DIFF1_TARGET,
     JobTable,
@@ -17,6 +16,7 @@ from agent.work import (
     hash_difficulty,
     target_for,
 )
+from agent.clock import FakeClock
 
 EASY = 2.0**-28  # about one nonce in 16 meets it
 

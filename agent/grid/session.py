@@ -1,7 +1,7 @@
 """The device's grid policy, run by the control thread: commands, acks, fallback, telemetry.
 
 `GridSession.service()` is called on every control tick (and whenever the link wakes the control
-thread). It takes the commands the network thread queued, checks them (agent.command), persists
+thread). It takes the commands the network thread queued, checks them (agent.grid.command), persists
 the replay state before anything acts, applies accepted commands to a `SetpointSink` (the
 governor), answers with acks, runs the `nbf` scheduler, the `exp` lapse, the link-loss fallback
 and the restart spread, and publishes telemetry from the runtime's snapshot.
@@ -20,13 +20,13 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent import cose
 from agent.clock import Clock, SystemClock
-from agent.command import LIMITS, CheckPolicy, Command, CommandChecker, Topics, ack_map
 from agent.errors import GridLinkError
-from agent.gridlink import Inbound
-from agent.replay import ReplayGuard, StateFile
-from agent.telemetry import TelemetryBuffer, caps_map, encode
+from agent.grid import cose
+from agent.grid.command import LIMITS, CheckPolicy, Command, CommandChecker, Topics, ack_map
+from agent.grid.link import Inbound
+from agent.grid.replay import ReplayGuard, StateFile
+from agent.grid.telemetry import TelemetryBuffer, caps_map, encode
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SetpointSink(Protocol):
 
 
 class Link(Protocol):
-    """What GridSession needs from agent.gridlink.GridLink (tests use a fake)."""
+    """What GridSession needs from agent.grid.link.GridLink (tests use a fake)."""
 
     topics: Topics
 

@@ -46,9 +46,9 @@ from typing import Any, Protocol
 
 from agent.clock import Clock
 from agent.config import AgentConfig, model_params
-from agent.envelope import Actuation, BoardReading, Envelope, SampleCheck
-from agent.fan import FanController
-from agent.power_model import PowerModel, VfCurve
+from agent.control.envelope import Actuation, BoardReading, Envelope, SampleCheck
+from agent.control.fan import FanController
+from agent.control.power_model import PowerModel, VfCurve
 
 log = logging.getLogger("gridminer.governor")
 
@@ -74,7 +74,7 @@ CAP_APPROACH_SHARE_S = 0.15  # ... and this near the cap
 
 
 class ChainFigures(Protocol):
-    """What the governor reads of `agent.chainstats.ChainStats` (all optional)."""
+    """What the governor reads of `agent.chain.stats.ChainStats` (all optional)."""
 
     chips_ok: int
     hashrate_ghs: float

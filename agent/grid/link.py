@@ -2,7 +2,7 @@
 
 `GridLink` owns one network thread. That thread only moves bytes: inbound commands go to a
 thread-safe queue (and wake the control thread through `wakeup` / `on_inbound`); every decision
-is taken by the control thread (agent.grid.GridSession), which publishes through this object.
+is taken by the control thread (agent.grid.session.GridSession), which publishes through this object.
 
 Connection: client id = device id, clean start false with a session expiry, retained birth status
 with the caps, Will = the same status with state "offline", subscriptions with Retain Handling 2,
@@ -36,10 +36,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent import __version__
 from agent.clock import Clock, SystemClock
-from agent.command import Topics
 from agent.errors import GridLinkError
-from agent.replay import StateFile
-from agent.telemetry import encode, status_map
+from agent.grid.command import Topics
+from agent.grid.replay import StateFile
+from agent.grid.telemetry import encode, status_map
 
 log = logging.getLogger(__name__)
 

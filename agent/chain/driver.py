@@ -39,10 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.chainstats import ChainStatistics, ChainStats, ticket_for
-from agent.clock import Clock
-from agent.errors import BoardLinkError, ChainError
-from agent.work import (
+from agent.chain.stats import ChainStatistics, ChainStats, ticket_for
+from agent.chain.work import (
     DEFAULT_VERSION_MASK,
     JobTable,
     RecentNonces,
@@ -51,6 +49,8 @@ from agent.work import (
     hash_difficulty,
     target_for,
 )
+from agent.clock import Clock
+from agent.errors import BoardLinkError, ChainError
 from firmware_bridge import asic, bringup
 from firmware_bridge.chips import FAMILIES, PROFILES, profile
 

@@ -63,9 +63,9 @@ def build_grid(config: Any, runtime: Any, clock: Any) -> tuple[Any, Any]:
     """(GridSession, GridLink) from the [grid] section, wired to the runtime: accepted commands
     go to the governor, telemetry reads the runtime's snapshot, inbound messages wake the
     control thread. GridLinkError/ConfigError when keys or the broker URL are unusable."""
-    from agent.grid import GridPolicy, GridSession, load_operator_keys
-    from agent.gridlink import GridLink, LinkSettings
-    from agent.runtime import GovernorSink
+    from agent.control.runtime import GovernorSink
+    from agent.grid.link import GridLink, LinkSettings
+    from agent.grid.session import GridPolicy, GridSession, load_operator_keys
 
     grid = config.grid
     settings = LinkSettings.from_config(grid)
@@ -87,8 +87,8 @@ def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any,
     (`running`, a chain found hashing, as it answered; else probed, at the fast baud first and
     after a reset through the board link only when nothing runs); unchanged when both are given.
     ChainError when no chip answers, ConfigError when what answered is out of range."""
+    from agent.chain.driver import PROFILES, ProbeResult, probe_chain
     from agent.config import with_chain
-    from agent.driver import PROFILES, ProbeResult, probe_chain
 
     unpinned = config.chain_unpinned
     if not unpinned:
@@ -121,7 +121,7 @@ def find_running_chain(config: Any, chain_port: Any, board: Any,
                        clock: Any) -> tuple[Any, Any]:
     """(board sample, RunningChain or None): a chain the board powers that answers a chip-ID
     read at the fast baud is already hashing (the agent restarted); it must not be reset."""
-    from agent.driver import read_running_chain
+    from agent.chain.driver import read_running_chain
 
     try:
         sample = board.read_sample()
@@ -142,7 +142,7 @@ def take_over(config: Any, running: Any, sample: Any, chain_port: Any, board: An
               driver: Any, governor: Any, runtime: Any) -> bool:
     """Adopt a running chain without a reset (True). When it is not what the config says, wind
     it down at the ramp limit first, so that the cold bring-up's reset drops no load (False)."""
-    from agent.driver import START_FREQ_MHZ, wind_down
+    from agent.chain.driver import START_FREQ_MHZ, wind_down
 
     problem = running.problem(config.chain.family, config.chain.chips)
     if problem is None:
@@ -200,8 +200,8 @@ def run(args: argparse.Namespace) -> int:
 
 def wind_down_for(governor: Any) -> Any:
     """How the driver brings the load down before a chip-fault reset: through the governor, at
-    its ramp, to its lowest frequency (`agent.driver.WindDown`)."""
-    from agent.driver import WindDown
+    its ramp, to its lowest frequency (`agent.chain.driver.WindDown`)."""
+    from agent.chain.driver import WindDown
 
     return WindDown(governor.power_at, lambda: governor.envelope.check.power_w,
                     governor.ramp_max_w_s, governor.min_freq_mhz,
@@ -210,11 +210,11 @@ def wind_down_for(governor: Any) -> Any:
 
 
 def _run(config: Any) -> int:
+    from agent.chain.driver import ChainDriver, ChainSettings
+    from agent.chain.work import LocalWorkSource
     from agent.clock import SystemClock
-    from agent.driver import ChainDriver, ChainSettings
-    from agent.governor import Governor
-    from agent.runtime import Runtime
-    from agent.work import LocalWorkSource
+    from agent.control.governor import Governor
+    from agent.control.runtime import Runtime
 
     clock = SystemClock()
     wake = threading.Event()
@@ -222,7 +222,7 @@ def _run(config: Any) -> int:
     chain_port = open_serial(config.chain.port, "chain", config.chain.baud, 0.05)
     closers.append(chain_port.close)
     try:
-        from agent.board import BoardClient
+        from agent.chain.board import BoardClient
 
         board_port = open_serial(config.board.port, "board", 115200, 0.02)
         closers.append(board_port.close)

@@ -15,7 +15,7 @@ BM1397 0.03 J/GH) with 10 % of the chip's power static at 60 degC. A one-chip BM
 target for the Gamma is 19 W).
 
 A real board's power may differ from this by MODEL_TOLERANCE (15 %); the measured power corrects
-the model online (agent.governor). The declared range is one every such board can hold:
+the model online (agent.control.governor). The declared range is one every such board can hold:
 `rated_max_w` (the rating at the family default, no more than a board 15 % weaker reaches at the
 frequency ceiling, which by default lies a fifth above the family default, within ESP-Miner's
 presets) and `rated_min_w` (the minimum frequency's power for a board 15 % stronger). Above the

@@ -34,11 +34,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from agent import cose
-from agent.command import ALL, ANY_DEVICE, VERSION
 from agent.errors import GridLinkError
-from agent.gridlink import check_private_file, no_delay, parse_broker_url, release_sockets
-from agent.replay import StateFile
+from agent.grid import cose
+from agent.grid.command import ALL, ANY_DEVICE, VERSION
+from agent.grid.link import check_private_file, no_delay, parse_broker_url, release_sockets
+from agent.grid.replay import StateFile
 
 CONTENT_TYPE_COSE = 'application/cose; cose-type="cose-sign1"'
 OK_RESULTS = ("accepted", "scheduled", "duplicate")

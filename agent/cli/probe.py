@@ -27,9 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.agent_cmd import open_serial
+    from agent.chain.driver import probe_chain
+    from agent.cli.agent import open_serial
     from agent.clock import SystemClock
-    from agent.driver import probe_chain
 
     try:
         chain = open_serial(args.chain, "chain", args.baud, 0.05)
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         board = None
         if args.board:
-            from agent.board import BoardClient
+            from agent.chain.board import BoardClient
 
             board_port = open_serial(args.board, "board", 115200, 0.02)
             board = BoardClient(board_port)

@@ -11,12 +11,12 @@ from agent import __version__
 # name -> (module, one-line help). Each module has `configure(parser)` and `run(args) -> int`.
 # Lab subcommands live in `hil` and are imported lazily, so the agent never needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "agent": ("agent.agent_cmd", "run the edge agent: chain, governor, optional grid link"),
-    "probe": ("agent.probe", "list the chips on a chain (family, count, addresses)"),
-    "bench": ("agent.bench", "measure the SHA-256d kernels (MH/s, one thread and all cores)"),
-    "flash": ("agent.flash", "deploy the bridge firmware onto a MicroPython board (mpremote)"),
+    "agent": ("agent.cli.agent", "run the edge agent: chain, governor, optional grid link"),
+    "probe": ("agent.cli.probe", "list the chips on a chain (family, count, addresses)"),
+    "bench": ("agent.cli.bench", "measure the SHA-256d kernels (MH/s, one thread and all cores)"),
+    "flash": ("agent.cli.flash", "deploy the bridge firmware onto a MicroPython board (mpremote)"),
     "emulate": ("hil.emulate", "software hash board (ASIC chain + board link) on two ptys"),
-    "operator": ("agent.operator", "grid operator: send signed commands, print acks, watch"),
+    "operator": ("agent.site.operator", "grid operator: send signed commands, print acks, watch"),
     "hil": ("hil.hil_cmd", "lab rig: play a grid scenario on broker + emulator + agent, report"),
 }
 

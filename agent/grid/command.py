@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent import cose
+from agent.grid import cose
 
 VERSION = 1
 MAX_PAYLOAD_BYTES = 4096
@@ -142,7 +142,7 @@ class CheckPolicy:
 
 
 class ReplayView(Protocol):
-    """What the checker needs from the replay state (agent.replay.ReplayGuard implements it)."""
+    """What the checker needs from the replay state (agent.grid.replay.ReplayGuard implements it)."""
 
     def lookup(
         self, kid: bytes, cmd_id: bytes, seq: int, iat_ms: int

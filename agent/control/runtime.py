@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.chainstats import ChainStats
+from agent.chain.driver import DOWN, FAILED, IDLE, STOPPING, ChainDriver
+from agent.chain.stats import ChainStats
 from agent.clock import Clock
-from agent.driver import DOWN, FAILED, IDLE, STOPPING, ChainDriver
 from agent.errors import BoardLinkError
 
 log = logging.getLogger("gridminer.runtime")
@@ -36,7 +36,7 @@ VCORE_SETTLE_S = 0.05  # after a voltage-only step (regulators settle well withi
 
 
 class Board(Protocol):
-    """The board link as the runtime uses it (agent.board.BoardClient)."""
+    """The board link as the runtime uses it (agent.chain.board.BoardClient)."""
 
     def read_sample(self) -> Any: ...
 
@@ -52,7 +52,7 @@ class Board(Protocol):
 
 
 class Controller(Protocol):
-    """The governor as the runtime uses it (agent.governor.Governor)."""
+    """The governor as the runtime uses it (agent.control.governor.Governor)."""
 
     def update(self, now_s: float, sample: Any, chain_stats: Any = None) -> Any: ...
 
@@ -68,14 +68,14 @@ class Controller(Protocol):
 
 
 class Session(Protocol):
-    """The grid session as the runtime uses it (agent.grid.GridSession; `start(hot=...)` is
+    """The grid session as the runtime uses it (agent.grid.session.GridSession; `start(hot=...)` is
     called first when it has one)."""
 
     def service(self, now_s: float | None = None) -> float: ...
 
 
 class GovernorSink:
-    """The governor as the grid session's setpoint sink (agent.grid.SetpointSink)."""
+    """The governor as the grid session's setpoint sink (agent.grid.session.SetpointSink)."""
 
     def __init__(self, governor: Controller, on_apply: Callable[[], None] | None = None) -> None:
         self.governor = governor
@@ -418,7 +418,7 @@ class Runtime:
     # -- figures ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """What telemetry publishes (agent.telemetry.SNAPSHOT_FIELDS)."""
+        """What telemetry publishes (agent.grid.telemetry.SNAPSHOT_FIELDS)."""
         act, s, c = self.actuation, self.sample, self.chain
         return {
             "mode": getattr(act, "mode", "starting"),

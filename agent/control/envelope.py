@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.config import EnvelopeConfig
-from agent.power_model import PowerModel, VfCurve
+from agent.control.power_model import PowerModel, VfCurve
 
 log = logging.getLogger("gridminer.governor")
 
@@ -50,7 +50,7 @@ FROZEN_SWING_SHARE = 0.10  # a live chip sensor follows a power swing this large
 
 
 class BoardReading(Protocol):
-    """What the envelope and the governor read of `agent.board.BoardSample`."""
+    """What the envelope and the governor read of `agent.chain.board.BoardSample`."""
 
     ts_s: float
     chip_temps_c: list[float | None]
