@@ -7,7 +7,6 @@ reason codes of spec section 3.3, checked in that order.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
@@ -15,66 +14,19 @@ from typing import Any, Protocol, TypeGuard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.grid import cose
-
-VERSION = 1
-MAX_PAYLOAD_BYTES = 4096
-OPS = ("setpoint", "curtail", "resume", "standby", "ping")
-FALLBACKS = ("hold_until_exp", "default_now")
-REASONS = (
-    "too_large",
-    "malformed",
-    "bad_signature",
-    "wrong_target",
-    "unsupported_version",
-    "expired",
-    "replayed",
-    "out_of_range",
+from agent.grid.contract import (
+    ANY_DEVICE,
+    DEFAULT_FALLBACK,
+    FALLBACKS,
+    MAX_PAYLOAD_BYTES,
+    OPS,
+    VERSION,
+    Topics,
 )
-RESULTS = ("accepted", "scheduled", "duplicate", "rejected")
-LIMITS = ("thermal", "power_cap", "ramp", "caps")
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-MAX_INT = 2**64 - 1
-ALL = "all"
-ANY_DEVICE = "*"
 
+MAX_INT = 2**64 - 1
 _REQUIRED = ("v", "id", "seq", "site", "dev", "iat", "exp", "op")
 _KNOWN = frozenset((*_REQUIRED, "nbf", "power_w", "ramp_w_s", "fallback"))
-
-
-@dataclass(frozen=True)
-class Topics:
-    """The topic names of one device (spec section 2)."""
-
-    site: str
-    device: str
-    prefix: str = "gridminer"
-
-    @property
-    def cmd(self) -> str:
-        return f"{self.prefix}/{self.site}/{self.device}/cmd"
-
-    @property
-    def site_cmd(self) -> str:
-        return f"{self.prefix}/{self.site}/{ALL}/cmd"
-
-    @property
-    def ack(self) -> str:
-        return f"{self.prefix}/{self.site}/{self.device}/ack"
-
-    @property
-    def status(self) -> str:
-        return f"{self.prefix}/{self.site}/{self.device}/status"
-
-    @property
-    def telemetry(self) -> str:
-        return f"{self.prefix}/{self.site}/{self.device}/telemetry"
-
-    def validate(self) -> None:
-        for name, value in (("site", self.site), ("device", self.device)):
-            if not NAME_RE.match(value):
-                raise ValueError(f"{name} {value!r} must match [A-Za-z0-9_-]{{1,64}}")
-        if value == ALL:
-            raise ValueError("device id 'all' is reserved for the site topic")
 
 
 @dataclass(frozen=True)
@@ -92,7 +44,7 @@ class Command:
     nbf: int | None = None
     power_w: int | None = None
     ramp_w_s: int | None = None
-    fallback: str = "hold_until_exp"
+    fallback: str = DEFAULT_FALLBACK
     kid: bytes = b""
     topic: str = ""
 
@@ -142,7 +94,7 @@ class CheckPolicy:
 
 
 class ReplayView(Protocol):
-    """What the checker needs from the replay state (agent.grid.replay.ReplayGuard implements it)."""
+    """What the checker needs from the replay state (ReplayGuard implements it)."""
 
     def lookup(
         self, kid: bytes, cmd_id: bytes, seq: int, iat_ms: int
@@ -234,7 +186,7 @@ def parse_map(data: Any) -> Command:
     if op != "setpoint" and power_w is not None:
         raise _Reject("malformed", f"power_w is only for setpoint, not {op}")
     ramp_w_s = _int(data, "ramp_w_s", 1, required=False)
-    fallback = data.get("fallback", "hold_until_exp")
+    fallback = data.get("fallback", DEFAULT_FALLBACK)
     if "fallback" in data:
         fallback = _text(data, "fallback", FALLBACKS)
     return Command(

@@ -37,13 +37,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.errors import GridLinkError
-from agent.grid.command import Topics
+from agent.grid.contract import CONTENT_TYPE_CBOR, Topics
 from agent.grid.replay import StateFile
 from agent.grid.telemetry import encode, status_map
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE_CBOR = "application/cbor"
 
 
 @dataclass(frozen=True)

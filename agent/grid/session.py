@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from agent.clock import Clock, SystemClock
 from agent.errors import GridLinkError
 from agent.grid import cose
-from agent.grid.command import LIMITS, CheckPolicy, Command, CommandChecker, Topics, ack_map
+from agent.grid.command import CheckPolicy, Command, CommandChecker, ack_map
+from agent.grid.contract import LIMITS, Topics
 from agent.grid.link import Inbound
 from agent.grid.replay import ReplayGuard, StateFile
 from agent.grid.telemetry import TelemetryBuffer, caps_map, encode

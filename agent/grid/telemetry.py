@@ -9,8 +9,8 @@ from typing import Any
 
 import cbor2
 
-VERSION = 1
-SEQ_MODULO = 2**32
+from agent.grid.contract import CAPS_FIELDS, SEQ_MODULO, VERSION
+
 # Fields the runtime's snapshot provides (spec section 6); GridSession adds the command fields.
 SNAPSHOT_FIELDS = (
     "mode",
@@ -26,8 +26,6 @@ SNAPSHOT_FIELDS = (
     "chips_ok",
     "energy_wh",
 )
-CAPS_FIELDS = ("min_w", "max_w", "ramp_max_w_s", "chips", "chip_model", "hashrate_max_ghs")
-MODES = ("mining", "curtailed", "standby", "tripped", "starting")
 
 
 def clean(value: Any) -> Any:

@@ -36,12 +36,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.errors import GridLinkError
 from agent.grid import cose
-from agent.grid.command import ALL, ANY_DEVICE, VERSION
+from agent.grid.contract import ALL, ANY_DEVICE, CONTENT_TYPE_COSE, OK_RESULTS, VERSION
 from agent.grid.link import check_private_file, no_delay, parse_broker_url, release_sockets
 from agent.grid.replay import StateFile
 
-CONTENT_TYPE_COSE = 'application/cose; cose-type="cose-sign1"'
-OK_RESULTS = ("accepted", "scheduled", "duplicate")
 EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_ERROR = 0, 1, 2, 3
 
 

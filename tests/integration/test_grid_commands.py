@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.grid import cose
-from agent.grid.command import REASONS
+from agent.grid.contract import REASONS
 from agent.site.operator import CommandSigner
 from tests.integration.conftest import KID, OPERATOR_KEY, operator_for, plain_settings
 

@@ -15,8 +15,6 @@ from tests.integration.conftest import Observer
 from tests.support.agent_process import start_agent, stop_process
 
 ROOT = Path(__file__).parents[2]
-pytest.importorskip("agent.chain.board", reason="the board link (agent.chain.board) is not built yet")
-pytest.importorskip("agent.control.runtime", reason="the agent runtime is not built yet")
 
 
 def cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:

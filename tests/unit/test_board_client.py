@@ -1,4 +1,4 @@
-"""agent.chain.board.BoardClient against the real Bridge over an in-process fake port (no threads)."""
+"""agent.chain.board.BoardClient against the real Bridge over an in-process fake port."""
 
 import pytest
 

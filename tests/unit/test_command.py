@@ -11,13 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.grid import cose
-from agent.grid.command import (
-    REASONS,
-    CheckPolicy,
-    CommandChecker,
-    Topics,
-    ack_map,
-)
+from agent.grid.command import CheckPolicy, CommandChecker, ack_map
+from agent.grid.contract import REASONS, Topics
 from agent.grid.replay import ReplayGuard
 from agent.site.operator import CommandSigner
 

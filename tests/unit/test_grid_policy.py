@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.clock import FakeClock
-from agent.grid.command import Topics
+from agent.grid.contract import Topics
 from agent.grid.link import Inbound
 from agent.grid.session import GridPolicy, GridSession
 from agent.site.operator import CommandSigner

@@ -6,7 +6,8 @@ import math
 
 import cbor2
 
-from agent.grid.telemetry import SEQ_MODULO, TelemetryBuffer, caps_map, encode, status_map
+from agent.grid.contract import SEQ_MODULO
+from agent.grid.telemetry import TelemetryBuffer, caps_map, encode, status_map
 
 SNAP = {"mode": "mining", "power_w": 1234.5678, "target_w": 1300.0, "temp_c": math.nan,
         "hw_err": 3, "chips_ok": 4}
