@@ -513,7 +513,7 @@ class Rig:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         from agent.grid import cose
-        from agent.site.operator import CommandSigner
+        from agent.site.signer import CommandSigner
 
         key = Ed25519PrivateKey.generate()
         priv = self.work / "operator.pem"
@@ -556,7 +556,8 @@ class Rig:
         return path
 
     def _connect_operator(self, broker_url: str, signer: Any) -> OperatorSender:
-        from agent.site.operator import BrokerOptions, Operator, SeqCounter
+        from agent.site.client import BrokerOptions, Operator
+        from agent.site.signer import SeqCounter
 
         op = Operator(BrokerOptions(broker_url, client_id=f"hil-grid-{secrets.token_hex(3)}"),
                       signer, SeqCounter(self.work / "operator.seq.json"))
@@ -755,7 +756,7 @@ class Rig:
         self.note(f"broker {broker_url}")
         agent_url = broker_url
         if any(f.kind == "broker_outage" for f in s.faults):
-            from agent.grid.link import parse_broker_url
+            from agent.grid.broker import parse_broker_url
 
             address = parse_broker_url(broker_url)
             self.cutter = LinkCutter((address.host, address.port))

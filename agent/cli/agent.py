@@ -18,21 +18,10 @@ config or flag is one line on stderr and exit status 2; a chain that is not what
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import signal
 import sys
-import threading
-from typing import Any
 
 from agent.errors import BoardLinkError, ChainError, ConfigError, GridLinkError
-
-log = logging.getLogger("gridminer.agent")
-
-#: pyserial URL schemes served by the lab emulator; `hil` registers them when imported
-LAB_SCHEMES = ("asicemu://", "asicboard://")
-#: a chip-fault reset waits at most two full ramps plus this for the load to come down
-WIND_DOWN_SLACK_S = 5.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -46,137 +35,8 @@ def _fail(text: str, code: int) -> int:
     return code
 
 
-def open_serial(url: str, what: str, baudrate: int, timeout_s: float) -> Any:
-    """A pyserial port by path or URL; the lab's emulator URLs load `hil` first."""
-    import serial
-
-    if url.startswith(LAB_SCHEMES):
-        importlib.import_module("hil")  # lab URL handlers; never needed on a real board
-    try:
-        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout_s,
-                                     write_timeout=2.0)
-    except (serial.SerialException, OSError, ValueError) as exc:
-        raise ConfigError(f"{what} port {url}: cannot open ({exc})") from None
-
-
-def build_grid(config: Any, runtime: Any, clock: Any) -> tuple[Any, Any]:
-    """(GridSession, GridLink) from the [grid] section, wired to the runtime: accepted commands
-    go to the governor, telemetry reads the runtime's snapshot, inbound messages wake the
-    control thread. GridLinkError/ConfigError when keys or the broker URL are unusable."""
-    from agent.control.runtime import GovernorSink
-    from agent.grid.link import GridLink, LinkSettings
-    from agent.grid.session import GridPolicy, GridSession, load_operator_keys
-
-    grid = config.grid
-    settings = LinkSettings.from_config(grid)
-    link = GridLink(settings, clock)
-    keys = load_operator_keys(grid.operator_keys, grid.insecure_dev)
-    sink = GovernorSink(runtime.governor, on_apply=runtime.request_tick)
-    session = GridSession(link, sink, keys, grid.state_dir, snapshot=runtime.snapshot,
-                          policy=GridPolicy.from_config(grid), clock=clock)
-    link.on_inbound = runtime.notify_grid
-    return session, link
-
-
-PROBE_ATTEMPTS = 3
-
-
-def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any,
-                 running: Any = None) -> Any:
-    """`config` with the [chain] family and chip count it leaves out taken from the chain
-    (`running`, a chain found hashing, as it answered; else probed, at the fast baud first and
-    after a reset through the board link only when nothing runs); unchanged when both are given.
-    ChainError when no chip answers, ConfigError when what answered is out of range."""
-    from agent.chain.driver import PROFILES, ProbeResult, probe_chain
-    from agent.config import with_chain
-
-    unpinned = config.chain_unpinned
-    if not unpinned:
-        return config
-    family = None if "family" in unpinned else config.chain.family
-    for attempt in range(1, PROBE_ATTEMPTS + 1):
-        try:
-            if running is not None and running.family in PROFILES:
-                found = ProbeResult(running.family, running.chip_id, running.count,
-                                    running.addresses, running)
-            else:
-                found = probe_chain(chain_port, clock, family, board)
-            break
-        except ChainError as exc:
-            if attempt == PROBE_ATTEMPTS:
-                raise ChainError(f"probing the chain on {config.chain.port}: {exc}") from None
-            log.warning("probing the chain on %s: %s; trying again", config.chain.port, exc)
-    config = with_chain(
-        config,
-        found.family if "family" in unpinned else config.chain.family,
-        found.count if "chips" in unpinned else config.chain.chips,
-    )
-    log.info("chain detected on %s: %d x %s (chip id 0x%04X); running with %d x %s",
-             config.chain.port, found.count, found.family, found.chip_id, config.chain.chips,
-             config.chain.family)
-    return config
-
-
-def find_running_chain(config: Any, chain_port: Any, board: Any,
-                       clock: Any) -> tuple[Any, Any]:
-    """(board sample, RunningChain or None): a chain the board powers that answers a chip-ID
-    read at the fast baud is already hashing (the agent restarted); it must not be reset."""
-    from agent.chain.driver import read_running_chain
-
-    try:
-        sample = board.read_sample()
-    except BoardLinkError as exc:
-        log.warning("no board sample at start (%s); bringing the chain up cold", exc)
-        return None, None
-    if not getattr(sample, "chain_powered", False):
-        return sample, None
-    family = None if "family" in config.chain_unpinned else config.chain.family
-    running = read_running_chain(chain_port, clock, family)
-    if running is not None:
-        log.info("the chain is running: %d x %s at %.2f MHz, board at %.1f W", running.count,
-                 running.family, running.freq_mhz, sample.power_w)
-    return sample, running
-
-
-def take_over(config: Any, running: Any, sample: Any, chain_port: Any, board: Any, clock: Any,
-              driver: Any, governor: Any, runtime: Any) -> bool:
-    """Adopt a running chain without a reset (True). When it is not what the config says, wind
-    it down at the ramp limit first, so that the cold bring-up's reset drops no load (False)."""
-    from agent.chain.driver import START_FREQ_MHZ, wind_down
-
-    problem = running.problem(config.chain.family, config.chain.chips)
-    if problem is None:
-        now = clock.monotonic()
-        freq = running.freq_mhz
-        vcore = float(getattr(sample, "vcore_mv", 0) or 0)
-        power = float(getattr(sample, "power_w", 0) or 0)
-        governor.adopt(now, freq, vcore, power, sample)
-        driver.adopt(now, running)
-        runtime.adopt(now, freq)
-        return True
-    if running.freq_mhz <= START_FREQ_MHZ + 0.5:
-        log.info("the chain answers at the fast rate at its reset clock; bringing it up cold")
-        return False
-    log.warning("the running chain cannot be taken over (%s): winding it down at the ramp "
-                "limit before a reset", problem)
-    model = governor.model
-    temp = governor.envelope.check.hottest_c
-    vcore = float(getattr(sample, "vcore_mv", 0) or 0) or governor.curve_vcore(running.freq_mhz)
-    overhead = model.params.overhead_w
-    # the model is for the configured chain: scale its chain power to what the board draws now
-    modelled = model.power_w(running.freq_mhz, vcore, temp) - overhead
-    measured = float(getattr(sample, "power_w", 0) or 0) - overhead
-    scale = min(4.0, max(1.0, measured / modelled)) if modelled > 0 and measured > 0 else 1.0
-
-    def power_w(freq_mhz: float) -> float:
-        return overhead + scale * (model.power_w(freq_mhz, vcore, temp) - overhead)
-
-    wind_down(chain_port, clock, running.family, running.freq_mhz, power_w,
-              governor.ramp_max_w_s, tick=board.heartbeat)
-    return False
-
-
 def run(args: argparse.Namespace) -> int:
+    from agent.app import AgentFailed, run_agent
     from agent.config import config_from_args
 
     try:
@@ -189,86 +49,12 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        return _run(config)
+        return run_agent(config)
+    except AgentFailed as exc:
+        return _fail(str(exc), exc.code)
     except ConfigError as exc:
         return _fail(str(exc), 2)
     except GridLinkError as exc:
         return _fail(f"grid: {exc}", 2)
     except (ChainError, BoardLinkError) as exc:
         return _fail(str(exc), 1)
-
-
-def wind_down_for(governor: Any) -> Any:
-    """How the driver brings the load down before a chip-fault reset: through the governor, at
-    its ramp, to its lowest frequency (`agent.chain.driver.WindDown`)."""
-    from agent.chain.driver import WindDown
-
-    return WindDown(governor.power_at, lambda: governor.envelope.check.power_w,
-                    governor.ramp_max_w_s, governor.min_freq_mhz,
-                    timeout_s=WIND_DOWN_SLACK_S
-                    + 2.0 * governor.max_power_w / governor.ramp_max_w_s)
-
-
-def _run(config: Any) -> int:
-    from agent.chain.driver import ChainDriver, ChainSettings
-    from agent.chain.work import LocalWorkSource
-    from agent.clock import SystemClock
-    from agent.control.governor import Governor
-    from agent.control.runtime import Runtime
-
-    clock = SystemClock()
-    wake = threading.Event()
-    closers: list[Any] = []
-    chain_port = open_serial(config.chain.port, "chain", config.chain.baud, 0.05)
-    closers.append(chain_port.close)
-    try:
-        from agent.chain.board import BoardClient
-
-        board_port = open_serial(config.board.port, "board", 115200, 0.02)
-        closers.append(board_port.close)
-        board = BoardClient(board_port, psu_efficiency=config.board.psu_efficiency)
-        sample, running = find_running_chain(config, chain_port, board, clock)
-        config = detect_chain(config, chain_port, board, clock, running)
-        if config.grid.insecure_dev:
-            log.warning("INSECURE DEVELOPMENT MODE (grid.insecure_dev): operator keys are "
-                        "optional and secret files others can read are accepted; never use "
-                        "this on a production site")
-        settings = ChainSettings.from_config(config.chain, config.envelope)
-        driver = ChainDriver(chain_port, settings, clock, LocalWorkSource(clock), board=board,
-                             wake=wake)
-        governor = Governor(config, clock)
-        driver.wind_down = wind_down_for(governor)
-        runtime = Runtime(clock, driver, board, governor,
-                          period_s=config.governor.control_period_s,
-                          status_period_s=config.log.status_period_s, wake=wake,
-                          on_stop=[board_port.close])
-        if running is not None:
-            take_over(config, running, sample, chain_port, board, clock, driver, governor,
-                      runtime)
-        if config.grid.broker_url:
-            session, link = build_grid(config, runtime, clock)
-            runtime.grid = session
-            runtime.on_stop.insert(0, link.stop)
-            link.start()
-    except BaseException:
-        for close in reversed(closers):
-            close()
-        raise
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        runtime.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        log.info("agent running: chain %s (%s x%d), board %s, target %.1f W%s",
-                 config.chain.port, config.chain.family, config.chain.chips, config.board.port,
-                 config.governor.default_target_w,
-                 f", grid {config.grid.broker_url}" if config.grid.broker_url else "")
-        code = runtime.run()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if code != 0 and runtime.error:
-        return _fail(runtime.error, code)
-    return code

@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.chain.driver import probe_chain
-    from agent.cli.agent import open_serial
+    from agent.app import open_serial
     from agent.clock import SystemClock
 
     try:

@@ -1,8 +1,8 @@
 """The agent's MQTT 5 link to the grid operator (paho-mqtt 2.x).
 
 `GridLink` owns one network thread. That thread only moves bytes: inbound commands go to a
-thread-safe queue (and wake the control thread through `wakeup` / `on_inbound`); every decision
-is taken by the control thread (agent.grid.session.GridSession), which publishes through this object.
+thread-safe queue (and wake the control thread through `on_inbound`); every decision
+is taken by the control thread (`GridSession`), which publishes through this object.
 
 Connection: client id = device id, clean start false with a session expiry, retained birth status
 with the caps, Will = the same status with state "offline", subscriptions with Retain Handling 2,
@@ -12,21 +12,17 @@ persisted in the state folder.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import queue
 import random
-import socket
 import ssl
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -37,6 +33,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.errors import GridLinkError
+from agent.grid.broker import check_private_file, no_delay, parse_broker_url, release_sockets
 from agent.grid.contract import CONTENT_TYPE_CBOR, Topics
 from agent.grid.replay import StateFile
 from agent.grid.telemetry import encode, status_map
@@ -57,56 +54,6 @@ class Inbound:
     mid: int = 0
     qos: int = 0
     generation: int = 0  # connection it came on (PUBACK only on that one)
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme in ("mqtts", "wss")
-
-    @property
-    def websockets(self) -> bool:
-        return self.scheme in ("ws", "wss")
-
-    @property
-    def loopback(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
-        except ValueError:
-            return False
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """mqtt://HOST[:PORT], mqtts://HOST[:PORT] (also ws:// and wss://); GridLinkError otherwise."""
-    parts = urlsplit(url)
-    defaults = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
-    if parts.scheme not in defaults or not parts.hostname:
-        raise GridLinkError(f"broker URL {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
-    try:
-        port = parts.port or defaults[parts.scheme]
-    except ValueError as exc:
-        raise GridLinkError(f"broker URL {url!r}: bad port") from exc
-    return BrokerAddress(parts.scheme, parts.hostname, port)
-
-
-def check_private_file(path: str | os.PathLike[str], what: str, insecure: bool) -> None:
-    """Refuse a secret (key, password) that others can read, unless `insecure` (logged loudly)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise GridLinkError(f"{what} {path}: cannot read ({exc.strerror})") from exc
-    if stat.S_IMODE(mode) & 0o077:
-        msg = f"{what} {path} is readable by group/others (mode {stat.S_IMODE(mode):o}); chmod 600"
-        if not insecure:
-            raise GridLinkError(msg)
-        log.warning("INSECURE DEVELOPMENT MODE: %s", msg)
 
 
 @dataclass
@@ -187,7 +134,6 @@ class GridLink:
         self.address = parse_broker_url(settings.broker_url)
         self._check_security()
         self.inbound: queue.Queue[Inbound] = queue.Queue()
-        self.wakeup = threading.Event()  # set on every inbound message and link change
         self.on_inbound: Callable[[], None] | None = None
         self.connects = 0
         self.dropped_retained = 0
@@ -366,7 +312,6 @@ class GridLink:
         return encode(status_map(state, bd, __version__, caps, mode, int(self.clock.time() * 1000)))
 
     def _wake(self) -> None:
-        self.wakeup.set()
         callback = self.on_inbound
         if callback is not None:
             try:
@@ -491,29 +436,6 @@ class GridLink:
             )
         )
         self._wake()
-
-
-def no_delay(client: Any, userdata: Any, sock: Any) -> None:
-    """TCP_NODELAY: an ack and its PUBACK leave at once instead of waiting out Nagle's
-    algorithm against the broker's delayed ACK (about 40 ms per small packet)."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-def release_sockets(client: mqtt.Client) -> None:
-    """Close the socket and paho's wake-up socket pair now rather than at garbage collection
-    (paho 2.x keeps them until the client object is collected)."""
-    reset = getattr(client, "_reset_sockets", None)
-    try:
-        sock = client.socket()
-        if reset is not None:
-            reset()
-        elif sock is not None:
-            sock.close()
-    except OSError:
-        pass
 
 
 def describe(settings: LinkSettings) -> Mapping[str, Any]:

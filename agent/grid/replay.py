@@ -15,9 +15,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-
-
 class StateFile:
     """A JSON document replaced atomically on every save."""
 
@@ -59,11 +56,12 @@ class StateFile:
         return bad
 
 
-def _jsonable(ack: dict[str, Any]) -> dict[str, Any]:
+def _ack_to_json(ack: dict[str, Any]) -> dict[str, Any]:
+    """An ack as stored: bytes become {"hex": ...} so that `_ack_from_json` restores them."""
     return {k: ({"hex": v.hex()} if isinstance(v, bytes) else v) for k, v in ack.items()}
 
 
-def _from_jsonable(ack: dict[str, Any]) -> dict[str, Any]:
+def _ack_from_json(ack: dict[str, Any]) -> dict[str, Any]:
     return {k: (bytes.fromhex(v["hex"]) if isinstance(v, dict) else v) for k, v in ack.items()}
 
 
@@ -113,7 +111,7 @@ class ReplayGuard:
         return {
             "last_seq": {kid.hex(): seq for kid, seq in self.last_seq.items()},
             "recent": [
-                {"id": i.hex(), "kid": k.hex(), "seq": s, "ack": _jsonable(a)}
+                {"id": i.hex(), "kid": k.hex(), "seq": s, "ack": _ack_to_json(a)}
                 for i, (k, s, a) in self.recent.items()
             ],
             "floor_ms": self.floor_ms,
@@ -126,7 +124,7 @@ class ReplayGuard:
             self.recent[bytes.fromhex(row["id"])] = (
                 bytes.fromhex(row["kid"]),
                 int(row["seq"]),
-                _from_jsonable(row["ack"]),
+                _ack_from_json(row["ack"]),
             )
         floor = data.get("floor_ms")
         self.floor_ms = int(floor) if floor is not None else None

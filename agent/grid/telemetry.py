@@ -1,4 +1,5 @@
-"""Telemetry and status maps (spec sections 5 and 6) and the bounded buffer for link outages."""
+"""The maps a device publishes: status and telemetry (spec sections 5 and 6), their CBOR encoding
+and decoding (acks too), and the bounded telemetry buffer for link outages."""
 
 from __future__ import annotations
 
@@ -42,6 +43,26 @@ def clean(value: Any) -> Any:
 def encode(data: Mapping[str, Any]) -> bytes:
     """Device-to-operator maps are CBOR with text keys; absent values are left out."""
     return cbor2.dumps({k: v for k, v in data.items() if v is not None})
+
+
+def decode_map(payload: bytes) -> dict[str, Any] | None:
+    """A published map back from its CBOR; None for anything that is not one (never raises)."""
+    try:
+        data = cbor2.loads(payload)
+    except Exception:
+        return None
+    return dict(data) if isinstance(data, Mapping) else None
+
+
+def jsonable(value: Any) -> Any:
+    """A decoded map fit for JSON output: bytes as hex, keys as text."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def _get(source: Any, name: str) -> Any:

@@ -282,7 +282,7 @@ class AgentRig:
     def __init__(self, chips: int = 4, raw: dict[str, Any] | None = None, speed: float = 1.0,
                  ambient_c: float = 25.0) -> None:
         from agent.chain.board import BoardClient
-        from agent.cli.agent import open_serial
+        from agent.app import open_serial
         from agent.config import config_from_mapping
         from agent.control.governor import Governor
         from agent.control.runtime import Runtime

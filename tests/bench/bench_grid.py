@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.grid import cose
 from agent.grid.link import GridLink, LinkSettings
 from agent.grid.session import GridPolicy, GridSession
-from agent.site.operator import BrokerOptions, CommandSigner, Operator, kid_for
+from agent.site.client import BrokerOptions, Operator
+from agent.site.signer import CommandSigner, kid_for
 from firmware_bridge import asic
 from hil.broker import Mosquitto
 from hil.hashboard import HashBoardEmulator
@@ -47,11 +48,13 @@ from tests.support.grid_fakes import RecordingSink
 
 def control_loop(session: GridSession, link: GridLink, stop: threading.Event, tick_s: float,
                  wake: bool) -> None:
+    woken = threading.Event()
+    link.on_inbound = woken.set
     while not stop.is_set():
         due = session.service()
         if wake:
-            link.wakeup.wait(min(due, tick_s))
-            link.wakeup.clear()
+            woken.wait(min(due, tick_s))
+            woken.clear()
         else:
             time.sleep(tick_s)
 
@@ -105,7 +108,6 @@ def measure_ack_latency(broker: Mosquitto, folder: Path, n: int, tick_s: float,
     finally:
         op.close()
         stop.set()
-        link.wakeup.set()
         loop.join(5)
         link.stop()
     return latencies

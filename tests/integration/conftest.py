@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.grid.link import GridLink, LinkSettings, release_sockets
+from agent.grid.broker import release_sockets
+from agent.grid.link import GridLink, LinkSettings
 from agent.grid.session import GridPolicy, GridSession
-from agent.site.operator import BrokerOptions, CommandSigner, Operator, SeqCounter
+from agent.site.client import BrokerOptions, Operator
+from agent.site.signer import CommandSigner, SeqCounter
 from hil.broker import Mosquitto
 from tests.support.grid_fakes import CAPS as CAPS  # re-exported
 from tests.support.grid_fakes import RecordingSink
@@ -87,6 +89,8 @@ class Device:
             rng=random.Random(3),
         )
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.link.on_inbound = self._wake.set
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
         self.errors: list[BaseException] = []
 
@@ -97,8 +101,8 @@ class Device:
             except BaseException as exc:  # surfaced by the test
                 self.errors.append(exc)
                 return
-            self.link.wakeup.wait(min(wait_s, 0.05))
-            self.link.wakeup.clear()
+            self._wake.wait(min(wait_s, 0.05))
+            self._wake.clear()
 
     def start(self) -> Device:
         self.link.start()
@@ -107,7 +111,7 @@ class Device:
 
     def stop(self) -> None:
         self._stop.set()
-        self.link.wakeup.set()
+        self._wake.set()
         self._thread.join(5)
         self.link.stop()
         assert not self.errors, self.errors

@@ -12,7 +12,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.errors import GridLinkError
-from agent.grid.link import GridLink, LinkSettings, release_sockets
+from agent.grid.broker import release_sockets
+from agent.grid.link import GridLink, LinkSettings
 from tests.integration.conftest import Observer, operator_for
 
 

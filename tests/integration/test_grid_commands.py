@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent.grid import cose
 from agent.grid.contract import REASONS
-from agent.site.operator import CommandSigner
+from agent.site.signer import CommandSigner
 from tests.integration.conftest import KID, OPERATOR_KEY, operator_for, plain_settings
 
 ROOT = Path(__file__).parents[2]

@@ -14,7 +14,7 @@ from agent.grid import cose
 from agent.grid.command import CheckPolicy, CommandChecker, ack_map
 from agent.grid.contract import REASONS, Topics
 from agent.grid.replay import ReplayGuard
-from agent.site.operator import CommandSigner
+from agent.site.signer import CommandSigner
 
 NOW_MS = 1_800_000_000_000
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

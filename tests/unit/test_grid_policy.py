@@ -14,7 +14,7 @@ from agent.clock import FakeClock
 from agent.grid.contract import Topics
 from agent.grid.link import Inbound
 from agent.grid.session import GridPolicy, GridSession
-from agent.site.operator import CommandSigner
+from agent.site.signer import CommandSigner
 from tests.support.grid_fakes import CAPS
 from tests.support.grid_fakes import RecordingSink as FakeSink  # also used by test_takeover
 

@@ -1,5 +1,5 @@
 """Agent restart with the chain hashing: the new agent takes the running chain over without a
-reset and moves its load at the ramp limit from where it is (agent/agent_cmd.py take_over,
+reset and moves its load at the ramp limit from where it is (agent/app.py take_over,
 driver.read_running_chain/adopt/wind_down, Governor.adopt, Runtime.adopt, GridSession hot start).
 """
 
@@ -14,7 +14,7 @@ from test_grid_policy import KEY, FakeLink, FakeSink, Rig
 
 from agent.chain.driver import ChainDriver, ChainSettings, probe_chain, read_running_chain
 from agent.chain.work import LocalWorkSource
-from agent.cli.agent import detect_chain, find_running_chain, take_over
+from agent.app import detect_chain, find_running_chain, take_over
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
 from agent.control.governor import Governor

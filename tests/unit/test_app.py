@@ -1,4 +1,4 @@
-"""`gridminer agent` start-up (agent/agent_cmd.py): a chain the config leaves open is probed and
+"""`gridminer agent` start-up (agent/app.py): a chain the config leaves open is probed and
 the config derived for it; a grid link in development mode runs without an operator key."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from driver_fake import FakeBoard, FakeChainPort
 
-from agent.cli.agent import build_grid, detect_chain
+from agent.app import build_grid, detect_chain
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
 from agent.control.governor import Governor

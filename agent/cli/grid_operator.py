@@ -1,0 +1,161 @@
+"""`gridminer operator`: the grid operator's command line.
+
+    gridminer operator keygen --key op.pem
+    gridminer operator setpoint|curtail|resume|standby|ping --site S (--device D | --all) ...
+    gridminer operator watch --site S [--once | --count N] [--json]
+
+Exit status: 0 every addressed device accepted, 1 one rejected, 2 one did not answer in time,
+3 an error here (key, broker, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.errors import GridLinkError
+from agent.grid import cose
+from agent.grid.contract import FALLBACKS, PREFIX
+from agent.site.client import BrokerOptions, Operator
+from agent.site.signer import CommandSigner, SeqCounter, kid_for
+from agent.site.view import watch
+
+EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_ERROR = 0, 1, 2, 3
+
+
+def parse_duration(text: str) -> float:
+    """'900', '90s', '15m', '2h', '1d' -> seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise ValueError(f"duration {text!r}: use e.g. 90s, 15m, 2h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _common(p: argparse.ArgumentParser, needs_key: bool) -> None:
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", metavar="URL",
+                   help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--prefix", default=PREFIX)
+    p.add_argument("--ca", metavar="FILE", help="CA certificate of the broker (mqtts)")
+    p.add_argument("--cert", metavar="FILE", help="client certificate (mqtts)")
+    p.add_argument("--client-key", metavar="FILE", help="client certificate key (mqtts)")
+    p.add_argument("--username")
+    p.add_argument("--password-file", metavar="FILE")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="seconds to wait for acks (watch: total time, default forever)")
+    p.add_argument("--site", required=True)
+    if needs_key:
+        p.add_argument("--key", required=True, metavar="PRIVATE.pem", help="operator private key")
+        p.add_argument("--kid", help="key id (default: derived from the key)")
+        p.add_argument("--seq-file", metavar="FILE",
+                       help="persisted seq counter (default: PRIVATE.pem.seq.json)")
+        p.add_argument("--insecure-dev", action="store_true",
+                       help="accept a private key readable by others (lab only)")
+
+
+def _target(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--device", help="one device")
+    group.add_argument("--all", action="store_true", help="every device of the site")
+    p.add_argument("--for", dest="valid_for", default="15m", metavar="DURATION",
+                   help="validity (exp - iat), e.g. 90s, 15m, 2h (default 15m)")
+    p.add_argument("--ramp-w-s", type=int, metavar="R", help="ramp limit, W/s")
+    p.add_argument("--fallback", choices=FALLBACKS)
+    p.add_argument("--at", type=float, metavar="EPOCH_S", help="not before (Unix seconds)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("keygen", help="make an Ed25519 operator key pair, print its kid")
+    p.add_argument("--key", required=True, metavar="PRIVATE.pem", help="private key to write")
+    p.add_argument("--pub", metavar="PUBLIC.pem", help="public key (default: PRIVATE.pub.pem)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p = sub.add_parser("setpoint", help="set a device's power target")
+    _common(p, True)
+    _target(p)
+    p.add_argument("--power-w", type=int, required=True, metavar="W")
+    for name, text in (("curtail", "hold the deepest ready-to-resume load"),
+                       ("resume", "return to the configured default target"),
+                       ("standby", "power the chain down"),
+                       ("ping", "ack only (latency probe)")):
+        p = sub.add_parser(name, help=text)
+        _common(p, True)
+        _target(p)
+    p = sub.add_parser("watch", help="live table of a site's devices")
+    _common(p, False)
+    p.add_argument("--once", action="store_true", help="print one table and exit")
+    p.add_argument("--count", type=int, metavar="N", help="print N tables and exit")
+    p.add_argument("--interval", type=float, default=1.0, metavar="S")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+
+def _broker_options(args: argparse.Namespace) -> BrokerOptions:
+    password = None
+    if args.password_file:
+        password = Path(args.password_file).read_text(encoding="utf-8").strip()
+    return BrokerOptions(args.broker, args.ca, args.cert, args.client_key, args.username, password)
+
+
+def keygen(args: argparse.Namespace) -> int:
+    key_path = Path(args.key)
+    pub_path = Path(args.pub) if args.pub else key_path.with_name(key_path.stem + ".pub.pem")
+    for path in (key_path, pub_path):
+        if path.exists() and not args.force:
+            print(f"{path} exists (use --force to overwrite)", file=sys.stderr)
+            return EXIT_ERROR
+    key = Ed25519PrivateKey.generate()
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(cose.private_pem(key))
+    os.chmod(key_path, 0o600)
+    pub_path.write_bytes(cose.public_pem(key.public_key()))
+    print(f"private key {key_path} (0600), public key {pub_path}", file=sys.stderr)
+    print(kid_for(key.public_key()))
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "keygen":
+        return keygen(args)
+    try:
+        options = _broker_options(args)
+        if args.action == "watch":
+            with Operator(options).connect(args.timeout if args.timeout else 5.0) as op:
+                count = 1 if args.once else args.count
+                printed = watch(op, args.site, args.prefix, sys.stdout, count=count,
+                                interval_s=args.interval, as_json=args.json,
+                                timeout_s=None if count is None else max(args.timeout, 1.0) * 2)
+                return EXIT_OK if printed or count is None else EXIT_TIMEOUT
+        signer = CommandSigner.from_file(args.key, args.kid, args.prefix, args.insecure_dev)
+        seq = SeqCounter(args.seq_file or f"{args.key}.seq.json")
+        build: dict[str, Any] = {"validity_s": parse_duration(args.valid_for)}
+        if args.action == "setpoint":
+            build["power_w"] = args.power_w
+        if args.ramp_w_s is not None:
+            build["ramp_w_s"] = args.ramp_w_s
+        if args.fallback is not None:
+            build["fallback"] = args.fallback
+        if args.at is not None:
+            build["nbf_ms"] = int(args.at * 1000)
+        with Operator(options, signer, seq).connect(args.timeout) as op:
+            signed, replies = op.send(args.site, None if args.all else args.device, args.action,
+                                      timeout_s=args.timeout, **build)
+    except (GridLinkError, ValueError, OSError) as exc:
+        print(f"gridminer operator: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    for reply in replies:
+        print(json.dumps(reply.to_json(), sort_keys=True))
+    missing = sorted(op.last_wanted - {r.device for r in replies})
+    for device in missing or ([] if replies else ["?"]):
+        print(json.dumps({"device": device, "id": signed.id.hex(), "seq": signed.seq,
+                          "result": "timeout"}, sort_keys=True))
+    if missing or not replies:
+        return EXIT_TIMEOUT
+    return EXIT_OK if all(r.ok for r in replies) else EXIT_REJECTED
