@@ -1,13 +1,20 @@
 """The agent's MQTT 5 link to the grid operator (paho-mqtt 2.x).
 
-`GridLink` owns one network thread. That thread only moves bytes: inbound commands go to a
-thread-safe queue (and wake the control thread through `on_inbound`); every decision
-is taken by the control thread (`GridSession`), which publishes through this object.
+`GridLink` hands its paho client to one owner: paho's own network thread (`loop_start`), which
+reads and writes the socket and reconnects; the control thread (`GridSession`) publishes and acks
+through paho's locked queue, and inbound commands reach it through a bounded queue and the
+`on_inbound` wake-up. Every decision is taken on the control thread.
 
 Connection: client id = device id, clean start false with a session expiry, retained birth status
 with the caps, Will = the same status with state "offline", subscriptions with Retain Handling 2,
-redone on every connect, reconnect with jittered exponential backoff, and a birth sequence `bd`
-persisted in the state folder.
+redone on every connect, and a birth sequence `bd` persisted in the state folder. The CONNECT
+asks the broker for a Maximum Packet Size a few KiB above the command limit and a Receive Maximum,
+so an oversized publish never reaches the board's memory and unacknowledged commands are bounded.
+Reconnects wait a jittered, exponentially growing delay with a low cap. A half-open connection is
+noticed by the keepalive (at most two keepalive periods); telemetry handed to the client after the
+last answered ping of such a connection is counted lost. When the broker says another client took
+over this device id (or keeps closing fresh sessions at once), the link backs off, and stops for
+good (`fatal`) when it goes on.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +42,16 @@ from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.errors import GridLinkError
 from agent.grid.broker import check_private_file, no_delay, parse_broker_url, release_sockets
-from agent.grid.contract import CONTENT_TYPE_CBOR, Topics
+from agent.grid.contract import CONTENT_TYPE_CBOR, MAX_PAYLOAD_BYTES, Topics
 from agent.grid.replay import StateFile
 from agent.grid.telemetry import encode, status_map
 
 log = logging.getLogger(__name__)
+
+#: the largest packet the broker may send us: a command at the limit plus topic and properties
+MAX_INBOUND_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
+KEEPALIVE_TIMEOUT = 141  # MQTT 5 reason code: the keepalive saw nothing from the broker
+SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with our client id
 
 
 
@@ -76,9 +89,14 @@ class LinkSettings:
     keepalive_s: int = 15
     session_expiry_s: int = 3600
     reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = 5.0  # a grid resource is back within seconds of its broker
     connect_timeout_s: float = 5.0
     max_queued_messages: int = 1000
+    max_packet_bytes: int = MAX_INBOUND_PACKET_BYTES
+    receive_maximum: int = 16  # unacknowledged QoS 1 commands the broker may send at once
+    inbound_max: int = 64  # queued inbound messages; more are dropped and counted
+    takeover_backoff_s: float = 30.0  # after a takeover, wait this (+50 % jitter) ...
+    takeover_limit: int = 3  # ... and give up at this many in a row
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -133,22 +151,33 @@ class GridLink:
             raise GridLinkError(str(exc)) from exc
         self.address = parse_broker_url(settings.broker_url)
         self._check_security()
-        self.inbound: queue.Queue[Inbound] = queue.Queue()
+        self.inbound: queue.Queue[Inbound] = queue.Queue(maxsize=settings.inbound_max)
         self.on_inbound: Callable[[], None] | None = None
+        self.on_fatal: Callable[[str], None] | None = None
         self.connects = 0
         self.dropped_retained = 0
+        self.dropped_inbound = 0  # inbound queue full
+        self.takeovers = 0
         self.last_error = ""
-        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, rng)
+        self.fatal: str | None = None  # set when the link gave up for good (device id taken)
+        self.state = "down"  # down, connecting, up, taken over
+        self._rng = rng or random.Random()
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, self._rng)
         self._state = StateFile(Path(settings.state_dir) / "link.json")
         self.bd = self._load_bd()
         self._lock = threading.Lock()
         self._caps: Any = {}
         self._mode: str | None = None
         self._connected = threading.Event()
-        self._stop = threading.Event()
+        self._started = False
+        self._up_since_s = 0.0
+        self._connect_failed = False  # since the last successful connect
         self._generation = 0
         self._bd_pending = self.bd + 1
-        self._thread: threading.Thread | None = None
+        self._ping_sent_s = 0.0  # monotonic time of the last PINGREQ
+        self._confirmed_s = 0.0  # everything handed to the client before this reached the broker
+        self._unconfirmed: deque[float] = deque(maxlen=4096)  # hand-over times of QoS 0 messages
+        self._lost_unconfirmed = 0
         self._client = self._make_client()
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -215,10 +244,13 @@ class GridLink:
                 raise GridLinkError(f"TLS set-up failed: {exc}") from exc
         if s.username is not None:
             client.username_pw_set(s.username, self._password())
+        client.connect_timeout = s.connect_timeout_s
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_socket_open = no_delay
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_log = self._on_log
         return client
 
     # ---- control-thread API -------------------------------------------------------------------
@@ -227,15 +259,24 @@ class GridLink:
         return self._connected.is_set()
 
     def start(self) -> None:
-        if self._thread is not None:
+        """Connect in the background (paho's network thread) and keep reconnecting."""
+        if self._started:
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="gridlink", daemon=True)
-        self._thread.start()
+        self._started = True
+        s = self.settings
+        self._set_will()
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = s.session_expiry_s
+        props.MaximumPacketSize = s.max_packet_bytes
+        props.ReceiveMaximum = s.receive_maximum
+        self.state = "connecting"
+        self._client.connect_async(self.address.host, self.address.port,
+                                   keepalive=s.keepalive_s, clean_start=False, properties=props)
+        self._client.loop_start()
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Publish the offline status (a clean disconnect suppresses the Will) and disconnect."""
-        if self._thread is None:
+        if not self._started:
             return
         if self.connected:
             info = self._client.publish(
@@ -246,10 +287,12 @@ class GridLink:
                 info.wait_for_publish(timeout=timeout_s)
             except (RuntimeError, ValueError):
                 pass
-        self._stop.set()
-        self._thread.join(timeout_s + 2.0)
-        self._thread = None
+        self._started = False
+        self._client.disconnect()
+        self._client.loop_stop()
+        release_sockets(self._client)
         self._connected.clear()
+        self.state = "down" if self.fatal is None else self.state
 
     def set_status(self, caps: Any, mode: str | None) -> None:
         """Caps and mode for the birth/Will; republishes the retained status if they changed."""
@@ -280,8 +323,9 @@ class GridLink:
         correlation_data: bytes | None = None,
         user_properties: tuple[tuple[str, str], ...] = (),
     ) -> bool:
-        """Publish from the control thread; False if a QoS 0 message could not be sent now
-        (QoS 1 messages are queued by paho and sent after a reconnect)."""
+        """Publish from any thread; False if a QoS 0 message could not be sent now (QoS 1
+        messages are queued by paho and sent after a reconnect). ValueError for a topic or
+        payload MQTT cannot carry."""
         props = self._cbor_properties()
         if correlation_data is not None:
             props.CorrelationData = correlation_data
@@ -291,7 +335,11 @@ class GridLink:
             return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if qos == 0:
-            return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            sent = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            if sent:
+                with self._lock:
+                    self._unconfirmed.append(time.monotonic())
+            return sent
         return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
 
     def ack(self, msg: Inbound) -> None:
@@ -300,7 +348,14 @@ class GridLink:
         if msg.qos > 0 and msg.generation == self._generation and self.connected:
             self._client.ack(msg.mid, msg.qos)
 
-    # ---- network thread -----------------------------------------------------------------------
+    def take_lost(self) -> int:
+        """QoS 0 messages counted lost since the last call: handed to a connection that turned
+        out half-open after the broker last confirmed what it had received."""
+        with self._lock:
+            lost, self._lost_unconfirmed = self._lost_unconfirmed, 0
+        return lost
+
+    # ---- network thread (paho's callbacks) ----------------------------------------------------
     def _cbor_properties(self) -> Properties:
         props = Properties(PacketTypes.PUBLISH)
         props.ContentType = CONTENT_TYPE_CBOR
@@ -311,6 +366,16 @@ class GridLink:
             caps, mode = self._caps, self._mode
         return encode(status_map(state, bd, __version__, caps, mode, int(self.clock.time() * 1000)))
 
+    def _set_will(self) -> None:
+        """The Will of the next connection: offline status with that connection's bd."""
+        self._bd_pending = self.bd + 1
+        will_props = Properties(PacketTypes.WILLMESSAGE)
+        will_props.ContentType = CONTENT_TYPE_CBOR
+        self._client.will_set(
+            self.topics.status, self._status_payload("offline", self._bd_pending), qos=1,
+            retain=True, properties=will_props,
+        )
+
     def _wake(self) -> None:
         callback = self.on_inbound
         if callback is not None:
@@ -319,72 +384,22 @@ class GridLink:
             except Exception:
                 log.exception("on_inbound callback failed")
 
-    def _run(self) -> None:
-        s = self.settings
-        addr = self.address
-        while not self._stop.is_set():
-            bd_next = self.bd + 1
-            will_props = Properties(PacketTypes.WILLMESSAGE)
-            will_props.ContentType = CONTENT_TYPE_CBOR
-            self._client.will_set(
-                self.topics.status, self._status_payload("offline", bd_next), qos=1, retain=True,
-                properties=will_props,
-            )
-            self._bd_pending = bd_next
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = s.session_expiry_s
-            try:
-                self._client.connect(
-                    addr.host, addr.port, keepalive=s.keepalive_s, clean_start=False,
-                    properties=props,
-                )
-            except (OSError, ValueError) as exc:
-                self._note_error(f"connect to {s.broker_url} failed: {exc}")
-                self._stop.wait(self._backoff.next_delay())
-                continue
-            deadline = time.monotonic() + s.connect_timeout_s
-            while not self._stop.is_set():
-                try:
-                    rc = self._client.loop(timeout=0.2)
-                except (OSError, ValueError) as exc:  # TLS faults surface here
-                    self._note_error(f"network error: {exc}")
-                    rc = MQTTErrorCode.MQTT_ERR_CONN_LOST
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
-                if not self.connected and time.monotonic() > deadline:
-                    self._note_error("no CONNACK in time")
-                    break
-            was_connected = self.connected
-            self._connected.clear()
-            if self._stop.is_set():
-                self._close_socket()
-                return
-            if was_connected:
-                self._wake()
-            self._stop.wait(self._backoff.next_delay())
-
-    def _close_socket(self) -> None:
-        """Clean DISCONNECT (no Will) and let paho close the socket."""
-        try:
-            self._client.disconnect()
-            deadline = time.monotonic() + 1.0
-            while self._client.socket() is not None and time.monotonic() < deadline:
-                if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
-        except (OSError, ValueError):
-            pass
-        release_sockets(self._client)
-
     def _note_error(self, text: str) -> None:
         if text != self.last_error:
             log.warning("grid link: %s", text)
         self.last_error = text
+
+    def _retry_in(self, delay_s: float) -> None:
+        """The wait before paho's next connection attempt (paho counts whole delays)."""
+        self._client.reconnect_delay_set(delay_s, delay_s)  # type: ignore[arg-type]
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
             self._note_error(f"broker refused the connection: {reason}")
+            self._set_will()
+            self._retry_in(self._backoff.next_delay())
             return
         self._generation += 1
         self.bd = self._bd_pending
@@ -401,17 +416,99 @@ class GridLink:
         self.connects += 1
         self.last_error = ""
         self._backoff.reset()
+        with self._lock:
+            self._confirmed_s = time.monotonic()
+            self._unconfirmed.clear()
+        self._up_since_s = time.monotonic()
+        self._connect_failed = False
+        self.state = "up"
         self._connected.set()
         log.info("grid link up: %s as %s (bd %d)", self.settings.broker_url, self.topics.device,
                  self.bd)
         self._wake()
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._connect_failed = True
+        self.takeovers = 0
+        self._note_error(f"cannot reach {self.settings.broker_url}")
+        self._retry_in(self._backoff.next_delay())
+
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
-        if self._connected.is_set():
-            log.warning("grid link down: %s", reason)
+        was_up = self._connected.is_set()
         self._connected.clear()
+        if not self._started:
+            return  # our own stop()
+        code = getattr(reason, "value", None)
+        if code == KEEPALIVE_TIMEOUT:
+            self._count_unconfirmed()
+        if was_up and self._taken_over(code):
+            return
+        self.state = "down"
+        if was_up:
+            log.warning("grid link down: %s", reason)
+            self._wake()
+        self._set_will()
+        self._retry_in(self._backoff.next_delay())
+
+    def _count_unconfirmed(self) -> None:
+        with self._lock:
+            lost = sum(1 for t in self._unconfirmed if t >= self._confirmed_s)
+            self._unconfirmed.clear()
+            self._lost_unconfirmed += lost
+        if lost:
+            log.warning("grid link: keepalive timeout; %d telemetry message(s) never confirmed",
+                        lost)
+
+    def _taken_over(self, code: int | None) -> bool:
+        """Whether another client holds this device id, and if so back off or give up.
+
+        The sign is the broker's MQTT 5 reason "session taken over", or (from brokers that just
+        close the old connection) sessions the broker keeps closing within half the back-off of
+        accepting them, each after a connect that went through at once: the first such close
+        reconnects as usual, the next ones back off. A session that lasted longer, or a connect
+        that failed (a broker restarting), clears the count: the client that keeps its session
+        wins, and the one kicked within seconds each time gives up."""
+        s = self.settings
+        session_s = time.monotonic() - self._up_since_s
+        explicit = code == SESSION_TAKEN_OVER
+        clean = code != KEEPALIVE_TIMEOUT and not self._connect_failed
+        if not explicit and not (clean and session_s < s.takeover_backoff_s / 2):
+            self.takeovers = 0
+            return False
+        self.takeovers += 1
+        if not explicit and self.takeovers < 2:
+            return False  # one short session is no sign yet: a broker restart looks the same
+        why = ("MQTT 5 'Session taken over'" if explicit else
+               f"the broker closed {self.takeovers} session(s) in a row within seconds")
+        who = f"device id {self.topics.device!r} on {s.broker_url}"
+        self.state = "taken over"
+        self._wake()
+        if self.takeovers >= s.takeover_limit:
+            self.fatal = f"another client holds {who} ({why}); not reconnecting"
+            log.error("grid link: %s", self.fatal)
+            self._client.disconnect()  # no more reconnects: paho's loop ends
+            self._client.loop_stop()
+            if self.on_fatal is not None:
+                self.on_fatal(self.fatal)
+            return True
+        delay = s.takeover_backoff_s * self._rng.uniform(1.0, 1.5)
+        log.error("grid link: another client may hold %s (%s); backing off %.1f s", who, why,
+                  delay)
+        self._set_will()
+        self._retry_in(delay)
+        return True
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        """Ping bookkeeping: a PINGRESP proves the broker got what was sent before the PINGREQ."""
+        if text.startswith("Sending PINGREQ"):
+            self._ping_sent_s = time.monotonic()
+        elif text.startswith("Received PINGRESP"):
+            with self._lock:
+                self._confirmed_s = self._ping_sent_s
+                while self._unconfirmed and self._unconfirmed[0] < self._confirmed_s:
+                    self._unconfirmed.popleft()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         if message.retain:
@@ -423,18 +520,25 @@ class GridLink:
         props = getattr(message, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         correlation = getattr(props, "CorrelationData", None) if props is not None else None
-        self.inbound.put(
-            Inbound(
-                topic=message.topic,
-                payload=bytes(message.payload),
-                response_topic=response_topic or None,
-                correlation_data=bytes(correlation) if correlation is not None else None,
-                received_s=self.clock.monotonic(),
-                mid=message.mid,
-                qos=message.qos,
-                generation=self._generation,
+        try:
+            self.inbound.put_nowait(
+                Inbound(
+                    topic=message.topic,
+                    payload=bytes(message.payload),
+                    response_topic=response_topic or None,
+                    correlation_data=bytes(correlation) if correlation is not None else None,
+                    received_s=self.clock.monotonic(),
+                    mid=message.mid,
+                    qos=message.qos,
+                    generation=self._generation,
+                )
             )
-        )
+        except queue.Full:
+            self.dropped_inbound += 1
+            self._note_error(f"inbound queue full ({self.settings.inbound_max}); message dropped")
+            if message.qos > 0:
+                client.ack(message.mid, message.qos)  # else it would hold a Receive Maximum slot
+            return
         self._wake()
 
 

@@ -113,3 +113,188 @@ def test_killed_agent_leaves_its_will_and_comes_back_with_the_next_bd(mosquitto,
             assert will["caps"] == {"min_w": 1, "max_w": 2, "ramp_max_w_s": 3}
     finally:
         obs.close()
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_publishes_from_several_threads_over_tls_while_the_broker_flaps(secure_mosquitto,
+                                                                         tmp_path) -> None:
+    """One owner of the socket: four threads publish (QoS 0 and 1) through one link while the
+    broker is killed and restarted twice; no thread sees an error, the TLS stream is never
+    corrupted (the link reconnects exactly once per restart) and every QoS 1 message published
+    while the observer listens arrives intact."""
+    import threading
+
+    import cbor2
+
+    from agent.grid.link import GridLink, LinkSettings
+
+    b = secure_mosquitto
+    settings = LinkSettings(b.tls_url, "site-a", "dev-1", state_dir=str(tmp_path / "d"),
+                            ca_file=b.ca_file, username="dev-1",
+                            password_file=b.password_file_for("dev-1"), reconnect_min_s=0.2,
+                            reconnect_max_s=0.5)
+    link = GridLink(settings)
+    link.start()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    payload = bytes(range(256)) * 16  # 4 KiB: TLS records long enough to interleave
+
+    def publisher(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                link.publish("gridminer/site-a/dev-1/telemetry",
+                             cbor2.dumps(payload + f"{n}:{i}".encode()), qos=i % 2)
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+                return
+            i += 1
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=publisher, args=(n,)) for n in range(4)]
+    try:
+        _wait(lambda: link.connected, 10, f"no connection: {link.last_error}")
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        for _ in range(2):
+            b.restart(down_s=0.3)
+            _wait(lambda: link.connected, 10, f"no reconnection: {link.last_error}")
+            time.sleep(1.0)
+        obs = Observer(b, ["gridminer/site-a/dev-1/telemetry"], username="operator",
+                       password=b.password("operator"))
+        try:
+            marks = []
+            obs.wait_for(lambda t, m, r: isinstance(m, bytes) and marks.append(m) is None
+                         and len(marks) >= 200, timeout_s=10)
+        finally:
+            obs.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+        link.stop()
+    assert not errors, errors
+    assert link.connects == 3, (link.connects, link.last_error)
+    assert all(m[:4096] == payload for m in marks)
+
+
+def test_an_oversized_publish_never_reaches_the_device(mosquitto, tmp_path) -> None:
+    """A 64 MiB publish on the site's command topic: the broker keeps it from the device (its
+    Maximum Packet Size), whose memory does not grow, and the next command still gets through."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    script = """
+import sys, time
+from agent.grid.link import GridLink, LinkSettings
+link = GridLink(LinkSettings(sys.argv[1], "site-a", "dev-9", state_dir=sys.argv[2]))
+link.start()
+while not link.connected:
+    time.sleep(0.01)
+print("up", flush=True)
+for line in sys.stdin:
+    msgs = link.drain()
+    print(len(msgs), max((len(m.payload) for m in msgs), default=0), flush=True)
+link.stop()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script, mosquitto.url, str(tmp_path / "s")],
+                            cwd=Path(__file__).parents[2], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def peak_rss_kib() -> int:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="big", protocol=mqtt.MQTTv5)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        before = peak_rss_kib()
+        sender.connect("127.0.0.1", mosquitto.port)
+        sender.loop_start()
+        sender.publish("gridminer/site-a/all/cmd", b"x" * (64 << 20), qos=1).wait_for_publish(30)
+        sender.publish("gridminer/site-a/all/cmd", b"small", qos=1).wait_for_publish(5)
+        deadline = time.monotonic() + 5
+        counts = []
+        while time.monotonic() < deadline:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            n, largest = map(int, proc.stdout.readline().split())
+            counts.append((n, largest))
+            if n:
+                break
+            time.sleep(0.05)
+        grown_kib = peak_rss_kib() - before
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+    assert counts[-1] == (1, 5), counts  # only the small one arrived
+    assert grown_kib < 8 * 1024, f"peak memory grew by {grown_kib} KiB"
+
+
+def test_a_second_client_with_the_same_device_id_stops_the_flapping(mosquitto,
+                                                                    tmp_path) -> None:
+    """Two links with one device id: the broker closes the older one's session for the newer
+    one (with MQTT 5 'session taken over', or silently as Mosquitto 2.0 does); the link kicked
+    within seconds of connecting backs off, and after three such takeovers in a row gives up
+    with a message naming the device id, while the other stays connected. Neither reconnects
+    more than a handful of times."""
+    from agent.grid.link import GridLink, LinkSettings
+
+    def make(name: str) -> GridLink:
+        return GridLink(LinkSettings(mosquitto.url, "site-a", "dev-1",
+                                     state_dir=str(tmp_path / name), reconnect_min_s=0.1,
+                                     reconnect_max_s=0.2, takeover_backoff_s=1.0))
+
+    first, second = make("a"), make("b")
+    fatal: list[str] = []
+    first.on_fatal = fatal.append
+    second.on_fatal = fatal.append
+    first.start()
+    try:
+        _wait(lambda: first.connected, 10, "first link up")
+        second.start()
+        _wait(lambda: bool(fatal), 10, "no link gave up")
+        time.sleep(2.0)  # long enough for several flaps at the old rate of three a second
+        loser, winner = (first, second) if first.fatal else (second, first)
+        assert fatal == [loser.fatal] and winner.fatal is None
+        assert "another client holds device id 'dev-1'" in fatal[0]
+        assert loser.state == "taken over" and not loser.connected
+        assert winner.connected
+        assert first.connects + second.connects <= 8, (first.connects, second.connects)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_back_within_seconds_of_a_broker_restart(mosquitto, tmp_path, device_factory) -> None:
+    """Default reconnect settings: after a broker that was down for 10 s comes back, the device
+    is online again within a few seconds (the backoff's cap is low)."""
+    from agent.grid.link import LinkSettings
+
+    dev = device_factory(LinkSettings(mosquitto.url, "site-a", "dev-1",
+                                      state_dir=str(tmp_path / "dev-1")), name="d")
+    _wait(lambda: dev.link.connected, 10, "link up")
+    mosquitto.stop()
+    _wait(lambda: not dev.link.connected, 5, "link down")
+    time.sleep(10.0)
+    mosquitto.start()
+    back = time.monotonic()
+    _wait(lambda: dev.link.connected, 15, "link back")
+    assert time.monotonic() - back < 6.0
