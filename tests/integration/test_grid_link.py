@@ -298,3 +298,39 @@ def test_back_within_seconds_of_a_broker_restart(mosquitto, tmp_path, device_fac
     back = time.monotonic()
     _wait(lambda: dev.link.connected, 15, "link back")
     assert time.monotonic() - back < 6.0
+
+
+def test_inbound_is_bounded_and_counts_what_it_drops(mosquitto, tmp_path) -> None:
+    """A flood on the command topic while the control thread is busy: the link queues at most
+    `inbound_max` messages, drops and counts the rest, and acknowledges the QoS 1 ones it
+    dropped (so they do not hold the broker's Receive Maximum window); then it still takes
+    commands."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.grid.link import GridLink, LinkSettings
+
+    link = GridLink(LinkSettings(mosquitto.url, "site-a", "dev-1", state_dir=str(tmp_path / "s"),
+                                 inbound_max=8))
+    sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood", protocol=mqtt.MQTTv5)
+    link.start()
+    try:
+        _wait(lambda: link.connected, 10, "link up")
+        sender.connect("127.0.0.1", mosquitto.port)
+        sender.loop_start()
+        infos = [sender.publish("gridminer/site-a/dev-1/cmd", b"%d" % i, qos=i % 2)
+                 for i in range(40)]
+        for info in infos:
+            info.wait_for_publish(5)
+        _wait(lambda: link.inbound.qsize() + link.dropped_inbound >= 40, 10,
+              f"{link.inbound.qsize()} queued, {link.dropped_inbound} dropped")
+        assert link.inbound.qsize() == 8 and link.dropped_inbound == 32
+        for msg in link.drain():
+            link.ack(msg)
+        sender.publish("gridminer/site-a/dev-1/cmd", b"after", qos=1).wait_for_publish(5)
+        _wait(lambda: link.inbound.qsize() == 1, 5, "no command after the flood")
+        assert link.drain()[0].payload == b"after"
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+        link.stop()
