@@ -15,7 +15,7 @@ import signal
 import threading
 from typing import Any
 
-from agent.errors import BoardLinkError, ChainError, ConfigError
+from agent.errors import BoardLinkError, ChainError
 
 log = logging.getLogger("gridminer.agent")
 
@@ -35,27 +35,27 @@ class AgentFailed(Exception):
 
 
 def open_serial(url: str, what: str, baudrate: int, timeout_s: float) -> Any:
-    """A pyserial port by path or URL; the lab's emulator URLs load `hil` first."""
-    import serial
+    """A pyserial port by path or URL (`agent.chain.port.open_port`); the lab's emulator URLs
+    load `hil` first."""
+    from agent.chain.port import open_port
 
     if url.startswith(LAB_SCHEMES):
         importlib.import_module("hil")  # lab URL handlers; never needed on a real board
-    try:
-        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout_s,
-                                     write_timeout=2.0)
-    except (serial.SerialException, OSError, ValueError) as exc:
-        raise ConfigError(f"{what} port {url}: cannot open ({exc})") from None
+    return open_port(url, what, baudrate, timeout_s)
 
 
 def build_grid(config: Any, runtime: Any, clock: Any) -> tuple[Any, Any]:
     """(GridSession, GridLink) from the [grid] section, wired to the runtime: accepted commands
     go to the governor, telemetry reads the runtime's snapshot, inbound messages wake the
-    control thread. GridLinkError/ConfigError when keys or the broker URL are unusable."""
+    control thread. GridLinkError/ConfigError when keys, the broker URL or the state folder are
+    unusable."""
     from agent.control.runtime import GovernorSink
     from agent.grid.link import GridLink, LinkSettings
+    from agent.grid.replay import check_state_dir
     from agent.grid.session import GridPolicy, GridSession, load_operator_keys
 
     grid = config.grid
+    check_state_dir(grid.state_dir, grid.insecure_dev)
     settings = LinkSettings.from_config(grid)
     link = GridLink(settings, clock)
     keys = load_operator_keys(grid.operator_keys, grid.insecure_dev)
@@ -71,8 +71,9 @@ def detect_chain(config: Any, chain_port: Any, board: Any, clock: Any,
     (`running`, a chain found hashing, as it answered; else probed, at the fast baud first and
     after a reset through the board link only when nothing runs); unchanged when both are given.
     ChainError when no chip answers, ConfigError when what answered is out of range."""
-    from agent.chain.driver import PROFILES, ProbeResult, probe_chain
+    from agent.chain.takeover import ProbeResult, probe_chain
     from agent.config import with_chain
+    from firmware_bridge.chips import PROFILES
 
     unpinned = config.chain_unpinned
     if not unpinned:
@@ -105,7 +106,7 @@ def find_running_chain(config: Any, chain_port: Any, board: Any,
                        clock: Any) -> tuple[Any, Any]:
     """(board sample, RunningChain or None): a chain the board powers that answers a chip-ID
     read at the fast baud is already hashing (the agent restarted); it must not be reset."""
-    from agent.chain.driver import read_running_chain
+    from agent.chain.takeover import read_running_chain
 
     try:
         sample = board.read_sample()
@@ -126,7 +127,8 @@ def take_over(config: Any, running: Any, sample: Any, chain_port: Any, board: An
               driver: Any, governor: Any, runtime: Any) -> bool:
     """Adopt a running chain without a reset (True). When it is not what the config says, wind
     it down at the ramp limit first, so that the cold bring-up's reset drops no load (False)."""
-    from agent.chain.driver import START_FREQ_MHZ, wind_down
+    from agent.chain.settings import START_FREQ_MHZ
+    from agent.chain.takeover import wind_down
 
     problem = running.problem(config.chain.family, config.chain.chips)
     if problem is None:
@@ -162,8 +164,8 @@ def take_over(config: Any, running: Any, sample: Any, chain_port: Any, board: An
 
 def wind_down_for(governor: Any) -> Any:
     """How the driver brings the load down before a chip-fault reset: through the governor, at
-    its ramp, to its lowest frequency (`agent.chain.driver.WindDown`)."""
-    from agent.chain.driver import WindDown
+    its ramp, to its lowest frequency (`agent.chain.recovery.WindDown`)."""
+    from agent.chain.recovery import WindDown
 
     return WindDown(governor.power_at, lambda: governor.envelope.check.power_w,
                     governor.ramp_max_w_s, governor.min_freq_mhz,
@@ -173,7 +175,8 @@ def wind_down_for(governor: Any) -> Any:
 
 def run_agent(config: Any) -> int:
     """Run the agent until SIGINT/SIGTERM (0) or a fatal runtime error (its exit status)."""
-    from agent.chain.driver import ChainDriver, ChainSettings
+    from agent.chain.driver import ChainDriver
+    from agent.chain.settings import ChainSettings
     from agent.chain.work import LocalWorkSource
     from agent.clock import SystemClock
     from agent.control.governor import Governor

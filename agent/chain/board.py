@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from agent.chain.port import SerialPort, open_port
 from agent.clock import Clock, SystemClock
-from agent.errors import BoardLinkError
+from agent.errors import BoardLinkError, ConfigError
 from firmware_bridge import link
 
 DEFAULT_BAUD = 115200
-
-
-class SerialPort(Protocol):
-    """What BoardClient needs of a pyserial port: read with a timeout, write."""
-
-    def read(self, size: int = 1) -> bytes: ...
-
-    def write(self, data: bytes) -> int | None: ...
 
 
 @dataclass
@@ -96,24 +89,21 @@ class BoardClient:
 
     def __init__(
         self,
-        serial_port: Any,
+        serial_port: SerialPort | str,
         timeout_s: float = 0.25,
         retries: int = 2,
         clock: Clock | None = None,
         baudrate: int = DEFAULT_BAUD,
         psu_efficiency: float = 1.0,
     ) -> None:
+        self._owns_port = isinstance(serial_port, str)
         if isinstance(serial_port, str):
-            import serial
-
             try:
-                serial_port = serial.serial_for_url(serial_port, baudrate=baudrate, timeout=0.02)
-            except (serial.SerialException, OSError, ValueError) as exc:
-                raise BoardLinkError(f"cannot open board port {serial_port!r}: {exc}") from exc
-            self._owns_port = True
+                self.port: SerialPort = open_port(serial_port, "board", baudrate, 0.02)
+            except ConfigError as exc:
+                raise BoardLinkError(str(exc)) from exc
         else:
-            self._owns_port = False
-        self.port = serial_port
+            self.port = serial_port
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
         self.clock = clock or SystemClock()

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("agent.cli.bench", "measure the SHA-256d kernels (MH/s, one thread and all cores)"),
     "flash": ("agent.cli.flash", "deploy the bridge firmware onto a MicroPython board (mpremote)"),
     "emulate": ("hil.emulate", "software hash board (ASIC chain + board link) on two ptys"),
-    "operator": ("agent.cli.grid_operator", "grid operator: send signed commands, print acks, watch"),
+    "operator": ("agent.cli.grid_operator", "grid operator: signed commands, acks, watch a site"),
     "hil": ("hil.hil_cmd", "lab rig: play a grid scenario on broker + emulator + agent, report"),
 }
 

@@ -27,8 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.chain.driver import probe_chain
     from agent.app import open_serial
+    from agent.chain.takeover import probe_chain
     from agent.clock import SystemClock
 
     try:

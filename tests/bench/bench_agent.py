@@ -39,7 +39,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agent.chain.driver import ChainDriver, ChainSettings, open_port  # noqa: E402
+from agent.chain.driver import ChainDriver  # noqa: E402
+from agent.chain.port import open_port  # noqa: E402
+from agent.chain.settings import ChainSettings  # noqa: E402
+from agent.chain.takeover import RunningChain  # noqa: E402
 from agent.chain.work import LocalWorkSource, target_for  # noqa: E402
 from agent.clock import SystemClock  # noqa: E402
 from firmware_bridge import asic  # noqa: E402
@@ -147,12 +150,11 @@ def bench_verify(n_nonces: int = 20000) -> None:
     chips = 4
     drv = ChainDriver(port, ChainSettings(family="BM1370", chips=chips, nonce_difficulty=easy),
                       clock, LocalWorkSource(clock), threaded=False)
-    # put the driver into the hashing state with 4 chips, one job per slot
-    drv.addresses = [0, 64, 128, 192]
-    drv.stats_.set_chips(drv.addresses, clock.monotonic())
-    drv.state = "mining"
-    drv.freq_mhz = drv.target_freq_mhz = 525.0
-    drv._next_job_s = drv._next_counter_s = drv._next_health_s = drv._next_ramp_s = 1e12
+    # the driver takes over 4 chips hashing at 525 MHz (no bring-up); the clock stands still, so
+    # nothing else falls due while the nonces are checked; one job per slot
+    pll = asic.pll_value("BM1370", 525.0)
+    drv.adopt(clock.monotonic(), RunningChain("BM1370", 0x1370, (0, 64, 128, 192), (pll,) * 4,
+                                              port.baudrate))
     works = []
     for _ in range(16):
         job_id = drv.jobs.next_job_id()
@@ -208,7 +210,9 @@ def _cpu_s(pid: int) -> float:
 DRIVER_ONLY = r"""
 import sys, time, threading
 from agent.clock import SystemClock
-from agent.chain.driver import ChainDriver, ChainSettings, open_port
+from agent.chain.driver import ChainDriver
+from agent.chain.port import open_port
+from agent.chain.settings import ChainSettings
 from agent.chain.work import LocalWorkSource
 clock = SystemClock(); wake = threading.Event()
 drv = ChainDriver(open_port(sys.argv[1]), ChainSettings(family="BM1370", chips=int(sys.argv[2]),
@@ -281,8 +285,8 @@ class AgentRig:
 
     def __init__(self, chips: int = 4, raw: dict[str, Any] | None = None, speed: float = 1.0,
                  ambient_c: float = 25.0) -> None:
-        from agent.chain.board import BoardClient
         from agent.app import open_serial
+        from agent.chain.board import BoardClient
         from agent.config import config_from_mapping
         from agent.control.governor import Governor
         from agent.control.runtime import Runtime

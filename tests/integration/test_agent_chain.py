@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.chain.driver import ChainDriver, ChainSettings, open_port
+from agent.chain.driver import ChainDriver
+from agent.chain.port import open_port
+from agent.chain.settings import ChainSettings
 from agent.chain.work import LocalWorkSource
 from agent.clock import SystemClock
 from hil.hashboard import HashBoardEmulator
@@ -128,13 +130,14 @@ def test_garbage_and_corrupted_replies_are_counted_and_mining_goes_on(rig_factor
     assert rig.driver.recoveries == 0
 
 
-def test_invalid_nonces_are_hardware_errors_of_that_chip_and_a_flaky_chip_resets(rig_factory):
+def test_invalid_nonces_are_hardware_errors_of_that_chip_and_a_flaky_chip_resets(rig_factory,
+                                                                                 caplog):
     rig = rig_factory(4, ticket=32, dead_min_s=2.0, recover_backoff_s=60.0)
     rig.driver.set_frequency(500.0)
     rig.driver.bring_up()
     rig.emu.inject_fault("chip_hw_errors", chip=1, rate_hz=40.0, duration_s=4.0)
     assert rig.run_until(lambda: rig.driver.recoveries >= 1, 10.0)
-    assert "chip 1 (address 64) is flaky" in rig.driver.recovery_reasons[0]
+    assert "chip 1 (address 64) is flaky; resetting" in caplog.text
     snap = rig.stats()
     assert snap.chips[1].hw_errors > 20
     assert max(snap.chips[i].hw_errors for i in (0, 2, 3)) == 0
@@ -142,13 +145,13 @@ def test_invalid_nonces_are_hardware_errors_of_that_chip_and_a_flaky_chip_resets
     assert rig.run_until(lambda: rig.driver.state == "mining", 5.0)
 
 
-def test_silent_chip_is_detected_and_the_chain_reinitialised(rig_factory):
+def test_silent_chip_is_detected_and_the_chain_reinitialised(rig_factory, caplog):
     rig = rig_factory(4, ticket=16, dead_min_s=2.0, dead_intervals=40.0)
     rig.driver.set_frequency(500.0)
     rig.driver.bring_up()
     rig.emu.inject_fault("chip_silent", chip=2, duration_s=6.0)
     assert rig.run_until(lambda: rig.driver.recoveries >= 1, 15.0)
-    assert "chip 2 (address 128) is dead" in rig.driver.recovery_reasons[0]
+    assert "chip 2 (address 128) is dead; resetting" in caplog.text
     # the re-init goes on with the chips that answer, then the chip comes back
     assert rig.run_until(lambda: rig.driver.hashing, 5.0)
     assert rig.driver.addresses == [0, 64, 128, 192]  # the silent chip keeps its place
@@ -156,14 +159,14 @@ def test_silent_chip_is_detected_and_the_chain_reinitialised(rig_factory):
     assert rig.run_until(lambda: rig.stats().chips[2].valid > valid + 5, 15.0)
 
 
-def test_hung_chain_is_reset_and_ramps_back_to_the_requested_frequency(rig_factory):
+def test_hung_chain_is_reset_and_ramps_back_to_the_requested_frequency(rig_factory, caplog):
     rig = rig_factory(4, hung_timeout_s=1.5, counter_interval_s=0.5)
     rig.driver.set_frequency(400.0)
     rig.driver.bring_up()
     assert rig.run_until(lambda: rig.driver.state == "mining", 3.0)
     rig.emu.inject_fault("chain_hang")
     assert rig.run_until(lambda: rig.driver.recoveries >= 1, 5.0)
-    assert rig.driver.recovery_reasons[0].startswith("chain hung")
+    assert "chain: chain hung: no reply for" in caplog.text
     assert rig.run_until(lambda: rig.emu.state()["freq_mhz"] == [400.0] * 4, 5.0)
     valid = rig.stats().valid
     assert rig.run_until(lambda: rig.stats().valid > valid + 3, 10.0)

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent.chain.board import BoardClient
-from agent.chain.driver import ChainDriver, ChainSettings
-from agent.chain.work import LocalWorkSource
 from agent.app import build_grid, open_serial, wind_down_for
+from agent.chain.board import BoardClient
+from agent.chain.driver import ChainDriver
+from agent.chain.settings import ChainSettings
+from agent.chain.work import LocalWorkSource
 from agent.clock import SystemClock
 from agent.config import config_from_mapping
 from agent.control.governor import Governor

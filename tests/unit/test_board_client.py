@@ -1,10 +1,12 @@
-"""agent.chain.board.BoardClient against the real Bridge over an in-process fake port."""
+"""agent.chain.board.BoardClient against the real Bridge over an in-process fake port, and
+agent.chain.port.open_port, the way both serial links are opened."""
 
 import pytest
 
 from agent.chain.board import BoardClient
+from agent.chain.port import open_port
 from agent.clock import FakeClock
-from agent.errors import BoardLinkError
+from agent.errors import BoardLinkError, ConfigError
 from firmware_bridge.bridge import Bridge
 from firmware_bridge.hal import MemoryUart, SimHal
 
@@ -140,3 +142,18 @@ def test_closed_port_is_a_board_link_error():
 def test_bad_path_is_a_board_link_error():
     with pytest.raises(BoardLinkError, match="cannot open"):
         BoardClient("/nonexistent/tty")
+
+
+def test_a_port_that_cannot_be_opened_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match=r"chain port /nonexistent/tty: cannot open \("):
+        open_port("/nonexistent/tty", "chain", 115200, 0.05)
+
+
+def test_a_pyserial_url_opens_with_the_given_rate_and_timeouts():
+    port = open_port("loop://", "board", 9600, 0.02)
+    try:
+        assert (port.baudrate, port.timeout, port.write_timeout) == (9600, 0.02, 2.0)
+        port.write(b"\xaa\x55")
+        assert port.read(2) == b"\xaa\x55"
+    finally:
+        port.close()

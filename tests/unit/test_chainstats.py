@@ -1,4 +1,4 @@
-"""Per-chip statistics and hashrate estimate (agent/chainstats.py)."""
+"""Per-chip statistics and hashrate estimate (agent/chain/stats.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Chain driver: bring-up, job dispatch, nonce checks, ramps, stop (agent/driver.py)."""
+"""Chain driver: bring-up, job dispatch, nonce checks, ramps, stop, recovery (agent/chain)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import itertools
 import pytest
 from driver_fake import EASY, FakeBoard, FakeChainPort, sha256d
 
-from agent.chain.driver import ChainDriver, ChainSettings, WindDown, job_interval_s, probe_chain
+from agent.chain.driver import ChainDriver
+from agent.chain.recovery import WindDown
+from agent.chain.settings import ChainSettings, job_interval_s
+from agent.chain.takeover import probe_chain
 from agent.chain.work import LocalWorkSource, target_for
 from agent.clock import FakeClock
 from agent.errors import ChainError
@@ -258,12 +261,27 @@ def test_probe_without_chips_raises():
         probe_chain(port, clock, family="BM1370")
 
 
-def test_recovery_goes_on_with_fewer_chips_but_keeps_every_address():
+def turn_flaky(port: FakeChainPort, chip: int) -> None:
+    """The chip returns nonces that fail verification, enough of them to be called flaky."""
+    for _ in range(16):
+        port.emit_nonce(chip, valid=False)
+
+
+def test_recovery_goes_on_with_fewer_chips_but_keeps_every_address(caplog):
     clock, port, drv = make(4)
     drv.bring_up()
-    port.chips[1].silent = True
-    drv._recover(clock.monotonic(), "chip 1 (address 64) is dead")
+    turn_flaky(port, 1)
+    real_reset = port.reset
+
+    def reset_with_chip_1_silent():
+        real_reset()
+        port.chips[1].silent = True  # after the reset it no longer answers a chip-ID read
+
+    port.reset = reset_with_chip_1_silent  # type: ignore[method-assign]
+    run_until(drv, clock, lambda: drv.recoveries == 1)
+    assert "chip 1 (address 64) is flaky; resetting" in caplog.text
     run_until(drv, clock, lambda: drv.hashing)
+    assert "only 3 of 4 chips answer" in caplog.text
     assert drv.addresses == [0, 64, 128, 192]
     assert [c.address for c in port.chips] == [0, 64, 128, 192]
     port.emit_nonce(3)
@@ -325,8 +343,9 @@ def test_a_chip_fault_reset_waits_for_the_governors_floor_or_its_time_out():
     drv.bring_up()
     run_until(drv, clock, lambda: drv.state == "mining")
     resets = port.resets
-    drv._chip_fault(clock.monotonic(), "chip 1 (address 64) is dead")
-    assert drv.stats(clock.monotonic()).reset_pending == "chip 1 (address 64) is dead"
+    turn_flaky(port, 1)
+    run_until(drv, clock, lambda: drv.reset_pending is not None)
+    assert drv.stats(clock.monotonic()).reset_pending == "chip 1 (address 64) is flaky"
     t0 = clock.monotonic()
     run_until(drv, clock, lambda: clock.monotonic() - t0 > 2.0)
     assert port.resets == resets and drv.state == "mining"  # hashing on, no reset yet
@@ -338,8 +357,9 @@ def test_a_chip_fault_reset_waits_for_the_governors_floor_or_its_time_out():
     # a governor that never gets there (a bug): the reset comes after the time-out anyway
     drv.set_frequency(400.0)
     run_until(drv, clock, lambda: drv.state == "mining")
-    clock.advance(2.0)
-    drv._chip_fault(clock.monotonic(), "chip 2 (address 128) is flaky")
+    turn_flaky(port, 2)
+    run_until(drv, clock, lambda: drv.reset_pending is not None)
+    assert drv.reset_pending == "chip 2 (address 128) is flaky"
     t1 = clock.monotonic()
     run_until(drv, clock, lambda: drv.recoveries == 2)
     assert 5.0 <= clock.monotonic() - t1 < 5.5

@@ -1,4 +1,5 @@
-"""The control loop: board samples, governor, actuation, grid session, stop (agent/runtime.py)."""
+"""The control loop: board samples, governor, actuation, grid session, stop
+(agent/control/runtime.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from dataclasses import dataclass, field
 from driver_fake import EASY, FakeChainPort
 
 from agent.chain.board import BoardSample as Sample
-from agent.chain.driver import ChainDriver, ChainSettings
+from agent.chain.driver import ChainDriver
+from agent.chain.settings import ChainSettings
 from agent.chain.work import LocalWorkSource
 from agent.clock import FakeClock
 from agent.config import config_from_mapping

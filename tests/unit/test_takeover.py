@@ -1,6 +1,7 @@
 """Agent restart with the chain hashing: the new agent takes the running chain over without a
 reset and moves its load at the ramp limit from where it is (agent/app.py take_over,
-driver.read_running_chain/adopt/wind_down, Governor.adopt, Runtime.adopt, GridSession hot start).
+takeover.read_running_chain/wind_down, ChainDriver.adopt, Governor.adopt, Runtime.adopt,
+GridSession hot start).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from driver_fake import EASY, FakeChainPort
 from test_driver_runtime import FakeBoard, make, run_for
 from test_grid_policy import KEY, FakeLink, FakeSink, Rig
 
-from agent.chain.driver import ChainDriver, ChainSettings, probe_chain, read_running_chain
-from agent.chain.work import LocalWorkSource
 from agent.app import detect_chain, find_running_chain, take_over
+from agent.chain.driver import ChainDriver
+from agent.chain.settings import ChainSettings
+from agent.chain.takeover import probe_chain, read_running_chain
+from agent.chain.work import LocalWorkSource
 from agent.clock import FakeClock
 from agent.config import config_from_mapping
 from agent.control.governor import Governor

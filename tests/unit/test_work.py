@@ -1,4 +1,4 @@
-"""Work source, job-slot table and nonce checks (agent/work.py)."""
+"""Work source, job-slot table and nonce checks (agent/chain/work.py)."""
 
 from __future__ import annotations
 
