@@ -51,8 +51,8 @@ def build_grid(config: Any, runtime: Any, clock: Any) -> tuple[Any, Any]:
     unusable."""
     from agent.control.runtime import GovernorSink
     from agent.grid.link import GridLink, LinkSettings
-    from agent.grid.replay import check_state_dir
     from agent.grid.session import GridPolicy, GridSession, load_operator_keys
+    from agent.grid.trust import check_state_dir
 
     grid = config.grid
     check_state_dir(grid.state_dir, grid.insecure_dev)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.errors import GridLinkError
 from agent.grid import cose
 from agent.grid.contract import FALLBACKS, PREFIX
+from agent.grid.replay import StateFile
+from agent.grid.trust import check_private_file
 from agent.site.client import BrokerOptions, Operator
 from agent.site.signer import CommandSigner, SeqCounter, kid_for
 from agent.site.view import watch
@@ -50,13 +51,13 @@ def _common(p: argparse.ArgumentParser, needs_key: bool) -> None:
     p.add_argument("--timeout", type=float, default=5.0, metavar="S",
                    help="seconds to wait for acks (watch: total time, default forever)")
     p.add_argument("--site", required=True)
+    p.add_argument("--insecure-dev", action="store_true",
+                   help="accept a private key or password file readable by others (lab only)")
     if needs_key:
         p.add_argument("--key", required=True, metavar="PRIVATE.pem", help="operator private key")
         p.add_argument("--kid", help="key id (default: derived from the key)")
         p.add_argument("--seq-file", metavar="FILE",
                        help="persisted seq counter (default: PRIVATE.pem.seq.json)")
-        p.add_argument("--insecure-dev", action="store_true",
-                       help="accept a private key readable by others (lab only)")
 
 
 def _target(p: argparse.ArgumentParser) -> None:
@@ -98,6 +99,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _broker_options(args: argparse.Namespace) -> BrokerOptions:
     password = None
     if args.password_file:
+        check_private_file(args.password_file, "password file", args.insecure_dev)
         password = Path(args.password_file).read_text(encoding="utf-8").strip()
     return BrokerOptions(args.broker, args.ca, args.cert, args.client_key, args.username, password)
 
@@ -110,12 +112,14 @@ def keygen(args: argparse.Namespace) -> int:
             print(f"{path} exists (use --force to overwrite)", file=sys.stderr)
             return EXIT_ERROR
     key = Ed25519PrivateKey.generate()
-    key_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(cose.private_pem(key))
-    os.chmod(key_path, 0o600)
-    pub_path.write_bytes(cose.public_pem(key.public_key()))
+    # Each file is replaced whole by a new one (0600 from its first byte): a reader of an old,
+    # looser file never sees the new key, and the public key is not writable by group/others.
+    try:
+        StateFile(key_path, mode=0o600).write_bytes(cose.private_pem(key))
+        StateFile(pub_path, mode=0o644).write_bytes(cose.public_pem(key.public_key()))
+    except OSError as exc:
+        print(f"gridminer operator: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     print(f"private key {key_path} (0600), public key {pub_path}", file=sys.stderr)
     print(kid_for(key.public_key()))
     return EXIT_OK

@@ -1,13 +1,11 @@
-"""Where the broker is, which files may hold its secrets, and the paho socket plumbing that the
-device's link and the operator's client share."""
+"""Where the broker is, and the paho socket plumbing that the device's link and the operator's
+client share."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
-import stat
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,19 +50,6 @@ def parse_broker_url(url: str) -> BrokerAddress:
     except ValueError as exc:
         raise GridLinkError(f"broker URL {url!r}: bad port") from exc
     return BrokerAddress(parts.scheme, parts.hostname, port)
-
-
-def check_private_file(path: str | os.PathLike[str], what: str, insecure: bool) -> None:
-    """Refuse a secret (key, password) that others can read, unless `insecure` (logged loudly)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise GridLinkError(f"{what} {path}: cannot read ({exc.strerror})") from exc
-    if stat.S_IMODE(mode) & 0o077:
-        msg = f"{what} {path} is readable by group/others (mode {stat.S_IMODE(mode):o}); chmod 600"
-        if not insecure:
-            raise GridLinkError(msg)
-        log.warning("INSECURE DEVELOPMENT MODE: %s", msg)
 
 
 def no_delay(client: Any, userdata: Any, sock: Any) -> None:

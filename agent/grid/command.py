@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -47,15 +47,26 @@ class Command:
     fallback: str = DEFAULT_FALLBACK
     kid: bytes = b""
     topic: str = ""
+    # Once the device took it: the monotonic times at which it takes effect and lapses, so that a
+    # step of the wall clock neither starts, ends nor extends it (`pinned`). Not persisted.
+    start_s: float | None = field(default=None, compare=False)
+    end_s: float | None = field(default=None, compare=False)
 
     @property
     def start_ms(self) -> int:
         """When the command takes effect (`nbf`, default `iat`)."""
         return self.iat if self.nbf is None else self.nbf
 
+    def pinned(self, wall_ms: int, now_s: float) -> Command:
+        """This command with `start_s`/`end_s` from its `nbf`/`exp`, read against a trusted wall
+        time `wall_ms` taken at monotonic time `now_s`."""
+        return replace(self, start_s=now_s + max(0, self.start_ms - wall_ms) / 1000.0,
+                       end_s=now_s + (self.exp - wall_ms) / 1000.0)
+
     def to_json(self) -> dict[str, Any]:
-        """For the device's state file (bytes as hex)."""
-        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """For the device's state file (bytes as hex; the monotonic times are left out)."""
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__
+                if k not in ("start_s", "end_s")}
         data["id"] = self.id.hex()
         data["kid"] = self.kid.hex()
         return data
@@ -218,8 +229,10 @@ class CommandChecker:
         self.replay = replay
 
     def check(
-        self, topic: str, payload: bytes, now_ms: int, caps: Mapping[str, Any]
+        self, topic: str, payload: bytes, now_ms: int | None, caps: Mapping[str, Any]
     ) -> Verdict:
+        """The verdict on one command; `now_ms` None means the device does not trust its clock:
+        checks 1-5 still run, then the command is `unavailable` instead of being timed."""
         echo: dict[str, Any] = {}
         try:
             # 1. too_large
@@ -248,7 +261,9 @@ class CommandChecker:
             # 5. unsupported_version
             if cmd.v != VERSION:
                 raise _Reject("unsupported_version", f"v {cmd.v} not supported (device speaks 1)")
-            # 6. expired
+            # 6. expired, against a clock the device trusts (else unavailable)
+            if now_ms is None:
+                raise _Reject("unavailable", "device clock not trusted")
             self._check_time(cmd, now_ms)
             # 7. replayed / duplicate
             state, original = self.replay.lookup(cmd.kid, cmd.id, cmd.seq, cmd.iat)

@@ -32,6 +32,10 @@ REASONS = (  # §3.3, checked in this order
     "expired",
     "replayed",
     "out_of_range",
+    # Added compatibly: the codes above keep their meaning and order; these two may come after.
+    "unavailable",  # the device cannot act on commands now: its clock is not trusted (checked
+    #                 before `expired`) or its replay state cannot be saved (after `out_of_range`)
+    "schedule_full",  # a command for later, while `max_scheduled` already wait for their `nbf`
 )
 RESULTS = ("accepted", "scheduled", "duplicate", "rejected")  # §4
 OK_RESULTS = RESULTS[:3]  # what an operator counts as taken
@@ -81,3 +85,23 @@ class Topics:
                 raise ValueError(f"{name} {value!r} must match [A-Za-z0-9_-]{{1,64}}")
         if self.device == ALL:
             raise ValueError("device id 'all' is reserved for the site topic")
+
+
+MAX_RESPONSE_TOPIC_BYTES = 256  # a Response Topic (§2) longer than this is not answered on
+
+
+def response_topic_problem(topics: Topics, topic: str) -> str | None:
+    """Why a command's Response Topic must not carry its ack (None when it may): it must be the
+    device's ack topic or lie below it (the ACL of §1 lets the device write nothing else), and be
+    a topic one can publish on: no wildcard, no NUL, valid UTF-8, at most 256 bytes."""
+    if topic != topics.ack and not topic.startswith(topics.ack + "/"):
+        return "outside this device's ack topic"
+    if any(c in topic for c in "+#\x00"):
+        return "holds a wildcard or NUL"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not UTF-8"
+    if size > MAX_RESPONSE_TOPIC_BYTES:
+        return f"over {MAX_RESPONSE_TOPIC_BYTES} bytes"
+    return None

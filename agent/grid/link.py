@@ -41,10 +41,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from agent import __version__
 from agent.clock import Clock, SystemClock
 from agent.errors import GridLinkError
-from agent.grid.broker import check_private_file, no_delay, parse_broker_url, release_sockets
+from agent.grid.broker import no_delay, parse_broker_url, release_sockets
 from agent.grid.contract import CONTENT_TYPE_CBOR, MAX_PAYLOAD_BYTES, Topics
 from agent.grid.replay import StateFile
 from agent.grid.telemetry import encode, status_map
+from agent.grid.trust import check_private_file
 
 log = logging.getLogger(__name__)
 

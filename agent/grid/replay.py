@@ -1,25 +1,35 @@
 """Replay protection that survives kill -9: last accepted seq per kid, recent ids with their acks.
 
 The state is a small JSON file written atomically (temp file, fsync, rename, fsync of the folder)
-before an accepted command is applied or acked, so a restart never reopens a replay window.
+before an accepted command is applied or acked, so a restart never reopens a replay window. The
+folder it lives in is checked before the agent goes online (`check_state_dir`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-class StateFile:
-    """A JSON document replaced atomically on every save."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+class StateFile:
+    """A file replaced atomically on every save: a JSON document (`save`) or bytes (`write_bytes`).
+
+    `mode` is the file's exact permission bits (the umask does not loosen or tighten them);
+    `writer` is os.write, a seam for tests (short writes, ENOSPC, EIO)."""
+
+    def __init__(self, path: str | os.PathLike[str],
+                 writer: Callable[[int, memoryview], int] = os.write, mode: int = 0o600) -> None:
         self.path = Path(path)
+        self.writer = writer
+        self.mode = mode
 
     def load(self) -> dict[str, Any] | None:
         """The saved document, None if there is none; ValueError if it is unreadable."""
@@ -33,16 +43,34 @@ class StateFile:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
+        self.write_bytes(json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+
+    def write_bytes(self, blob: bytes) -> None:
+        """Replace the file with `blob`, or raise OSError and leave it as it was.
+
+        The bytes go to a temp file beside it, created anew with `mode` (never one left by a
+        crash or by someone else, which another reader may hold open), written whole however
+        short the writes, synced, then renamed over the file; the folder is synced last."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        blob = json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.mode)
         try:
-            os.write(fd, blob)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                os.fchmod(fd, self.mode)
+                rest = memoryview(blob)
+                while rest:
+                    written = self.writer(fd, rest)
+                    if written <= 0:
+                        raise OSError(errno.EIO, "the write took no bytes")
+                    rest = rest[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -68,8 +96,8 @@ def _ack_from_json(ack: dict[str, Any]) -> dict[str, Any]:
 class ReplayGuard:
     """Last accepted `seq` per `kid` and the acks of the most recent accepted ids.
 
-    `floor_ms`: after the state was lost (corrupt file), commands issued before this wall time are
-    treated as replays for every kid that has no accepted seq yet.
+    `floor_ms`: set when the state starts afresh (first start, a state file lost or unreadable):
+    commands issued before this wall time are replays for every kid with no accepted seq yet.
     """
 
     def __init__(self, recent_max: int = 256) -> None:

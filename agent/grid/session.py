@@ -5,6 +5,11 @@ thread). It takes the commands the network thread queued, checks them (agent.gri
 the replay state before anything acts, applies accepted commands to a `SetpointSink` (the
 governor), answers with acks, runs the `nbf` scheduler, the `exp` lapse, the link-loss fallback
 and the restart spread, and publishes telemetry from the runtime's snapshot.
+
+Each inbound message is handled on its own: whatever it holds, and whatever goes wrong with it, it
+is PUBACKed and the others are served. Commands are timed against the wall clock only while the
+device trusts it (agent.clock.WallClockTrust); once taken, a command's `nbf` and `exp` run on the
+monotonic clock. A command that takes effect supersedes the older ones of its key still waiting.
 """
 
 from __future__ import annotations
@@ -20,19 +25,21 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.clock import Clock, SystemClock
+from agent.clock import Clock, SystemClock, WallClockTrust
 from agent.errors import GridLinkError
 from agent.grid import cose
 from agent.grid.command import CheckPolicy, Command, CommandChecker, ack_map
-from agent.grid.contract import LIMITS, Topics
+from agent.grid.contract import LIMITS, Topics, response_topic_problem
 from agent.grid.link import Inbound
 from agent.grid.replay import ReplayGuard, StateFile
 from agent.grid.telemetry import TelemetryBuffer, caps_map, encode
+from agent.grid.trust import check_owner_only_write
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 DEFAULT_OP = "resume"  # what "the configured default target" means to the sink
+FAILURE_LOG_PERIOD_S = 60.0  # a failing inbound message is logged at most this often
 
 
 class Decision(Protocol):
@@ -88,8 +95,10 @@ class GridPolicy:
 
     telemetry_period_s: float = 1.0
     telemetry_buffer: int = 3600
+    telemetry_batch: int = 50  # buffered messages published per service() after an outage
     max_validity_s: float = 86_400.0
-    clock_skew_s: float = 30.0
+    clock_skew_s: float = 30.0  # also the most the wall clock may step between two readings
+    clock_settle_s: float = 10.0  # a wall clock that stepped is trusted after this long steady
     restart_spread_s: float = 30.0
     link_grace_s: float = 10.0  # at start, how long a never-connected link is not yet "lost"
     recent_ids: int = 256
@@ -110,8 +119,9 @@ def load_operator_keys(
 ) -> dict[bytes, Ed25519PublicKey]:
     """{kid bytes: public key} from (kid, path) pairs or objects with .kid/.path.
 
-    The kid on the wire is the UTF-8 of the configured kid text. No key at all is refused unless
-    `insecure_dev` (then every command is rejected `bad_signature`, logged loudly)."""
+    The kid on the wire is the UTF-8 of the configured kid text. A key file that group or others
+    may write is refused (a trust anchor), and so is no key at all, unless `insecure_dev` (then
+    that is logged loudly; with no key every command is rejected `bad_signature`)."""
     out: dict[bytes, Ed25519PublicKey] = {}
     for item in keys or ():
         kid, path = (item.kid, item.path) if hasattr(item, "kid") else item
@@ -119,6 +129,7 @@ def load_operator_keys(
             out[str(kid).encode("utf-8")] = cose.load_public_key(Path(path).read_bytes())
         except (OSError, ValueError) as exc:
             raise GridLinkError(f"operator key {kid!r} at {path}: {exc}") from exc
+        check_owner_only_write(path, f"operator key {kid!r}:", insecure_dev)
     if not out:
         if not insecure_dev:
             raise GridLinkError("no operator public key configured (grid.operator_keys)")
@@ -135,6 +146,29 @@ def _decision_fields(decision: Any) -> tuple[float | None, str | None, float | N
     applied_w = float(applied) if isinstance(applied, (int, float)) else None
     eta_s = float(eta) if isinstance(eta, (int, float)) else None
     return applied_w, (limited if limited in LIMITS else None), eta_s
+
+
+def _still_waiting(scheduled: list[Command], newer: Command) -> list[Command]:
+    """The scheduled commands `newer` does not supersede: those of other keys, or later ones."""
+    return [c for c in scheduled if c.kid != newer.kid or c.seq > newer.seq]
+
+
+class _FailureLog:
+    """Logs the first failure, then at most one a period, with the count of those left out."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._next_s = -math.inf
+        self._suppressed = 0
+
+    def report(self, now_s: float, text: str, exc: BaseException) -> None:
+        if now_s < self._next_s:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more suppressed)" if self._suppressed else ""
+        log.error("%s%s", text, more, exc_info=exc)
+        self._suppressed = 0
+        self._next_s = now_s + self.period_s
 
 
 class GridSession:
@@ -164,6 +198,8 @@ class GridSession:
             self.replay,
         )
         self.state = StateFile(Path(state_dir) / "grid.json")
+        self.trust = WallClockTrust(self.clock, self.policy.clock_skew_s,
+                                    self.policy.clock_settle_s)
         self.telemetry = TelemetryBuffer(self.policy.telemetry_buffer)
         self.active: Command | None = None
         self.scheduled: list[Command] = []
@@ -177,6 +213,11 @@ class GridSession:
         self._mode: str | None = None
         self._started = False
         self._dirty = False
+        self._failures = _FailureLog(FAILURE_LOG_PERIOD_S)
+        self._clock_problem: str | None = None  # the last one logged
+        self._trusted_ms: int | None = None  # the latest trusted wall time (persisted)
+        self._floor_pending = False  # a new state waits for a trusted clock to set its floor
+        self._unpinned = False  # restored commands wait for a trusted clock to time them
         # caps known now, so the link's first birth and Will carry them (start the link after)
         self.link.set_status(caps_map(self._caps()), None)
 
@@ -187,10 +228,13 @@ class GridSession:
         is on: no curtail and no spread, the persisted active command (or the default) goes on
         from the current load, ramp-limited by the governor."""
         now_s = self.clock.monotonic()
-        now_ms = self._now_ms()
         self._started_s = now_s
         self._next_telemetry_s = now_s
-        self._restore(now_ms)
+        self._restore()
+        self._wall_ms(now_s)  # times the restored commands if the clock is trusted
+        if self.active is not None and self.active.end_s is not None and self.active.end_s <= now_s:
+            self.active = None  # lapsed while the agent was down
+        self.scheduled = [c for c in self.scheduled if c.end_s is None or c.end_s > now_s]
         if hot:
             self.hold_until_s = None
             log.info("hot start: the load is on; continuing without a restart spread")
@@ -216,102 +260,128 @@ class GridSession:
         if not self._started:
             self.start()
         now_s = self.clock.monotonic() if now_s is None else now_s
-        now_ms = self._now_ms()
+        wall_ms = self._wall_ms(now_s)
         for msg in self.link.drain():
-            self._handle(msg, now_ms, now_s)
-        self._run_schedule(now_ms)
-        self._run_lapse(now_ms)
+            self._serve(msg, wall_ms, now_s)
+        self._run_schedule(now_s)
+        self._run_lapse(now_s)
         self._run_link_fallback(now_s)
         self._run_spread(now_s)
         if now_s >= self._next_telemetry_s:
-            self._produce_telemetry(now_ms)
+            self._produce_telemetry(self._now_ms())
             self._next_telemetry_s += self.policy.telemetry_period_s
             if self._next_telemetry_s <= now_s:
                 self._next_telemetry_s = now_s + self.policy.telemetry_period_s
         self._flush_telemetry()
         if self._dirty:
             self._save()
-        return self._next_due(now_s, now_ms)
+        return self._next_due(now_s)
 
     # ---- commands -----------------------------------------------------------------------------
-    def _handle(self, msg: Inbound, now_ms: int, now_s: float) -> None:
+    def _serve(self, msg: Inbound, wall_ms: int | None, now_s: float) -> None:
+        """Handle one message in isolation: a failure is counted and logged (rate-limited), and
+        the message is PUBACKed whatever happened, so it cannot hold up or drop the others."""
+        try:
+            self._handle(msg, wall_ms, now_s)
+        except Exception as exc:
+            self.counters["inbound_errors"] += 1
+            self._failures.report(now_s, f"command on {msg.topic!r} could not be handled", exc)
+        finally:
+            try:
+                self.link.ack(msg)
+            except Exception as exc:
+                self.counters["inbound_errors"] += 1
+                self._failures.report(now_s, f"PUBACK of a command on {msg.topic!r} failed", exc)
+
+    def _handle(self, msg: Inbound, wall_ms: int | None, now_s: float) -> None:
+        ts_ms = self._now_ms()
         caps = caps_map(self._caps())
-        verdict = self.checker.check(msg.topic, msg.payload, now_ms, caps)
+        verdict = self.checker.check(msg.topic, msg.payload, wall_ms, caps)
         if verdict.reason is not None:
-            self.counters[f"rejected_{verdict.reason}"] += 1
-            self.counters["rejected"] += 1
-            log.info("command rejected on %s: %s (%s)", msg.topic, verdict.reason, verdict.detail)
-            self._send_ack(msg, ack_map("rejected", now_ms, echo=verdict.echo,
-                                        reason=verdict.reason, detail=verdict.detail))
-            self.link.ack(msg)
+            self._reject(msg, ts_ms, verdict.echo, verdict.reason, verdict.detail)
             return
         cmd = verdict.command
-        assert cmd is not None
+        assert cmd is not None and wall_ms is not None
         if verdict.original_ack is not None:
             self.counters["duplicate"] += 1
-            self._send_ack(msg, {**verdict.original_ack, "result": "duplicate", "ts": now_ms})
-            self.link.ack(msg)
+            self._send_ack(msg, {**verdict.original_ack, "result": "duplicate", "ts": ts_ms})
             return
         echo = {"id": cmd.id, "seq": cmd.seq}
+        cmd = cmd.pinned(wall_ms, now_s)
+        waits = cmd.op != "ping" and cmd.start_ms > wall_ms
+        active, scheduled = self.active, self.scheduled
         if cmd.op == "ping":
-            ack = ack_map("accepted", now_ms, echo=echo, applied_w=self.applied_w)
-            if not self._record(cmd, ack):
+            ack = ack_map("accepted", ts_ms, echo=echo, applied_w=self.applied_w)
+        elif waits:
+            if len(scheduled) >= self.policy.max_scheduled:
+                self._reject(msg, ts_ms, echo, "schedule_full",
+                             f"{len(scheduled)} commands already wait for their nbf")
                 return
-        elif cmd.start_ms > now_ms:
-            if len(self.scheduled) >= self.policy.max_scheduled:
-                self.counters["rejected_out_of_range"] += 1
-                self._send_ack(msg, ack_map("rejected", now_ms, echo=echo, reason="out_of_range",
-                                            detail="too many scheduled commands"))
-                self.link.ack(msg)
-                return
-            ack = ack_map("scheduled", now_ms, echo=echo, applied_w=self.applied_w,
-                          eta_s=(cmd.start_ms - now_ms) / 1000.0)
-            self.scheduled.append(cmd)
-            if not self._record(cmd, ack):
-                self.scheduled.remove(cmd)
-                return
-            self.counters["scheduled"] += 1
+            ack = ack_map("scheduled", ts_ms, echo=echo, applied_w=self.applied_w,
+                          eta_s=(cmd.start_ms - wall_ms) / 1000.0)
+            scheduled = [*scheduled, cmd]
         else:
-            previous = self.active
-            self.active = cmd
-            if not self._record(cmd, ack_map("accepted", now_ms, echo=echo)):
-                self.active = previous
-                return
-            ack = self._activate(cmd, now_ms, now_s, echo)
+            ack = ack_map("accepted", ts_ms, echo=echo)
+            active, scheduled = cmd, _still_waiting(scheduled, cmd)
+        problem = self._commit(cmd, ack, active, scheduled)
+        if problem is not None:
+            self._reject(msg, ts_ms, echo, "unavailable",
+                         f"replay state not saved ({problem}); command not applied")
+            return
+        if active is cmd:
+            ack = self._activate(cmd, ts_ms, now_s, echo)
             self.replay.update_ack(cmd.id, ack)
             self._dirty = True  # the full ack is written after it is sent (off the ack path)
+        elif waits:
+            self.counters["scheduled"] += 1
         self.counters["accepted"] += 1
         log.info("command %s seq %d (%s) %s", cmd.id.hex(), cmd.seq, cmd.op, ack["result"])
         self._send_ack(msg, ack)
-        self.link.ack(msg)
 
-    def _record(self, cmd: Command, ack: dict[str, Any]) -> bool:
-        """Persist the accepted seq/id before the command acts; False (and nothing changed) if the
-        state cannot be written: the command is then neither applied nor acked, so the broker
-        delivers it again."""
+    def _reject(self, msg: Inbound, ts_ms: int, echo: dict[str, Any], reason: str,
+                detail: str) -> None:
+        self.counters[f"rejected_{reason}"] += 1
+        self.counters["rejected"] += 1
+        log.info("command rejected on %s: %s (%s)", msg.topic, reason, detail)
+        self._send_ack(msg, ack_map("rejected", ts_ms, echo=echo, reason=reason, detail=detail))
+
+    def _commit(self, cmd: Command, ack: dict[str, Any], active: Command | None,
+                scheduled: list[Command]) -> str | None:
+        """Persist the replay state with `cmd` recorded and `active`/`scheduled` as they are to
+        become, before the command acts; then they are the session's. If the state cannot be
+        written, nothing changed (the seq is not used up) and the error is returned."""
         snapshot = self.replay.to_json()
         self.replay.record(cmd.kid, cmd.id, cmd.seq, ack)
         try:
-            self._save(raise_errors=True)
+            self.state.save(self._document(active, scheduled))
         except OSError as exc:
             log.error("cannot persist replay state (%s); command %s not applied", exc, cmd.id.hex())
             self.replay.load_json(snapshot)
             self.counters["persist_failed"] += 1
-            return False
-        return True
+            return exc.strerror or str(exc)
+        self._note_superseded(self.scheduled, scheduled, cmd)
+        self.active, self.scheduled = active, scheduled
+        return None
 
-    def _activate(self, cmd: Command, now_ms: int, now_s: float,
+    def _note_superseded(self, before: list[Command], after: list[Command],
+                         newer: Command) -> None:
+        for old in (c for c in before if c not in after):
+            self.counters["superseded"] += 1
+            log.info("scheduled command %s seq %d superseded by seq %d", old.id.hex(), old.seq,
+                     newer.seq)
+
+    def _activate(self, cmd: Command, ts_ms: int, now_s: float,
                   echo: dict[str, Any]) -> dict[str, Any]:
         """Apply a command that takes effect now and build its ack."""
         holding = self.hold_until_s is not None and now_s < self.hold_until_s
         if holding and cmd.op in ("setpoint", "resume"):
             # Ramping up waits for the restart spread; the ack says when it will start.
             assert self.hold_until_s is not None
-            return ack_map("accepted", now_ms, echo=echo, applied_w=self.applied_w,
+            return ack_map("accepted", ts_ms, echo=echo, applied_w=self.applied_w,
                            limited_by="ramp", eta_s=self.hold_until_s - now_s)
         decision = self._apply_command(cmd)
         applied_w, limited_by, eta_s = _decision_fields(decision)
-        return ack_map("accepted", now_ms, echo=echo, applied_w=applied_w, limited_by=limited_by,
+        return ack_map("accepted", ts_ms, echo=echo, applied_w=applied_w, limited_by=limited_by,
                        eta_s=eta_s)
 
     def _apply_command(self, cmd: Command) -> Any:
@@ -337,7 +407,18 @@ class GridSession:
         self._apply(DEFAULT_OP, None, None)
 
     def _send_ack(self, msg: Inbound, ack: dict[str, Any]) -> None:
-        topic = msg.response_topic or self.topics.ack
+        """On the command's Response Topic when it lies in the device's ack tree (contract
+        `response_topic_problem`), else on the ack topic with the reason in `detail`."""
+        topic = self.topics.ack
+        if msg.response_topic is not None:
+            problem = response_topic_problem(self.topics, msg.response_topic)
+            if problem is None:
+                topic = msg.response_topic
+            else:
+                self.counters["response_topic_refused"] += 1
+                detail = "; ".join(filter(None, (f"response topic refused: {problem}",
+                                                 ack.get("detail"))))
+                ack = {**ack, "detail": detail[:120]}
         self.link.publish(
             topic, encode(ack), qos=1, retain=False, correlation_data=msg.correlation_data,
             user_properties=(("site", self.topics.site), ("dev", self.topics.device)),
@@ -347,31 +428,36 @@ class GridSession:
     def _holding(self, now_s: float) -> bool:
         return self.hold_until_s is not None and now_s < self.hold_until_s
 
-    def _run_schedule(self, now_ms: int) -> None:
-        due = sorted((c for c in self.scheduled if c.start_ms <= now_ms),
-                     key=lambda c: (c.start_ms, c.seq))
+    def _run_schedule(self, now_s: float) -> None:
+        due = sorted((c for c in self.scheduled if c.start_s is not None and c.start_s <= now_s),
+                     key=lambda c: (c.start_s, c.seq))
         if not due:
             return
+        started = None
         for cmd in due:
+            if cmd not in self.scheduled:
+                continue  # superseded by one that started before it in this pass
             self.scheduled.remove(cmd)
-            if now_ms >= cmd.exp:
+            if cmd.end_s is not None and now_s >= cmd.end_s:
                 continue
-            self.active = cmd
+            before = self.scheduled
+            self.active, self.scheduled, started = cmd, _still_waiting(before, cmd), cmd
+            self._note_superseded(before, self.scheduled, cmd)
             log.info("scheduled command %s (%s) takes effect", cmd.id.hex(), cmd.op)
         self._save()
-        now_s = self.clock.monotonic()
-        if self.active is not None and self.active in due:
-            if self._holding(now_s) and self.active.op in ("setpoint", "resume"):
+        if started is not None:
+            if self._holding(now_s) and started.op in ("setpoint", "resume"):
                 return
-            self._apply_command(self.active)
+            self._apply_command(started)
 
-    def _run_lapse(self, now_ms: int) -> None:
-        if self.active is None or now_ms < self.active.exp:
+    def _run_lapse(self, now_s: float) -> None:
+        active = self.active
+        if active is None or active.end_s is None or now_s < active.end_s:
             return
-        log.info("command %s lapsed at exp", self.active.id.hex())
+        log.info("command %s lapsed at exp", active.id.hex())
         self.active = None
         self._save()
-        if not self._holding(self.clock.monotonic()):
+        if not self._holding(now_s):
             self._apply_default("lapsed")
 
     def _run_link_fallback(self, now_s: float) -> None:
@@ -397,14 +483,15 @@ class GridSession:
         else:
             self._apply_default("started")
 
-    def _next_due(self, now_s: float, now_ms: int) -> float:
+    def _next_due(self, now_s: float) -> float:
         due = [self._next_telemetry_s - now_s]
+        if len(self.telemetry) and self.link.connected:
+            due.append(0.0)  # more of the backlog at once
         if self.hold_until_s is not None:
             due.append(self.hold_until_s - now_s)
-        if self.scheduled:
-            due.append(min(c.start_ms for c in self.scheduled) / 1000.0 - now_ms / 1000.0)
-        if self.active is not None:
-            due.append(self.active.exp / 1000.0 - now_ms / 1000.0)
+        due.extend(c.start_s - now_s for c in self.scheduled if c.start_s is not None)
+        if self.active is not None and self.active.end_s is not None:
+            due.append(self.active.end_s - now_s)
         return max(0.0, min(due))
 
     # ---- telemetry and status -----------------------------------------------------------------
@@ -444,7 +531,11 @@ class GridSession:
         self._publish_status(snap)
 
     def _flush_telemetry(self) -> None:
-        while self.link.connected:
+        """Publish buffered telemetry, oldest first, at most `telemetry_batch` a call, so that the
+        backlog of a long outage does not hold up the control thread."""
+        for _ in range(self.policy.telemetry_batch):
+            if not self.link.connected:
+                return
             msg = self.telemetry.peek()
             if msg is None:
                 return
@@ -452,51 +543,81 @@ class GridSession:
                 return
             self.telemetry.pop()
 
-    # ---- persistence --------------------------------------------------------------------------
+    # ---- clock and persistence ----------------------------------------------------------------
     def _now_ms(self) -> int:
+        """Device time for `ts` fields (whether or not the clock is trusted)."""
         return math.floor(self.clock.time() * 1000)
 
-    def _save(self, raise_errors: bool = False) -> None:
-        self._dirty = False
-        doc = {
+    def _wall_ms(self, now_s: float) -> int | None:
+        """The wall time if the device trusts its clock, else None. The first trusted reading
+        also settles what waited for one: the replay floor of a new state, the monotonic times
+        of restored commands."""
+        wall_s = self.trust.read()
+        problem = self.trust.problem
+        if problem != self._clock_problem:
+            if problem is not None:
+                log.warning("device clock not trusted (%s; now %d ms): commands are answered "
+                            "unavailable", problem, self._now_ms())
+            else:
+                log.info("device clock trusted")
+            self._clock_problem = problem
+        if wall_s is None:
+            return None
+        wall_ms = math.floor(wall_s * 1000)
+        self._trusted_ms = wall_ms
+        if self._floor_pending:
+            self._floor_pending = False
+            self.replay.floor_ms = wall_ms - round(self.policy.clock_skew_s * 1000)
+            log.warning("new grid state: commands issued before %d ms are refused as replays "
+                        "(send a fresh command)", self.replay.floor_ms)
+            self._dirty = True
+        if self._unpinned:
+            self._unpinned = False
+            if self.active is not None:
+                self.active = self.active.pinned(wall_ms, now_s)
+            self.scheduled = [c.pinned(wall_ms, now_s) for c in self.scheduled]
+        return wall_ms
+
+    def _document(self, active: Command | None, scheduled: list[Command]) -> dict[str, Any]:
+        return {
             "v": STATE_VERSION,
             "replay": self.replay.to_json(),
-            "active": self.active.to_json() if self.active is not None else None,
-            "scheduled": [c.to_json() for c in self.scheduled],
+            "active": active.to_json() if active is not None else None,
+            "scheduled": [c.to_json() for c in scheduled],
+            "saved_ms": self._trusted_ms,  # the clock is not trusted before this, at the next start
         }
+
+    def _save(self) -> None:
+        self._dirty = False
         try:
-            self.state.save(doc)
+            self.state.save(self._document(self.active, self.scheduled))
         except OSError:
-            if raise_errors:
-                raise
             log.exception("cannot persist grid state")
 
-    def _restore(self, now_ms: int) -> None:
+    def _restore(self) -> None:
+        """Load the persisted state. A missing one (first start, tmpfs, reflash) or an unreadable
+        one (moved aside) starts afresh with a replay floor: commands issued before the first
+        trusted wall time, less the allowed skew, count as replays for every key."""
         try:
             doc = self.state.load()
         except ValueError as exc:
-            bad = self.state.quarantine()
-            log.error("grid state unreadable (%s), kept as %s; commands issued before now are "
-                      "refused as replays", exc, bad)
-            self.replay.floor_ms = now_ms
-            self._save()
-            return
-        if doc is None:
-            return
-        try:
-            self.replay.load_json(doc.get("replay", {}))
-            active = doc.get("active")
-            cmd = Command.from_json(active) if active else None
-            self.active = cmd if cmd is not None and cmd.exp > now_ms else None
-            self.scheduled = [
-                c for c in (Command.from_json(x) for x in doc.get("scheduled", []))
-                if c.exp > now_ms
-            ]
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("grid state has bad content (%s); commands issued before now are refused",
-                      exc)
-            self.replay = ReplayGuard(self.policy.recent_ids)
-            self.replay.floor_ms = now_ms
-            self.checker.replay = self.replay
-            self.active, self.scheduled = None, []
-            self._save()
+            log.error("grid state unreadable (%s), kept as %s", exc, self.state.quarantine())
+            doc = None
+        if doc is not None:
+            try:
+                self.replay.load_json(doc.get("replay", {}))
+                active = doc.get("active")
+                self.active = Command.from_json(active) if active else None
+                self.scheduled = [Command.from_json(x) for x in doc.get("scheduled", [])]
+                saved = doc.get("saved_ms")
+                self._trusted_ms = int(saved) if saved is not None else None
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                log.error("grid state has bad content (%s), kept as %s", exc,
+                          self.state.quarantine())
+                self.replay.load_json({})
+                self.active, self.scheduled, self._trusted_ms, doc = None, [], None, None
+        self._unpinned = self.active is not None or bool(self.scheduled)
+        self._floor_pending = doc is None
+        if self._trusted_ms is not None:
+            self.trust.not_before(self._trusted_ms / 1000.0 - self.policy.clock_skew_s,
+                                  "before the last persisted time")

@@ -3,6 +3,7 @@ CLI end to end (ack printed, the sink got the setpoint), site-wide commands."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ from hypothesis import strategies as st
 
 from agent.grid import cose
 from agent.grid.contract import REASONS
+from agent.grid.replay import StateFile
+from agent.grid.session import GridPolicy
 from agent.site.signer import CommandSigner
 from tests.integration.conftest import KID, OPERATOR_KEY, operator_for, plain_settings
 
@@ -86,11 +89,67 @@ def test_each_rejection_code_is_acked_over_the_broker(setup) -> None:
         op.publish_raw(CMD_TOPIC, payload, REPLY, name.encode(), 60)
     got = {corr.decode(): ack for ack, corr in acks_for(op, len(crafted))}
     assert set(got) == set(crafted)
-    for name in REASONS:
+    for name in (r for r in REASONS if r in crafted):
         assert got[name]["result"] == "rejected" and got[name]["reason"] == name, got[name]
     assert "id" not in got["too_large"]
     assert got["accepted"]["result"] == "accepted"
     assert dev.sink.calls[-1] == ("setpoint", 1500, None)
+
+
+def test_the_added_reason_codes_are_acked_over_the_broker(mosquitto, tmp_path,
+                                                          device_factory) -> None:
+    policy = GridPolicy(restart_spread_s=0.0, telemetry_period_s=0.2, max_scheduled=1)
+    dev = device_factory(plain_settings(mosquitto, tmp_path), name="d", policy=policy)
+    wait_online(dev)
+    with operator_for(mosquitto, tmp_path).connect() as op:
+        op.subscribe([REPLY])
+        later = int(time.time() * 1000) + 600_000
+        for name, seq in (("scheduled", 10), ("schedule_full", 11)):
+            signed = op.signer.build("site-a", "dev-1", "setpoint", seq=seq, power_w=1500,
+                                     nbf_ms=later, validity_s=900)
+            op.publish_raw(CMD_TOPIC, signed.payload, REPLY, name.encode(), 60)
+        assert [a["result"] for a, _ in acks_for(op, 2)] == ["scheduled", "rejected"]
+        working = dev.session.state
+        dev.session.state = StateFile(working.path, writer=full_disk)
+        signed = op.signer.build("site-a", "dev-1", "standby", seq=12)
+        op.publish_raw(CMD_TOPIC, signed.payload, REPLY, b"unavailable", 60)
+        [(ack, _)] = acks_for(op, 1)
+        dev.session.state = working
+    assert ack["result"] == "rejected" and ack["reason"] == "unavailable", ack
+    assert "No space left on device" in ack["detail"]
+    assert dev.session.counters["rejected_schedule_full"] == 1
+    assert all(call[0] != "standby" for call in dev.sink.calls)
+
+
+def full_disk(fd: int, data: memoryview) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("response", [
+    "gridminer/site-a/dev-1/ack/+",  # paho raised on this inside the session
+    "gridminer/site-a/dev-1/ack/#",
+    "gridminer/site-a/dev-2/ack",  # another device's answers
+])
+def test_a_response_topic_outside_the_ack_tree_is_answered_on_the_ack_topic(
+    setup, response: str
+) -> None:
+    import cbor2
+
+    dev, op = setup
+    bad = op.signer.build("site-a", "dev-1", "setpoint", seq=1, power_w=1500)
+    good = op.signer.build("site-a", "dev-1", "setpoint", seq=2, power_w=1600)
+    op.publish_raw(CMD_TOPIC, bad.payload, response, b"bad", 60)
+    op.publish_raw(CMD_TOPIC, good.payload, REPLY, b"good", 60)
+    deadline = time.monotonic() + 5
+    seen: dict[str, tuple[str, dict]] = {}
+    while len(seen) < 2 and time.monotonic() < deadline:
+        topic, payload, props, _ = op.messages.get(timeout=max(0.01, deadline - time.monotonic()))
+        seen[props.CorrelationData.decode()] = (topic, cbor2.loads(payload))
+    assert seen["bad"][0] == "gridminer/site-a/dev-1/ack"
+    assert "response topic refused" in seen["bad"][1]["detail"]
+    assert seen["good"] == (REPLY, seen["good"][1]) and seen["good"][1]["result"] == "accepted"
+    assert not dev.errors and dev.link.connected
+    assert dev.session.counters["inbound_errors"] == 0
 
 
 def test_fuzzed_payloads_through_the_broker_never_crash_the_device(setup) -> None:

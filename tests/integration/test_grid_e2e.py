@@ -75,3 +75,23 @@ def test_operator_setpoint_moves_the_emulated_chain(mosquitto, emulator, tmp_pat
         obs.close()
         stop_process(agent, 20)
         agent_err.close()
+
+
+def test_an_agent_whose_state_folder_cannot_be_written_stops_at_start(mosquitto, emulator,
+                                                                      tmp_path) -> None:
+    info, _ = emulator
+    done = cli("operator", "keygen", "--key", str(tmp_path / "op.pem"))
+    assert done.returncode == 0, done.stderr
+    state = tmp_path / "state"
+    state.write_text("a file where the state folder should be")
+    with open(tmp_path / "agent.err", "w") as agent_err:
+        agent = start_agent(tmp_path, info["chain"], info["board"], mosquitto.url,
+                            tmp_path / "op.pub.pem", done.stdout.strip(), agent_err)
+        try:
+            code = agent.wait(60)
+        finally:
+            if agent.poll() is None:
+                stop_process(agent, 10)
+    err = (tmp_path / "agent.err").read_text()
+    assert code == 2, err
+    assert f"state folder {state}: cannot write there" in err and "Traceback" not in err

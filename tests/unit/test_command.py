@@ -63,10 +63,13 @@ CASES = {
     "expired": lambda: check(cmd_map(exp=NOW_MS - 1, iat=NOW_MS - 1000)),
     "replayed": None,
     "out_of_range": lambda: check(cmd_map(power_w=5000)),
+    "unavailable": lambda: checker().check(TOPICS.cmd, SIGNER.sign(TOPICS.cmd, cmd_map()), None,
+                                           CAPS),
 }
+SESSION_REASONS = ("schedule_full",)  # given by the session (test_grid_policy), not the checks
 
 
-@pytest.mark.parametrize("reason", REASONS)
+@pytest.mark.parametrize("reason", [r for r in REASONS if r not in SESSION_REASONS])
 def test_each_reason_code_is_produced(reason: str) -> None:
     if reason == "replayed":
         replay = ReplayGuard()
@@ -118,6 +121,24 @@ def test_checks_run_in_the_order_of_the_contract() -> None:
     assert check(cmd_map(exp=NOW_MS - 1, iat=NOW_MS - 5), c=checker(replay)).reason == "expired"
     # replayed before out_of_range
     assert check(cmd_map(power_w=99_999), c=checker(replay)).reason == "replayed"
+
+
+def test_without_a_trusted_clock_the_time_checks_say_unavailable_after_the_others() -> None:
+    untrusted = checker()
+
+    def at_no_time(cmd: dict, signer: CommandSigner = SIGNER):
+        return untrusted.check(TOPICS.cmd, signer.sign(TOPICS.cmd, cmd), None, CAPS)
+
+    verdict = at_no_time(cmd_map())
+    assert (verdict.reason, verdict.detail) == ("unavailable", "device clock not trusted")
+    assert verdict.echo == {"id": bytes(range(16)), "seq": 10}
+    # the checks that need no clock still come first, in their order
+    assert at_no_time(cmd_map(colour="red")).reason == "malformed"
+    assert at_no_time(cmd_map(), signer=OTHER).reason == "bad_signature"
+    assert at_no_time(cmd_map(dev="dev-2")).reason == "wrong_target"
+    assert at_no_time(cmd_map(v=2)).reason == "unsupported_version"
+    assert set(REASONS[:8]) == {"too_large", "malformed", "bad_signature", "wrong_target",
+                                "unsupported_version", "expired", "replayed", "out_of_range"}
 
 
 def test_a_command_signed_for_another_topic_fails_the_signature() -> None:

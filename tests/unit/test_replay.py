@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -71,3 +72,48 @@ def test_floor_after_lost_state_refuses_commands_issued_before_it() -> None:
     assert guard.lookup(b"k", b"a" * 16, 1, 1000)[0] == "new"
     guard.record(b"k", b"a" * 16, 1, {})
     assert guard.lookup(b"k", b"b" * 16, 2, 5)[0] == "new"  # the kid has a seq again
+
+
+def test_short_writes_still_write_the_whole_document(tmp_path) -> None:
+    def trickle(fd: int, data: memoryview) -> int:
+        return os.write(fd, bytes(data[:3]))  # a write may take fewer bytes than it was given
+
+    store = StateFile(tmp_path / "grid.json", writer=trickle)
+    doc = {"last_seq": {"6b": 12}, "recent": ["x" * 50]}
+    store.save(doc)
+    assert store.load() == doc
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_failed_write_raises_and_keeps_the_previous_document(tmp_path, code: int) -> None:
+    StateFile(tmp_path / "grid.json").save({"a": 1})
+
+    def failing(fd: int, data: memoryview) -> int:
+        os.write(fd, bytes(data[:2]))
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(OSError) as raised:
+        StateFile(tmp_path / "grid.json", writer=failing).save({"a": 2})
+    assert raised.value.errno == code
+    assert StateFile(tmp_path / "grid.json").load() == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.json"]  # no half-written temp
+
+
+def test_a_zero_length_write_is_an_error_not_a_hang(tmp_path) -> None:
+    store = StateFile(tmp_path / "grid.json", writer=lambda fd, data: 0)
+    with pytest.raises(OSError):
+        store.save({"a": 1})
+    assert store.load() is None
+
+
+def test_a_leftover_temp_file_readable_by_others_never_holds_the_new_document(tmp_path) -> None:
+    leftover = tmp_path / "grid.json.tmp"
+    leftover.write_text("{}")
+    leftover.chmod(0o644)
+    spy = os.open(leftover, os.O_RDONLY)  # someone who could read the leftover keeps it open
+    try:
+        StateFile(tmp_path / "grid.json").save({"secret": 1})
+        assert b"secret" not in os.pread(spy, 4096, 0)
+    finally:
+        os.close(spy)
+    assert os.stat(tmp_path / "grid.json").st_mode & 0o077 == 0
