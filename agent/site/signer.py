@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import GridLinkError
 from agent.grid import cose
-from agent.grid.broker import check_private_file
 from agent.grid.contract import ALL, ANY_DEVICE, PREFIX, VERSION
 from agent.grid.replay import StateFile
+from agent.grid.trust import check_private_file
 
 
 def kid_for(public_key: Any) -> str:
