@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.config import EnvelopeConfig
@@ -143,10 +143,12 @@ class _StuckChannels:
 
 @dataclass
 class _TripLatch:
+    """The latched trip: its reason, since when its condition has been clear, and how many trips
+    there have been."""
+
     reason: str | None = None
-    since_s: float = 0.0
     clear_since_s: float | None = None
-    history: list[tuple[float, str]] = field(default_factory=list)
+    count: int = 0
 
 
 def _finite(x: Any) -> bool:
@@ -186,7 +188,6 @@ class Envelope:
         self._last_s: float | None = None
         self._freq_history: deque[tuple[float, float]] = deque()
         # sample bookkeeping
-        self._started_s: float | None = None
         self._last_ts: float | None = None
         self._last_fresh_s: float | None = None
         self._frozen_key: tuple[Any, ...] | None = None
@@ -206,6 +207,11 @@ class Envelope:
     @property
     def tripped(self) -> bool:
         return self._trip.reason is not None
+
+    @property
+    def trips(self) -> int:
+        """How many trips the envelope has latched since start."""
+        return self._trip.count
 
     @property
     def thermal_trip(self) -> bool:
@@ -235,8 +241,6 @@ class Envelope:
     def observe(self, now_s: float, sample: BoardReading | None) -> SampleCheck:
         """Judge the latest board sample (None or a repeated `ts_s`: nothing new) and update
         the trip latch. Returns what the governor may use of it."""
-        if self._started_s is None:
-            self._started_s = now_s
         fresh = sample is not None and sample.ts_s != self._last_ts
         fault: str | None = None
         prev = self._check
@@ -351,8 +355,8 @@ class Envelope:
         trip = self._trip
         if fault is not None:
             if trip.reason is None:
-                trip.reason, trip.since_s = fault, now_s
-                trip.history.append((now_s, fault))
+                trip.reason = fault
+                trip.count += 1
                 log.warning("envelope trip: %s", fault)
             trip.clear_since_s = None
             return
@@ -396,9 +400,13 @@ class Envelope:
         prev = self._last
         if prev is None or not prev.chain_power_on:
             return None
+        return self._vcore_for(self._settling_mhz(now_s, prev))
+
+    def _settling_mhz(self, now_s: float, prev: Actuation) -> float:
+        """The highest frequency of the last output and of those still settling."""
         settling = max((fr for t, fr in self._freq_history if now_s - t < self.freq_settle_s),
                        default=prev.freq_mhz)
-        return self._vcore_for(max(settling, prev.freq_mhz))
+        return max(settling, prev.freq_mhz)
 
     def chain_restarted(self) -> None:
         """The chain lost its state (re-initialisation, power cut by the board): the next
@@ -415,10 +423,6 @@ class Envelope:
         self._last, self._last_s = running, now_s
         self._freq_history.clear()
         self._freq_history.append((now_s, running.freq_mhz))
-
-    def power_w(self, a: Actuation, temp_c: float | None) -> float:
-        """Modelled power of an actuation (0 with the chain down)."""
-        return self.model.power_w(a.freq_mhz, a.vcore_mv, temp_c) if a.chain_power_on else 0.0
 
     def enforce(self, now_s: float, proposed: Actuation) -> Actuation:
         """The last step of every output: return `proposed` brought inside the envelope."""
@@ -476,9 +480,7 @@ class Envelope:
         """Frequency and voltage for a powered chain: sequencing and the ramp on modelled power."""
         m = self.model
         # voltage: enough for the wanted frequency and for every frequency still settling
-        settling = max((fr for t, fr in self._freq_history if now_s - t < self.freq_settle_s),
-                       default=prev.freq_mhz)
-        v = self._vcore_for(max(f, settling, prev.freq_mhz))
+        v = self._vcore_for(max(f, self._settling_mhz(now_s, prev)))
         # frequency: no higher than the voltage in force supports
         f_ok = min(self.curve.max_freq_mhz(prev.vcore_mv), self.max_freq_mhz)
         if f > f_ok + 1e-9:

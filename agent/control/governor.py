@@ -3,7 +3,7 @@ and chain power, tick by tick, with measured power as feedback.
 
 Pure logic: the control thread calls `update(now_s, sample, chain_stats)` every control period
 (~100 ms) and writes the returned `Actuation`; commands (`set_target`, `curtail`, `standby`,
-`resume`, `hold_until`) are called from the same thread. Nothing here blocks or sleeps.
+`resume`) are called from the same thread. Nothing here blocks or sleeps.
 
 Tracking: a ramped reference moves toward the applied target (requested, clamped by the caps, the
 power cap and the thermal derate) at the command's ramp (never above the envelope's), and stays
@@ -29,11 +29,12 @@ which a board drawing 15 % less than the model still reaches below the frequency
 15 % more than the model, warm. Curtail and the thermal derate go deeper, to the corrected
 model's power at the minimum frequency.
 
-Modes: ``starting`` (chain at minimum frequency until the chain driver hashes, a chip temperature
-is known and any restart hold has passed; entered again when the driver re-initialises the
+Modes (`agent.grid.contract.MODES`): ``starting`` (chain at minimum frequency until the chain
+driver hashes and a chip temperature is known; entered again when the driver re-initialises the
 chain, so the load climbs back at the ramp), ``mining``, ``curtailed`` (minimum frequency),
 ``standby`` (chain powered down after ramping to minimum), ``tripped`` (envelope trip: idle, fan
-100 %). Each transition is logged on "gridminer.governor" with its reason.
+100 %). Each transition is logged on "gridminer.governor" with its reason. What limits the
+load (`limited_by`) is one of `agent.grid.contract.LIMITS`.
 """
 
 from __future__ import annotations
@@ -49,11 +50,10 @@ from agent.config import AgentConfig, model_params
 from agent.control.envelope import Actuation, BoardReading, Envelope, SampleCheck
 from agent.control.fan import FanController
 from agent.control.power_model import PowerModel, VfCurve
+from agent.grid.contract import LIMITS, MODES
 
 log = logging.getLogger("gridminer.governor")
 
-MODES = ("starting", "mining", "curtailed", "standby", "tripped")
-LIMITS = ("thermal", "power_cap", "ramp", "caps")
 THERMAL_HYSTERESIS_C = 2.0
 TOP_MARGIN = 0.05  # a target this far outside the corrected model's range is reported "caps"
 BOTTOM_MARGIN = 0.02
@@ -76,8 +76,7 @@ CAP_APPROACH_SHARE_S = 0.15  # ... and this near the cap
 class ChainFigures(Protocol):
     """What the governor reads of `agent.chain.stats.ChainStats` (all optional)."""
 
-    chips_ok: int
-    hashrate_ghs: float
+    state: str
     reset_pending: str | None
 
 
@@ -88,35 +87,10 @@ class TargetDecision:
     op: str  # setpoint, curtail, standby, resume
     requested_w: float | None
     applied_w: float  # after caps, power cap, thermal derate (0 while tripped / standby)
-    limited_by: str | None  # None, "thermal", "power_cap", "ramp", "caps"
-    eta_s: float  # estimated time to reach applied_w (hold + ramp)
+    limited_by: str | None  # None or one of LIMITS
+    eta_s: float  # estimated time to reach applied_w (ramp and response)
     ramp_w_s: float  # the ramp the governor uses for it
     mode: str
-
-
-@dataclass(frozen=True)
-class GovernorStatus:
-    """Figures for telemetry and the status line."""
-
-    mode: str
-    mode_reason: str
-    op: str
-    setpoint_w: float | None  # requested by the active command (None: curtail/standby)
-    applied_w: float
-    limited_by: str | None
-    target_w: float  # ramped reference now
-    thermal_cap_w: float | None
-    offset_w: float  # model-error correction: additive part
-    model_gain: float  # ... and gain on the chips' power
-    power_w: float | None  # last measured
-    hottest_c: float | None
-    freq_mhz: float
-    vcore_mv: int
-    fan_pct: int
-    chain_power_on: bool
-    trip_reason: str | None
-    hold_until_s: float | None
-    hashrate_ghs: float | None
 
 
 class Governor:
@@ -161,7 +135,6 @@ class Governor:
         self._op = "setpoint"
         self._requested_w: float | None = self.default_target_w
         self._cmd_ramp_w_s = self.ramp_max_w_s
-        self._hold_until_s: float | None = None
         # control state
         self._mode = "starting"
         self._mode_reason = "agent started"
@@ -182,11 +155,9 @@ class Governor:
         self._validated_w = 0.0  # highest load held steady so far (the model is checked there)
         self._last_now: float | None = None
         self._last_power_w: float | None = None
-        self._stats: Any = None
         self._applied_w = 0.0
         self._limited_by: str | None = None
         self._was_tripped = False
-        self._out: Actuation = self.envelope.idle("not started", "starting")
         log.info("governor mode starting: agent started")
 
     # ---- commands -------------------------------------------------------------------------
@@ -213,13 +184,6 @@ class Governor:
         self._requested_w = self.default_target_w
         return self._decide("resume", ramp_w_s)
 
-    def hold_until(self, t_s: float | None) -> None:
-        """Hold every increase of the target until monotonic time `t_s` (restart spread);
-        decreases still happen. None cancels the hold."""
-        self._hold_until_s = t_s
-        if t_s is not None:
-            log.info("governor: ramp-up held for %.1f s", max(0.0, t_s - self.clock.monotonic()))
-
     def adopt(self, now_s: float, freq_mhz: float, vcore_mv: float, power_w: float,
               sample: BoardReading | None = None) -> Actuation:
         """Start from a chain found hashing (an agent restart) instead of from power-on: the
@@ -235,17 +199,18 @@ class Governor:
         vcore = max(vcore, self.curve_vcore(freq))
         power = float(power_w) if math.isfinite(power_w) and power_w > 0 else \
             self.model.power_w(freq, vcore, temp)
-        m, lim = self.model, self.gcfg.correction_limit_pct / 100.0
-        overhead = m.params.overhead_w
-        chain0 = (m.power_w(freq, vcore, temp) - overhead) / m.gain  # at gain 1
+        m = self.model
+        chain0 = self._chain0_w(freq, vcore, temp)
         if self.gcfg.correction == "gain" and chain0 > 0:
-            m.gain = min(1.0 + lim, max(1.0 - lim, (power - overhead) / chain0))
+            m.gain = self._clamped_gain((power - m.params.overhead_w) / chain0)
         else:
-            resid = power - m.power_w(freq, vcore, temp)
-            self._bias_w = min(lim * self.max_power_w, max(-lim * self.max_power_w, resid))
+            self._bias_w = self._clamped_offset_w(power - m.power_w(freq, vcore, temp))
         fan = getattr(sample, "fan_pct", None)
         if isinstance(fan, int | float) and math.isfinite(fan):
             self.fan.reset(fan)
+            fan_pct = int(fan)
+        else:
+            fan_pct = self.gcfg.fan_startup_pct
         self._starting = False
         self._ref_w = power
         self._validated_w = power
@@ -256,11 +221,8 @@ class Governor:
         self._chain0_f, self._on_f = chain0, 1.0
         self._last_target_w = power
         self._set_mode("mining", f"took over the running chain at {freq:.1f} MHz, {power:.1f} W")
-        out = Actuation(freq, vcore, int(fan) if isinstance(fan, int | float) and
-                        math.isfinite(fan) else self.gcfg.fan_startup_pct, True, self._mode,
-                        power, self._mode_reason)
+        out = Actuation(freq, vcore, fan_pct, True, self._mode, power, self._mode_reason)
         self.envelope.adopt(now_s, out)
-        self._out = out
         self._applied_w, self._limited_by = self._resolve(temp)
         log.info("governor: took over the running chain at %.2f MHz, %d mV, %.1f W", freq,
                  vcore, power)
@@ -278,12 +240,9 @@ class Governor:
         applied, limited = self._resolve(self.envelope.check.hottest_c)
         if limited is None and ramp_limited:
             limited = "ramp"
+        assert limited is None or limited in LIMITS, limited
         self._applied_w, self._limited_by = applied, limited
-        now = self.clock.monotonic()
-        wait = 0.0
-        if self._hold_until_s is not None and applied > self._ref_w:
-            wait = max(0.0, self._hold_until_s - now)
-        eta = wait + abs(applied - self._ref_w) / (self._cmd_ramp_w_s * RAMP_SHARE)
+        eta = abs(applied - self._ref_w) / (self._cmd_ramp_w_s * RAMP_SHARE)
         if abs(applied - self._ref_w) > 1e-6:
             eta += self.gcfg.response_delay_s + self.gcfg.response_tau_s
         requested = self._requested_w if op in ("setpoint", "resume") else None
@@ -328,25 +287,27 @@ class Governor:
     def mode_reason(self) -> str:
         return self._mode_reason
 
+    @property
+    def limited_by(self) -> str | None:
+        """What keeps the load below the command now: None or one of LIMITS."""
+        return self._limited_by
+
+    @property
+    def offset_w(self) -> float:
+        """The model-error correction's additive part (its gain is `model.gain`)."""
+        return self._bias_w
+
+    @property
+    def thermal_cap_w(self) -> float | None:
+        """The power ceiling of the thermal derate (None: not derating)."""
+        return self._thermal_cap_w
+
     def caps(self) -> dict[str, Any]:
         """Declared capabilities for the MQTT status (spec section 5)."""
         return dict(self._caps)
 
-    def status(self) -> GovernorStatus:
-        out, chk = self._out, self.envelope.check
-        stats = self._stats
-        return GovernorStatus(
-            mode=self._mode, mode_reason=self._mode_reason, op=self._op,
-            setpoint_w=self._requested_w if self._op == "setpoint" else None,
-            applied_w=self._applied_w, limited_by=self._limited_by, target_w=self._ref_w,
-            thermal_cap_w=self._thermal_cap_w, offset_w=self._bias_w, model_gain=self.model.gain,
-            power_w=chk.power_w, hottest_c=chk.hottest_c, freq_mhz=out.freq_mhz,
-            vcore_mv=out.vcore_mv, fan_pct=out.fan_pct, chain_power_on=out.chain_power_on,
-            trip_reason=self.envelope.trip_reason, hold_until_s=self._hold_until_s,
-            hashrate_ghs=getattr(stats, "hashrate_ghs", None),
-        )
-
     def _set_mode(self, mode: str, reason: str) -> None:
+        assert mode in MODES, mode
         if mode != self._mode:
             log.info("governor mode %s -> %s: %s", self._mode, mode, reason)
         self._mode, self._mode_reason = mode, reason
@@ -363,117 +324,138 @@ class Governor:
         dt = period if self._last_now is None else now_s - self._last_now
         dt = min(max(dt, 0.0), 5.0 * period)
         self._last_now = now_s
-        if chain_stats is not None:
-            self._stats = chain_stats
         chk = self.envelope.observe(now_s, sample)
         if self.envelope.tripped:
             return self._tripped_tick(now_s, chk)
-        if self._was_tripped:
+        if self._was_tripped:  # the trip released: start over, the fan from full
             self._was_tripped = False
             self._starting = True
             self.fan.reset(100)
         temp = chk.hottest_c
-        state = getattr(chain_stats, "state", None) if chain_stats is not None else None
+        state = getattr(chain_stats, "state", None)
         reset_pending = getattr(chain_stats, "reset_pending", None)
         hashing = state is None or state in HASHING_STATES
-        last = self.envelope.last
-        if not hashing and not self._starting and last is not None and last.chain_power_on:
-            # the driver re-initialises the chain (a hang, a dead chip, a power cut by the
-            # board): the chips are back at their reset clock, so start over from the minimum
-            log.warning("governor: the chain is %s; ramping up again from the minimum", state)
-            self.envelope.chain_restarted()
-            self._starting = True
-            self._ref_w = 0.0
+        if not hashing:
+            self._restart_if_reinitialised(state)
         self._derate(dt, temp, chk)
-        self._applied_w, limited = self._resolve(temp)
-        if self._limited_by != "ramp" or limited is not None:
-            self._limited_by = limited
+        self._update_limit(temp)
         self._observe_bias(now_s, dt, chk)
-
-        prev = self.envelope.last
-        chain_on = prev is not None and prev.chain_power_on
-        hold = self._hold_until_s is not None and now_s < self._hold_until_s
-        # mode and goal
-        on = True
-        if self._op == "standby":
-            goal = 0.0
-            at_min = prev is not None and prev.freq_mhz <= self.min_freq_mhz + 1e-6
-            if not chain_on or (at_min and self._ref_w <= self._floor_w(temp) + 1e-6):
-                on = False
-                self._set_mode("standby", "chain powered down")
-            else:
-                self._set_mode("standby", "ramping down to power the chain off")
-            self._starting = True
-        elif self._starting or not chain_on:
-            self._starting = True
-            goal = min(self._floor_w(temp), self._applied_w)
-            if not self.envelope.has_sample:
-                self._set_mode("starting", "waiting for the first board sample")
-            elif not chk.temps_valid or not chain_on:
-                self._set_mode("starting", "waiting for a chip temperature")
-            elif not hashing:
-                self._set_mode("starting", "waiting for the chain to hash")
-            elif hold:
-                self._set_mode("starting", "restart spread: ramp-up held")
-            else:
-                self._starting = False
-        if not self._starting and self._op != "standby":
-            # at the cap, aim a little under it: measurement noise and the last model error
-            # then average out below the cap, not on it
-            goal = min(self._applied_w, (1.0 - CAP_MARGIN_SHARE) * self.max_power_w)
-            if self._op == "curtail":
-                self._set_mode("curtailed", "curtail: chain at minimum frequency")
-            elif self._limited_by == "thermal":
-                self._set_mode("mining", "derated: chip temperature above the soft limit")
-            elif hold:
-                self._set_mode("mining", "ramp-up held (restart spread)")
-            else:
-                self._set_mode("mining", f"tracking {self._applied_w:.1f} W")
-            if reset_pending:
-                # the driver resets the chain once it runs at the floor: down at the ramp
-                goal = min(goal, self._floor_w(temp))
-                self._set_mode(self._mode, f"down to the minimum for a chain reset "
-                                           f"({reset_pending})")
-        # ramped reference
-        ref = self._ref_w
-        up_rate = self._cmd_ramp_w_s * RAMP_SHARE
-        if ref > self._validated_w + EXPLORE_MARGIN_SHARE * self.max_power_w:
-            # above any load the model has been checked at: slow enough to correct on the way
-            up_rate = min(up_rate, EXPLORE_RAMP_SHARE_S * self.max_power_w)
-            if ref > (1.0 - EXPLORE_MARGIN_SHARE) * self.max_power_w:
-                # the last stretch to an unchecked cap: slower still, so that a model error
-                # the measurement cannot yet tell from its timing is small at the cap
-                up_rate = min(up_rate, CAP_APPROACH_SHARE_S * self.max_power_w)
-        down_rate = RAMP_SHARE * (
-            self.ramp_max_w_s if self._limited_by == "thermal" else self._cmd_ramp_w_s)
-        if goal > ref:
-            if not hold or self._starting:  # the hold keeps the load at the minimum, not below
-                ref = min(goal, ref + up_rate * dt)
-        else:
-            ref = max(goal, ref - down_rate * dt)
-        # feedforward through the model, corrected by the model-error estimate
-        if self._starting or ((self._op in ("curtail", "standby") or reset_pending)
-                              and ref <= self._floor_w(temp) + 1e-6):
-            freq = self.min_freq_mhz
-        else:
-            freq = self.model.freq_for_power(ref - self._bias_w, self.curve, self.min_freq_mhz,
-                                             self.max_freq_mhz, temp)
-            held = self.envelope.held_vcore_mv(now_s)
-            if held is not None and held > self.curve.vcore_mv(freq) + 0.5:
-                # the voltage comes down only after the frequency has settled: until then the
-                # power is the one at the held voltage, so the frequency goes lower meanwhile
-                f_held = self.model.freq_for_power_at_vcore(ref - self._bias_w, held, temp)
-                freq = max(self.min_freq_mhz, min(freq, f_held))
-        if on:
-            fan = self.fan.update(dt, temp)
-        else:
-            fan = self.fan.update(dt, temp) if temp is not None else self.gcfg.fan_min_pct
+        goal, on = self._goal(temp, chk, hashing, reset_pending)
+        ref = self._ramp(goal, dt)
+        freq = self._feedforward_mhz(now_s, ref, temp, reset_pending)
+        fan = self.fan.update(dt, temp) if on or temp is not None else self.gcfg.fan_min_pct
         proposed = Actuation(freq, self.curve_vcore(freq), fan, on, self._mode, ref,
                              self._mode_reason)
         out = self.envelope.enforce(now_s, proposed)
         self._ref_w = out.target_w
         self._record(now_s, out, temp)
         return out
+
+    def _restart_if_reinitialised(self, state: str | None) -> None:
+        """The driver re-initialises a chain that was on (a hang, a dead chip, a power cut by the
+        board): the chips are back at their reset clock, so start over from the minimum."""
+        last = self.envelope.last
+        if self._starting or last is None or not last.chain_power_on:
+            return
+        log.warning("governor: the chain is %s; ramping up again from the minimum", state)
+        self.envelope.chain_restarted()
+        self._starting = True
+        self._ref_w = 0.0
+
+    def _update_limit(self, temp: float | None) -> None:
+        """The target to move to now and what limits it; a command's "ramp" limit stays
+        reported until another limit takes over."""
+        self._applied_w, limited = self._resolve(temp)
+        if self._limited_by != "ramp" or limited is not None:
+            self._limited_by = limited
+
+    def _goal(self, temp: float | None, chk: SampleCheck, hashing: bool,
+              reset_pending: str | None) -> tuple[float, bool]:
+        """Set the mode; return the load the reference moves to and whether the chain stays
+        powered."""
+        prev = self.envelope.last
+        chain_on = prev is not None and prev.chain_power_on
+        if self._op == "standby":
+            return 0.0, self._standby_keeps_power(temp, prev)
+        if self._starting or not chain_on:
+            self._starting = not self._ready_to_mine(chk, hashing, chain_on)
+            if self._starting:
+                return min(self._floor_w(temp), self._applied_w), True
+        return self._mining_goal_w(temp, reset_pending), True
+
+    def _standby_keeps_power(self, temp: float | None, prev: Actuation | None) -> bool:
+        """Standby: down to the minimum at the ramp, then the chain powered down (False)."""
+        self._starting = True
+        chain_on = prev is not None and prev.chain_power_on
+        at_min = prev is not None and prev.freq_mhz <= self.min_freq_mhz + 1e-6
+        if not chain_on or (at_min and self._ref_w <= self._floor_w(temp) + 1e-6):
+            self._set_mode("standby", "chain powered down")
+            return False
+        self._set_mode("standby", "ramping down to power the chain off")
+        return True
+
+    def _ready_to_mine(self, chk: SampleCheck, hashing: bool, chain_on: bool) -> bool:
+        """Whether starting is over; if not, the starting mode says what it waits for."""
+        if not self.envelope.has_sample:
+            self._set_mode("starting", "waiting for the first board sample")
+        elif not chk.temps_valid or not chain_on:
+            self._set_mode("starting", "waiting for a chip temperature")
+        elif not hashing:
+            self._set_mode("starting", "waiting for the chain to hash")
+        else:
+            return True
+        return False
+
+    def _mining_goal_w(self, temp: float | None, reset_pending: str | None) -> float:
+        """Mining or curtailed: the applied target, and the mode that says why."""
+        # at the cap, aim a little under it: measurement noise and the last model error then
+        # average out below the cap, not on it
+        goal = min(self._applied_w, (1.0 - CAP_MARGIN_SHARE) * self.max_power_w)
+        if self._op == "curtail":
+            self._set_mode("curtailed", "curtail: chain at minimum frequency")
+        elif self._limited_by == "thermal":
+            self._set_mode("mining", "derated: chip temperature above the soft limit")
+        else:
+            self._set_mode("mining", f"tracking {self._applied_w:.1f} W")
+        if reset_pending:
+            # the driver resets the chain once it runs at the floor: down at the ramp
+            goal = min(goal, self._floor_w(temp))
+            self._set_mode(self._mode, f"down to the minimum for a chain reset ({reset_pending})")
+        return goal
+
+    def _ramp(self, goal_w: float, dt: float) -> float:
+        """The ramped reference one tick closer to `goal_w`."""
+        ref = self._ref_w
+        if goal_w > ref:
+            up_rate = self._cmd_ramp_w_s * RAMP_SHARE
+            if ref > self._validated_w + EXPLORE_MARGIN_SHARE * self.max_power_w:
+                # above any load the model has been checked at: slow enough to correct on the way
+                up_rate = min(up_rate, EXPLORE_RAMP_SHARE_S * self.max_power_w)
+                if ref > (1.0 - EXPLORE_MARGIN_SHARE) * self.max_power_w:
+                    # the last stretch to an unchecked cap: slower still, so that a model error
+                    # the measurement cannot yet tell from its timing is small at the cap
+                    up_rate = min(up_rate, CAP_APPROACH_SHARE_S * self.max_power_w)
+            return min(goal_w, ref + up_rate * dt)
+        down_rate = RAMP_SHARE * (
+            self.ramp_max_w_s if self._limited_by == "thermal" else self._cmd_ramp_w_s)
+        return max(goal_w, ref - down_rate * dt)
+
+    def _feedforward_mhz(self, now_s: float, ref_w: float, temp: float | None,
+                         reset_pending: str | None) -> float:
+        """The frequency for the reference through the model, corrected by the model-error
+        estimate."""
+        if self._starting or ((self._op in ("curtail", "standby") or reset_pending)
+                              and ref_w <= self._floor_w(temp) + 1e-6):
+            return self.min_freq_mhz
+        freq = self.model.freq_for_power(ref_w - self._bias_w, self.curve, self.min_freq_mhz,
+                                         self.max_freq_mhz, temp)
+        held = self.envelope.held_vcore_mv(now_s)
+        if held is not None and held > self.curve.vcore_mv(freq) + 0.5:
+            # the voltage comes down only after the frequency has settled: until then the power
+            # is the one at the held voltage, so the frequency goes lower meanwhile
+            f_held = self.model.freq_for_power_at_vcore(ref_w - self._bias_w, held, temp)
+            freq = max(self.min_freq_mhz, min(freq, f_held))
+        return freq
 
     def power_at(self, freq_mhz: float) -> float:
         """The (corrected) model's power at `freq_mhz` on the V/f curve, at the chips' latest
@@ -485,6 +467,8 @@ class Governor:
         return math.ceil(self.curve.vcore_mv(freq_mhz) - 1e-6)
 
     def _tripped_tick(self, now_s: float, chk: SampleCheck) -> Actuation:
+        """A tick while the envelope holds a trip: the safe idle; entering a thermal trip
+        caps the return below the power at the trip."""
         reason = self.envelope.trip_reason or "tripped"
         if not self._was_tripped:
             self._was_tripped = True
@@ -545,10 +529,11 @@ class Governor:
         overhead = model.params.overhead_w
         predicted = gain * self._chain0_f + overhead * self._on_f + self._bias_w
         resid = chk.power_w - predicted
-        ki, lim = self.gcfg.correction_ki_per_s, self.gcfg.correction_limit_pct / 100.0
+        ki = self.gcfg.correction_ki_per_s
         noise = CAP_GUARD_SHARE * self.max_power_w
         if chk.power_w > self.max_power_w + noise and resid > noise:
             # over the cap: explain the whole excess at once (the next tick steps down)
+            lim = self.gcfg.correction_limit_pct / 100.0
             if self.gcfg.correction == "gain" and self._chain0_f > 0:
                 model.gain = min(1.0 + lim, gain + resid / self._chain0_f)
             else:
@@ -562,10 +547,9 @@ class Governor:
         if self.gcfg.correction == "gain":
             floor = 0.25 * self.max_power_w
             gain += ki * dt * resid / max(self._chain0_f, floor)
-            model.gain = min(1.0 + lim, max(1.0 - lim, gain))
+            model.gain = self._clamped_gain(gain)
         else:
-            limit = lim * self.max_power_w
-            self._bias_w = min(limit, max(-limit, self._bias_w + ki * resid * dt))
+            self._bias_w = self._clamped_offset_w(self._bias_w + ki * resid * dt)
         if self.gcfg.learn_offset and now_s >= self._transient_until_s:
             self._learn_split(now_s, resid)
 
@@ -593,24 +577,30 @@ class Governor:
             return
         c1, e1 = point
         slope = (e1 - e2) / (c1 - c2)  # true gain - 1
-        offset = e2 - slope * c2
         lim = self.gcfg.correction_limit_pct / 100.0
         slope = min(lim, max(-lim, slope))
-        offset = min(lim * self.max_power_w, max(-lim * self.max_power_w, offset))
         g = self.model.gain
         self.model.gain = g + SPLIT_DAMPING * (1.0 + slope - g)
-        self._bias_w = e2 - (self.model.gain - 1.0) * c2  # keep e where we are
-        self._bias_w = min(lim * self.max_power_w, max(-lim * self.max_power_w, self._bias_w))
+        # keep e where we are
+        self._bias_w = self._clamped_offset_w(e2 - (self.model.gain - 1.0) * c2)
         log.info("governor: model error split: gain %.3f, offset %+.2f W", self.model.gain,
                  self._bias_w)
-        del offset
+
+    def _clamped_gain(self, gain: float) -> float:
+        lim = self.gcfg.correction_limit_pct / 100.0
+        return min(1.0 + lim, max(1.0 - lim, gain))
+
+    def _clamped_offset_w(self, offset_w: float) -> float:
+        limit = self.gcfg.correction_limit_pct / 100.0 * self.max_power_w
+        return min(limit, max(-limit, offset_w))
+
+    def _chain0_w(self, freq_mhz: float, vcore_mv: float, temp_c: float | None) -> float:
+        """The model's power less overhead at gain 1: what the correction scales."""
+        m = self.model
+        return (m.power_w(freq_mhz, vcore_mv, temp_c) - m.params.overhead_w) / m.gain
 
     def _record(self, now_s: float, out: Actuation, temp: float | None) -> None:
-        self._out = out
-        chain0 = 0.0
-        if out.chain_power_on:
-            m = self.model
-            chain0 = (m.power_w(out.freq_mhz, out.vcore_mv, temp) - m.params.overhead_w) / m.gain
+        chain0 = self._chain0_w(out.freq_mhz, out.vcore_mv, temp) if out.chain_power_on else 0.0
         on = 1.0 if out.chain_power_on else 0.0
         if self._pred_hist:
             _, (c_prev, on_prev) = self._pred_hist[-1]

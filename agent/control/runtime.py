@@ -183,10 +183,6 @@ class Runtime:
         self._grid_pending = True
         self.wake.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def adopt(self, now: float, freq_mhz: float) -> None:
         """The chain is already powered and hashing at `freq_mhz` (the driver and the governor
         have taken it over): no power-on and no bring-up; the grid session starts hot."""
@@ -306,7 +302,7 @@ class Runtime:
             self._log_error("governor", "governor failed; idling the chain")
             act = None
         if act is None:
-            self._apply_idle(now)
+            self._apply_idle()
             return None
         self.actuation = act
         self._apply(now, act)
@@ -335,24 +331,19 @@ class Runtime:
     def _apply(self, now: float, act: Any) -> None:
         drv = self.driver
         if not act.chain_power_on:
-            if self._chain_on is not False:
-                # standby ramps to the minimum before this; a trip cuts at once
-                drv.abort()
-                if self._board_call("set_chain_power", False):
-                    self._chain_on = False
+            self._power_down()  # standby ramps to the minimum before this; a trip cuts at once
             self._set_fan(act.fan_pct)
-            self._set_vcore(act.vcore_mv, now)
+            self._set_vcore(act.vcore_mv)
             return
-        if self._chain_on is not True:
-            self._set_vcore(act.vcore_mv, now)
+        powering_on = self._chain_on is not True
+        if powering_on:
+            self._set_vcore(act.vcore_mv)
             if not self._board_call("set_chain_power", True):
                 self._set_fan(act.fan_pct)
                 return
             self._chain_on = True
             self._chain_on_s = now
-            drv.set_frequency(act.freq_mhz)
-            drv.start(now)
-        elif drv.state in (DOWN, IDLE):
+        if powering_on or drv.state in (DOWN, IDLE):
             drv.set_frequency(act.freq_mhz)
             drv.start(now)
         # voltage before a rise in frequency, after a fall (the envelope orders its outputs too:
@@ -362,20 +353,27 @@ class Runtime:
         covered = max(act.freq_mhz, self._prev_freq_mhz)
         self._prev_freq_mhz = act.freq_mhz
         if self._vcore_set is None or vcore >= self._vcore_set:
-            self._set_vcore(vcore, now)
+            self._set_vcore(vcore)
             drv.set_frequency(act.freq_mhz)
         else:
             drv.set_frequency(act.freq_mhz)
             if drv.freq_mhz <= covered + 1e-6:
-                self._set_vcore(vcore, now)
+                self._set_vcore(vcore)
         self._set_fan(act.fan_pct)
 
-    def _apply_idle(self, now: float) -> None:
+    def _apply_idle(self) -> None:
         if self.driver.hashing:
             self.driver.set_frequency(self.driver.settings.min_freq_mhz)
         self._set_fan(100)
 
-    def _set_vcore(self, mv: int, now: float) -> None:
+    def _power_down(self) -> None:
+        """Cut chain power (once): the driver forgets the chain, the board powers it off."""
+        if self._chain_on is not False:
+            self.driver.abort()
+            if self._board_call("set_chain_power", False):
+                self._chain_on = False
+
+    def _set_vcore(self, mv: int) -> None:
         mv = int(mv)
         if mv != self._vcore_set and self._board_call("set_vcore_mv", mv):
             self._vcore_set = mv
@@ -392,21 +390,16 @@ class Runtime:
         drv = self.driver
         now = self.clock.monotonic()
         try:
-            if drv.hashing:
-                drv.stop(now)
-                end = now + STOP_RAMP_TIMEOUT_S
-                while drv.state == STOPPING and now < end:
-                    drv.poll(now)
-                    self.clock.sleep(max(0.0, min(drv.next_deadline_s(now) - now, 0.05)))
-                    now = self.clock.monotonic()
-            else:
-                drv.stop(now)
+            hashing = drv.hashing
+            drv.stop(now)
+            end = now + STOP_RAMP_TIMEOUT_S
+            while hashing and drv.state == STOPPING and now < end:  # the ramp to the minimum
+                drv.poll(now)
+                self.clock.sleep(max(0.0, min(drv.next_deadline_s(now) - now, 0.05)))
+                now = self.clock.monotonic()
         except Exception:
             log.exception("stopping the chain failed")
-        if self._chain_on is not False:
-            drv.abort()
-            if self._board_call("set_chain_power", False):
-                self._chain_on = False
+        self._power_down()
         for close in [*self.on_stop, drv.close]:
             try:
                 close()
@@ -429,7 +422,7 @@ class Runtime:
             "vcore_mv": getattr(s, "vcore_mv", None),
             "temp_c": _hottest(s),
             "board_temp_c": getattr(s, "board_temp_c", None),
-            "fan_pct": getattr(s, "fan_pct", None) if s is not None else self._fan_set,
+            "fan_pct": self._fan_pct(),
             "hw_err": c.hw_errors if c is not None else 0,
             "chips_ok": c.chips_ok if c is not None else 0,
             "energy_wh": self.energy_wh,
@@ -444,7 +437,7 @@ class Runtime:
             return f"{v:{fmt}}{unit}" if isinstance(v, int | float) and math.isfinite(v) else "-"
 
         hot = _hottest(s)
-        fan = getattr(s, "fan_pct", None) if s is not None else self._fan_set
+        fan = self._fan_pct()
         rate = c.hashrate_ghs
         rate_text = f"{rate / 1000:.2f}TH/s" if rate >= 1000 else f"{rate:.1f}GH/s"
         return (
@@ -457,6 +450,11 @@ class Runtime:
             f"freq={c.freq_mhz:.0f}MHz chain={c.state} chips={c.chips_ok}/{c.chips_expected} "
             f"hw={c.hw_errors} crc={c.crc_errors}"
         )
+
+    def _fan_pct(self) -> Any:
+        """The fan duty the board reports (before any sample: the one last set)."""
+        s = self.sample
+        return getattr(s, "fan_pct", None) if s is not None else self._fan_set
 
     def _log_error(self, key: str, text: str) -> None:
         now = self.clock.monotonic()

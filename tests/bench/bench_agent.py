@@ -531,11 +531,11 @@ def bench_heatwave() -> None:
         pts = [(t, p, h) for t, p, h in rig.trace if t >= t0]
         peak = max(h for _, _, h in pts)
         end = [p for t, p, _ in pts if t > pts[-1][0] - 2.0]
-        st = rig.governor.status()
+        gov = rig.governor
         print(f"heatwave ambient 25 -> 70 C over {pts[-1][0] - t0:.0f} s emulated: peak chip "
-              f"{peak:.1f} C (soft {soft:g} C, hard limit {hard:g} C), mode {st.mode}, limited by "
-              f"{st.limited_by}, true power at the end {sum(end) / len(end):.1f} W of "
-              f"{max_w:g} W, trips {len(rig.governor.envelope._trip.history)}")
+              f"{peak:.1f} C (soft {soft:g} C, hard limit {hard:g} C), mode {gov.mode}, limited by "
+              f"{gov.limited_by}, true power at the end {sum(end) / len(end):.1f} W of "
+              f"{max_w:g} W, trips {gov.envelope.trips}")
     finally:
         rig.stop()
 

@@ -164,7 +164,7 @@ def bench_steps(name: str, make_plant) -> None:
         ts = settle_time(rig.log, t0, target, 0.02 * max_w)
         print(f"  {name:6s} step {before:5.1f} -> {target:5.1f} W: within +-2% of max after "
               f"{ts:4.2f} s, overshoot {max(0.0, over):4.2f} W, final {seg[-1]:5.2f} W, "
-              f"gain {rig.gov.model.gain:5.3f} offset {rig.gov.status().offset_w:+5.2f} W")
+              f"gain {rig.gov.model.gain:5.3f} offset {rig.gov.offset_w:+5.2f} W")
 
 
 def bench_ramp(name: str, make_plant, ramp: float) -> None:
@@ -193,10 +193,10 @@ def bench_heatwave(name: str, make_plant) -> None:
         rig.run(60.0)
         peak = max(peak, max(x[2] for x in rig.log[-600:]))
         trips += sum(1 for x in rig.log[-600:] if x[3].mode == "tripped")
-    st = rig.gov.status()
+    gov = rig.gov
     print(f"  {name:6s} heatwave 25 -> 63 C ambient: peak chip {peak:5.1f} C (soft {soft:g}, "
-          f"hard {hard:g}), tripped ticks {trips}, end: {st.mode} at {rig.log[-1][1]:5.2f} W "
-          f"(cap {st.thermal_cap_w or float('nan'):5.2f} W), fan {rig.log[-1][3].fan_pct} %")
+          f"hard {hard:g}), tripped ticks {trips}, end: {gov.mode} at {rig.log[-1][1]:5.2f} W "
+          f"(cap {gov.thermal_cap_w or float('nan'):5.2f} W), fan {rig.log[-1][3].fan_pct} %")
 
 
 def bench_trip(name: str, make_plant) -> None:
@@ -211,7 +211,7 @@ def bench_trip(name: str, make_plant) -> None:
         return s
 
     rig.run(15.0, hot)
-    cap = rig.gov.status().thermal_cap_w
+    cap = rig.gov.thermal_cap_w
     rig.run(25.0, hot)
     tripped = [t for t, _, _, o in rig.log if t >= t0 and o.mode == "tripped"]
     back = next((t for t, _, _, o in rig.log if t > tripped[-1] and o.chain_power_on), None)

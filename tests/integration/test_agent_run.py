@@ -202,7 +202,7 @@ def test_heatwave_derates_and_chips_stay_below_the_hard_limit(rig_factory):
     for ambient in range(25, 66, 5):  # 38 emulated seconds to 65 C, then hold
         rig.emu.set_ambient_c(float(ambient))
         time.sleep(0.7)
-    assert rig.wait(lambda: rig.governor.status().limited_by == "thermal", 20)
+    assert rig.wait(lambda: rig.governor.limited_by == "thermal", 20)
     time.sleep(3.0)
     assert max(h for _, _, h in rig.trace) < hard
     assert rig.runtime.sample.power_w < 0.5 * rig.governor.max_power_w  # derated
@@ -222,7 +222,7 @@ def test_a_dead_chip_is_reset_after_the_governor_brought_the_load_down_at_the_ra
     assert "chip 2 (address 128) is dead" in rig.driver.reset_pending
     ticks = rig.runtime.counters.ticks
     t_pending = time.monotonic()
-    assert rig.wait(lambda: "chain reset" in rig.governor.status().mode_reason, 2)
+    assert rig.wait(lambda: "chain reset" in rig.governor.mode_reason, 2)
     assert rig.wait(lambda: rig.driver.recoveries >= 1, 15)
     # the control loop ran on through the wind-down (10 ticks a second), the reset came once
     # the chips ran at the governor's lowest frequency, and the load went down at the ramp
