@@ -1,9 +1,10 @@
 """The agent's configuration: a TOML file (or command-line flags) validated into frozen dataclasses.
 
-Every error names the key and what is allowed, e.g.
-``envelope.max_power_w: 5000 is out of range [1, 4000]``; unknown sections and keys are rejected
-by name, so a typo never silently drops a limit. Defaults that depend on the chip family (voltage
-and frequency bounds, the V/f curve, the power cap) are derived after parsing.
+Each section is a dataclass whose fields declare their ranges (`agent.tomlschema.key`); every
+error names the key and what is allowed, e.g. ``envelope.max_power_w: 5000 is out of range
+[1, 4000]``; unknown sections and keys are rejected by name, so a typo never silently drops a
+limit. Defaults that depend on the chip family (voltage and frequency bounds, the V/f curve, the
+power cap) are derived after parsing, with the checks of keys that constrain each other.
 `agent/agent.sample.toml` documents every key.
 """
 
@@ -13,148 +14,131 @@ import argparse
 import dataclasses
 import math
 import re
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
+from agent.tomlschema import build, check_range, fmt, key, range_error, read_toml, reject_unknown
 from firmware_bridge.chips import FAMILIES, profile
 
 if TYPE_CHECKING:
-    from agent.control.power_model import ModelParams
+    from agent.control.power_model import ModelParams, VfCurve
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_MISSING = dataclasses.MISSING
-
-
-def _key(
-    default: Any = _MISSING,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    choices: tuple[str, ...] | None = None,
-    path: bool = False,
-) -> Any:
-    """A config key: its default (absent: required), numeric range or choices; `path` keys are
-    resolved against the config file's folder."""
-    meta = {"lo": lo, "hi": hi, "choices": choices, "path": path}
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class ChainConfig:
     """[chain]: the ASIC chain's serial port and how to drive it."""
 
-    port: str = _key()  # pyserial port or URL (/dev/ttyUSB0, rfc2217://host:port, asicemu://...)
-    family: str = _key("BM1370", choices=FAMILIES)  # absent: the agent probes the chain
-    chips: int = _key(1, lo=1, hi=256)  # absent: the agent probes the chain
-    baud: int = _key(115200, lo=9600, hi=10_000_000)
-    freq_step_mhz: float = _key(6.25, lo=0.5, hi=200.0)
-    freq_step_interval_s: float = _key(0.004, lo=0.0, hi=10.0)
-    nonce_difficulty: float | None = _key(None, lo=1e-12, hi=2.0**64)
-    ticket_difficulty: int = _key(0, lo=0, hi=2**32)  # 0: chosen for ~64 nonces/s (chainstats)
+    port: str = key()  # pyserial port or URL (/dev/ttyUSB0, rfc2217://host:port, asicemu://...)
+    family: str = key("BM1370", choices=FAMILIES)  # absent: the agent probes the chain
+    chips: int = key(1, lo=1, hi=256)  # absent: the agent probes the chain
+    baud: int = key(115200, lo=9600, hi=10_000_000)
+    freq_step_mhz: float = key(6.25, lo=0.5, hi=200.0)
+    freq_step_interval_s: float = key(0.004, lo=0.0, hi=10.0)
+    nonce_difficulty: float | None = key(None, lo=1e-12, hi=2.0**64)
+    ticket_difficulty: int = key(0, lo=0, hi=2**32)  # 0: chosen for ~64 nonces/s (chainstats)
 
 
 @dataclass(frozen=True)
 class BoardConfig:
     """[board]: the board-management link to the bridge firmware."""
 
-    port: str = _key()
+    port: str = key()
     # the power supply between the wall and the board input; below 1 every power the agent
     # measures, reports and is commanded is wall (AC) power = board input / psu_efficiency
-    psu_efficiency: float = _key(1.0, lo=0.5, hi=1.0)
+    psu_efficiency: float = key(1.0, lo=0.5, hi=1.0)
 
 
 @dataclass(frozen=True)
 class EnvelopeConfig:
     """[envelope]: the hard safety envelope; no command can lift it."""
 
-    max_chip_temp_soft_c: float = _key(65.0, lo=30.0, hi=120.0)
-    max_chip_temp_hard_c: float = _key(75.0, lo=35.0, hi=125.0)
-    trip_clear_temp_c: float | None = _key(None, lo=10.0, hi=115.0)  # default: soft - 10
-    max_vr_temp_c: float = _key(105.0, lo=50.0, hi=150.0)
-    max_power_w: float | None = _key(None, lo=1.0, hi=4000.0)  # default: rating, reachable
-    overpower_margin_pct: float = _key(10.0, lo=0.0, hi=100.0)
-    overpower_s: float = _key(2.0, lo=0.1, hi=60.0)
-    min_freq_mhz: float = _key(100.0, lo=50.0, hi=800.0)
-    max_freq_mhz: float | None = _key(None, lo=50.0, hi=800.0)  # default: 1.2 x family default
-    min_vcore_mv: int | None = _key(None, lo=1000, hi=1800)  # default: family preset floor
-    max_vcore_mv: int | None = _key(None, lo=1000, hi=1800)  # default: family default
-    ramp_max_w_s: float | None = _key(None, lo=0.1, hi=100_000.0)  # default: 2 * max_power_w
-    trip_hold_s: float = _key(30.0, lo=0.0, hi=3600.0)
-    sensor_stale_s: float = _key(1.0, lo=0.05, hi=60.0)
-    sensor_frozen_s: float = _key(10.0, lo=0.5, hi=3600.0)
+    max_chip_temp_soft_c: float = key(65.0, lo=30.0, hi=120.0)
+    max_chip_temp_hard_c: float = key(75.0, lo=35.0, hi=125.0)
+    trip_clear_temp_c: float | None = key(None, lo=10.0, hi=115.0)  # default: soft - 10
+    max_vr_temp_c: float = key(105.0, lo=50.0, hi=150.0)
+    max_power_w: float | None = key(None, lo=1.0, hi=4000.0)  # default: rating, reachable
+    overpower_margin_pct: float = key(10.0, lo=0.0, hi=100.0)
+    overpower_s: float = key(2.0, lo=0.1, hi=60.0)
+    min_freq_mhz: float = key(100.0, lo=50.0, hi=800.0)
+    max_freq_mhz: float | None = key(None, lo=50.0, hi=800.0)  # default: 1.2 x family default
+    min_vcore_mv: int | None = key(None, lo=1000, hi=1800)  # default: family preset floor
+    max_vcore_mv: int | None = key(None, lo=1000, hi=1800)  # default: family default
+    ramp_max_w_s: float | None = key(None, lo=0.1, hi=100_000.0)  # default: 2 * max_power_w
+    trip_hold_s: float = key(30.0, lo=0.0, hi=3600.0)
+    sensor_stale_s: float = key(1.0, lo=0.05, hi=60.0)
+    sensor_frozen_s: float = key(10.0, lo=0.5, hi=3600.0)
 
 
 @dataclass(frozen=True)
 class GovernorConfig:
     """[governor]: power tracking, the V/f curve, the power model and the fan loop."""
 
-    default_target_w: float | None = _key(None, lo=0.0, hi=4000.0)  # default: max_power_w
-    control_period_s: float = _key(0.1, lo=0.01, hi=5.0)
-    correction: str = _key("gain", choices=("gain", "offset"))
-    correction_ki_per_s: float = _key(3.0, lo=0.0, hi=50.0)
-    correction_limit_pct: float = _key(50.0, lo=0.0, hi=90.0)
-    learn_offset: bool = _key(True)
-    response_delay_s: float = _key(0.2, lo=0.0, hi=5.0)
-    response_tau_s: float = _key(0.1, lo=0.0, hi=5.0)
-    freq_settle_s: float = _key(0.3, lo=0.0, hi=5.0)
-    thermal_derate_pct_c_s: float = _key(5.0, lo=0.1, hi=100.0)
-    thermal_release_pct_s: float = _key(2.0, lo=0.1, hi=100.0)
-    fan_target_temp_c: float = _key(60.0, lo=30.0, hi=90.0)
-    fan_min_pct: int = _key(25, lo=0, hi=100)
-    fan_startup_pct: int = _key(70, lo=0, hi=100)
-    fan_kp_pct_c: float = _key(5.0, lo=0.0, hi=100.0)
-    fan_ki_pct_c_s: float = _key(0.5, lo=0.0, hi=100.0)
-    vf_points: tuple[tuple[float, float], ...] | None = _key(None)  # [[freq_mhz, vcore_mv], ...]
-    chip_power_w: float | None = _key(None, lo=0.1, hi=500.0)  # at family default f/V, 60 degC
-    regulator_efficiency: float = _key(0.92, lo=0.3, hi=1.0)
-    board_overhead_w: float = _key(1.5, lo=0.0, hi=1000.0)
+    default_target_w: float | None = key(None, lo=0.0, hi=4000.0)  # default: max_power_w
+    control_period_s: float = key(0.1, lo=0.01, hi=5.0)
+    correction: str = key("gain", choices=("gain", "offset"))
+    correction_ki_per_s: float = key(3.0, lo=0.0, hi=50.0)
+    correction_limit_pct: float = key(50.0, lo=0.0, hi=90.0)
+    learn_offset: bool = key(True)
+    response_delay_s: float = key(0.2, lo=0.0, hi=5.0)
+    response_tau_s: float = key(0.1, lo=0.0, hi=5.0)
+    freq_settle_s: float = key(0.3, lo=0.0, hi=5.0)
+    thermal_derate_pct_c_s: float = key(5.0, lo=0.1, hi=100.0)
+    thermal_release_pct_s: float = key(2.0, lo=0.1, hi=100.0)
+    fan_target_temp_c: float = key(60.0, lo=30.0, hi=90.0)
+    fan_min_pct: int = key(25, lo=0, hi=100)
+    fan_startup_pct: int = key(70, lo=0, hi=100)
+    fan_kp_pct_c: float = key(5.0, lo=0.0, hi=100.0)
+    fan_ki_pct_c_s: float = key(0.5, lo=0.0, hi=100.0)
+    vf_points: tuple[tuple[float, float], ...] | None = key(None)  # [[freq_mhz, vcore_mv], ...]
+    chip_power_w: float | None = key(None, lo=0.1, hi=500.0)  # at family default f/V, 60 degC
+    regulator_efficiency: float = key(0.92, lo=0.3, hi=1.0)
+    board_overhead_w: float = key(1.5, lo=0.0, hi=1000.0)
 
 
 @dataclass(frozen=True)
 class OperatorKey:
     """One operator public key: its COSE key id and the PEM file."""
 
-    kid: str = _key()
-    path: str = _key(path=True)
+    kid: str = key()
+    path: str = key(path=True)
 
 
 @dataclass(frozen=True)
 class GridConfig:
     """[grid]: the MQTT link (semantics: agent/gridlink.py); a validated container here."""
 
-    broker_url: str | None = _key(None)  # mqtts://host:8883; absent: no grid link
-    site: str | None = _key(None)
-    device: str | None = _key(None)
-    prefix: str = _key("gridminer")
-    operator_keys: tuple[OperatorKey, ...] = _key(())
-    client_cert_file: str | None = _key(None, path=True)
-    client_key_file: str | None = _key(None, path=True)
-    ca_file: str | None = _key(None, path=True)
-    username: str | None = _key(None)
-    password_file: str | None = _key(None, path=True)
-    state_dir: str = _key("state", path=True)
-    telemetry_period_s: float = _key(1.0, lo=0.05, hi=3600.0)
-    max_validity_s: float = _key(86400.0, lo=1.0, hi=30 * 86400.0)
-    clock_skew_s: float = _key(30.0, lo=0.0, hi=3600.0)
-    restart_spread_s: float = _key(30.0, lo=0.0, hi=3600.0)
-    insecure_no_tls: bool = _key(False)
-    insecure_dev: bool = _key(False)  # lab only: no operator key needed, loose secret files
-    telemetry_buffer: int = _key(3600, lo=0, hi=10_000_000)
+    broker_url: str | None = key(None)  # mqtts://host:8883; absent: no grid link
+    site: str | None = key(None)
+    device: str | None = key(None)
+    prefix: str = key("gridminer")
+    operator_keys: tuple[OperatorKey, ...] = key(())
+    client_cert_file: str | None = key(None, path=True)
+    client_key_file: str | None = key(None, path=True)
+    ca_file: str | None = key(None, path=True)
+    username: str | None = key(None)
+    password_file: str | None = key(None, path=True)
+    state_dir: str = key("state", path=True)
+    telemetry_period_s: float = key(1.0, lo=0.05, hi=3600.0)
+    max_validity_s: float = key(86400.0, lo=1.0, hi=30 * 86400.0)
+    clock_skew_s: float = key(30.0, lo=0.0, hi=3600.0)
+    restart_spread_s: float = key(30.0, lo=0.0, hi=3600.0)
+    insecure_no_tls: bool = key(False)
+    insecure_dev: bool = key(False)  # lab only: no operator key needed, loose secret files
+    telemetry_buffer: int = key(3600, lo=0, hi=10_000_000)
 
 
 @dataclass(frozen=True)
 class LogConfig:
     """[log]: logging level and how often a status line is logged."""
 
-    level: str = _key("INFO", choices=_LOG_LEVELS)
-    status_period_s: float = _key(10.0, lo=0.0, hi=86400.0)
+    level: str = key("INFO", choices=_LOG_LEVELS)
+    status_period_s: float = key(10.0, lo=0.0, hi=86400.0)
 
 
 @dataclass(frozen=True)
@@ -185,99 +169,6 @@ _SECTIONS: dict[str, type] = {
 }
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def _convert(tp: Any, value: Any, key: str, base_dir: Path | None, meta: Mapping[str, Any]) -> Any:
-    """Check `value` against the annotated type `tp`; return it converted (int -> float, list ->
-    tuple, nested tables -> dataclasses)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        inner = next(a for a in args if a is not type(None))
-        if value is None:
-            return None
-        return _convert(inner, value, key, base_dir, meta)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_fmt(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_fmt(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {_fmt(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a non-empty string, got {_fmt(value)}")
-        if meta.get("path") and base_dir is not None:
-            return str(base_dir / Path(value).expanduser())
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {_fmt(value)}")
-        item_tp = args[0]
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(
-                _convert(item_tp, v, f"{key}[{i}]", base_dir, meta) for i, v in enumerate(value)
-            )
-        if len(args) != len(value):
-            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-        return tuple(
-            _convert(a, v, f"{key}[{i}]", base_dir, meta)
-            for i, (a, v) in enumerate(zip(args, value, strict=True))
-        )
-    if dataclasses.is_dataclass(tp):
-        return _build(typing.cast(type, tp), key, value, base_dir)
-    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - programming error
-
-
-def _build(cls: type, section: str, raw: Any, base_dir: Path | None) -> Any:
-    """One dataclass from one TOML table: unknown keys, types, ranges and choices checked."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{section}: expected a table, got {_fmt(raw)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in raw:
-        if name not in fields:
-            allowed = ", ".join(sorted(fields))
-            raise ConfigError(f"{section}.{name}: unknown key (allowed: {allowed})")
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{section}.{name}"
-        if name not in raw:
-            if f.default is _MISSING:
-                raise ConfigError(f"{key}: required")
-            values[name] = f.default
-            continue
-        value = _convert(hints[name], raw[name], key, base_dir, f.metadata)
-        _check_range(key, value, f.metadata)
-        values[name] = value
-    return cls(**values)
-
-
-def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
-    if value is None:
-        return
-    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: {_fmt(value)} is not one of {', '.join(choices)}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{key}: {_fmt(value)} is out of range [{_fmt(lo)}, {_fmt(hi)}]")
-
-
-def _range_error(key: str, value: float, lo: float, hi: float, why: str) -> ConfigError:
-    return ConfigError(f"{key}: {_fmt(value)} is out of range [{_fmt(lo)}, {_fmt(hi)}] ({why})")
-
-
 def model_params(cfg: AgentConfig) -> ModelParams:
     """The power model's constants for this board (agent.control.power_model)."""
     from agent.control.power_model import ModelParams
@@ -289,17 +180,13 @@ def model_params(cfg: AgentConfig) -> ModelParams:
         psu_efficiency=cfg.board.psu_efficiency)
 
 
-def _derive(cfg: AgentConfig) -> AgentConfig:
-    """Fill family-dependent defaults and check the keys that constrain each other."""
-    from agent.control.power_model import (
-        MIN_VCORE_MV,
-        PowerModel,
-        VfCurve,
-        default_max_freq_mhz,
-    )
+def _envelope(cfg: AgentConfig) -> EnvelopeConfig:
+    """[envelope] with the chip family's frequency and voltage bounds filled in, and the keys that
+    constrain each other checked."""
+    from agent.control.power_model import MIN_VCORE_MV, default_max_freq_mhz
 
     prof = profile(cfg.chain.family)
-    env, gov = cfg.envelope, cfg.governor
+    env = cfg.envelope
     env = dataclasses.replace(
         env,
         max_freq_mhz=env.max_freq_mhz if env.max_freq_mhz is not None
@@ -314,40 +201,61 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
     assert env.max_freq_mhz is not None and env.min_vcore_mv is not None
     assert env.max_vcore_mv is not None and env.trip_clear_temp_c is not None
     if env.max_chip_temp_hard_c <= env.max_chip_temp_soft_c:
-        raise _range_error("envelope.max_chip_temp_hard_c", env.max_chip_temp_hard_c,
-                           env.max_chip_temp_soft_c, 125, "above max_chip_temp_soft_c")
+        raise range_error("envelope.max_chip_temp_hard_c", env.max_chip_temp_hard_c,
+                          env.max_chip_temp_soft_c, 125, "above max_chip_temp_soft_c")
     if env.trip_clear_temp_c >= env.max_chip_temp_soft_c:
-        raise _range_error("envelope.trip_clear_temp_c", env.trip_clear_temp_c, 10,
-                           env.max_chip_temp_soft_c, "below max_chip_temp_soft_c")
+        raise range_error("envelope.trip_clear_temp_c", env.trip_clear_temp_c, 10,
+                          env.max_chip_temp_soft_c, "below max_chip_temp_soft_c")
     if env.max_freq_mhz <= env.min_freq_mhz:
-        raise _range_error("envelope.max_freq_mhz", env.max_freq_mhz, env.min_freq_mhz, 800,
-                           "above min_freq_mhz")
+        raise range_error("envelope.max_freq_mhz", env.max_freq_mhz, env.min_freq_mhz, 800,
+                          "above min_freq_mhz")
     if env.max_vcore_mv < env.min_vcore_mv:
-        raise _range_error("envelope.max_vcore_mv", env.max_vcore_mv, env.min_vcore_mv, 1800,
-                           "at least min_vcore_mv")
+        raise range_error("envelope.max_vcore_mv", env.max_vcore_mv, env.min_vcore_mv, 1800,
+                          "at least min_vcore_mv")
+    return env
+
+
+def _vf_curve(cfg: AgentConfig, env: EnvelopeConfig) -> tuple[GovernorConfig, VfCurve]:
+    """[governor] with the family's default V/f points filled in, and its checked curve."""
+    from agent.control.power_model import VfCurve
+
+    prof = profile(cfg.chain.family)
+    gov = cfg.governor
+    assert env.min_vcore_mv is not None and env.max_vcore_mv is not None
     if gov.vf_points is None:
         foot = (env.min_freq_mhz, float(env.min_vcore_mv))
         knee_f = float(prof.default_freq_mhz)
         if knee_f <= env.min_freq_mhz:
+            assert env.max_freq_mhz is not None
             knee_f = env.max_freq_mhz
         gov = dataclasses.replace(gov, vf_points=(foot, (knee_f, float(prof.default_vcore_mv))))
     assert gov.vf_points is not None
     if len(gov.vf_points) < 2:
         raise ConfigError("governor.vf_points: needs at least two [freq_mhz, vcore_mv] points")
     for i, (f, v) in enumerate(gov.vf_points):
-        _check_range(f"governor.vf_points[{i}][0]", f, {"lo": 50.0, "hi": 800.0})
-        _check_range(f"governor.vf_points[{i}][1]", v, {"lo": 500.0, "hi": 1800.0})
+        check_range(f"governor.vf_points[{i}][0]", f, {"lo": 50.0, "hi": 800.0})
+        check_range(f"governor.vf_points[{i}][1]", v, {"lo": 500.0, "hi": 1800.0})
     try:
         curve = VfCurve(gov.vf_points, env.min_vcore_mv, env.max_vcore_mv)
     except ValueError as exc:
         raise ConfigError(f"governor.vf_points: {exc}") from None
     if not curve.supports(env.min_freq_mhz, env.max_vcore_mv):
         raise ConfigError(
-            f"governor.vf_points: min_freq_mhz {_fmt(env.min_freq_mhz)} needs more than "
+            f"governor.vf_points: min_freq_mhz {fmt(env.min_freq_mhz)} needs more than "
             f"envelope.max_vcore_mv {env.max_vcore_mv}"
         )
+    return gov, curve
+
+
+def _derive(cfg: AgentConfig) -> AgentConfig:
+    """Fill family-dependent defaults and check the keys that constrain each other."""
+    from agent.control.power_model import PowerModel
+
+    env = _envelope(cfg)
+    gov, curve = _vf_curve(cfg, env)
     rating_derived = env.max_power_w is None
     if rating_derived:
+        assert env.max_freq_mhz is not None
         model = PowerModel(model_params(cfg))
         # the rating at the family default, and reachable (at the fan's target temperature)
         # by a board drawing 15 % less than the model; rounded down
@@ -364,11 +272,11 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
     # the target again once the agent has counted the chips
     chips_known = not (rating_derived and "chips" in cfg.chain_unpinned)
     if gov.default_target_w > max_power_w and chips_known:
-        raise _range_error("governor.default_target_w", gov.default_target_w, 0, max_power_w,
-                           "envelope.max_power_w")
+        raise range_error("governor.default_target_w", gov.default_target_w, 0, max_power_w,
+                          "envelope.max_power_w")
     if gov.fan_target_temp_c >= env.max_chip_temp_soft_c:
-        raise _range_error("governor.fan_target_temp_c", gov.fan_target_temp_c, 30,
-                           env.max_chip_temp_soft_c, "below envelope.max_chip_temp_soft_c")
+        raise range_error("governor.fan_target_temp_c", gov.fan_target_temp_c, 30,
+                          env.max_chip_temp_soft_c, "below envelope.max_chip_temp_soft_c")
     _check_grid(cfg.grid)
     return dataclasses.replace(cfg, envelope=env, governor=gov)
 
@@ -402,10 +310,8 @@ def config_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None,
     """Validate a TOML-shaped mapping into an AgentConfig (raises ConfigError)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("config: expected a table")
-    for name in raw:
-        if name not in _SECTIONS:
-            raise ConfigError(f"{name}: unknown section (allowed: {', '.join(_SECTIONS)})")
-    sections = {name: _build(cls, name, raw.get(name, {}), base_dir)
+    reject_unknown("", raw, tuple(_SECTIONS), noun="section")
+    sections = {name: build(cls, name, raw.get(name, {}), base_dir)
                 for name, cls in _SECTIONS.items()}
     chain_raw = raw.get("chain", {})
     unpinned = tuple(k for k in ("family", "chips") if k not in chain_raw)
@@ -420,21 +326,9 @@ def with_chain(cfg: AgentConfig, family: str, chips: int) -> AgentConfig:
     given = cfg.as_given if cfg.as_given is not None else cfg
     values = {f.name: getattr(given.chain, f.name) for f in dataclasses.fields(ChainConfig)}
     values.update(family=family, chips=chips)
-    chain = _build(ChainConfig, "chain", values, None)
+    chain = build(ChainConfig, "chain", values)
     given = dataclasses.replace(given, chain=chain, chain_unpinned=(), as_given=None)
     return _derive(dataclasses.replace(given, as_given=given))
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The raw table of a TOML file (ConfigError when unreadable or not TOML)."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -492,12 +386,12 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     raw: dict[str, Any] = read_toml(path) if path else {}
     base_dir = Path(path).resolve().parent if path else None
 
-    def put(section: str, key: str, value: Any) -> None:
+    def put(section: str, name: str, value: Any) -> None:
         if value is not None:
             raw.setdefault(section, {})
             if not isinstance(raw[section], dict):
                 raise ConfigError(f"{section}: expected a table")
-            raw[section][key] = value
+            raw[section][name] = value
 
     if not path:
         for flag, name in (("--chain", "chain"), ("--board", "board")):

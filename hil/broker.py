@@ -49,6 +49,7 @@ def find_binary() -> str:
 
 
 def free_port() -> int:
+    """A TCP port that is free on the loopback interface now (for a broker or a test server)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -42,22 +42,30 @@ cap_violations = 0
 
 from __future__ import annotations
 
-import difflib
 import itertools
-import math
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.grid.contract import FALLBACKS
+from agent.tomlschema import (
+    REQUIRED,
+    build,
+    convert,
+    fmt,
+    key,
+    read,
+    read_toml,
+    reject_unknown,
+)
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DEFAULT_SCENARIO = "solar_surplus"
 
 COMMAND_OPS = ("setpoint", "curtail", "resume", "standby", "ping")
 GRID_OPS = (*COMMAND_OPS, "surplus", "reserve")
-FALLBACKS = ("hold_until_exp", "default_now")
 FAULT_KINDS = (
     "broker_outage",
     "serial_garbage",
@@ -102,14 +110,18 @@ class ScenarioError(ConfigError):
     """A scenario file is invalid; the message names the file, the key and what is allowed."""
 
 
+# Each dataclass declares its TOML keys with their ranges (agent.tomlschema.key); ranges that
+# depend on the scenario (an `at_s` within `duration_s`) are set while reading.
+
+
 @dataclass(frozen=True)
 class Cloud:
     """A dip of the solar output: centred at `at_h`, `depth_pct` of the output gone at its
     deepest, over `width_h` hours (smooth edges)."""
 
-    at_h: float
-    depth_pct: float
-    width_h: float
+    at_h: float = key(lo=0.0, hi=24.0)
+    depth_pct: float = key(50.0, lo=0.0, hi=100.0)
+    width_h: float = key(0.5, lo=0.0, lo_open=True, hi=24.0)
 
 
 @dataclass(frozen=True)
@@ -118,19 +130,19 @@ class SurplusSpec:
     `until_s`: a solar bell with cloud dips plus seeded wind, minus a demand share, as % of rated
     power; a setpoint goes out every `interval_s` (or when the curve moved by `deadband_pct`)."""
 
-    day_start_h: float = 5.0
-    day_end_h: float = 19.0
-    sunrise_h: float = 6.0
-    sunset_h: float = 18.0
-    solar_pct: float = 110.0
-    wind_pct: float = 25.0
-    wind_period_h: float = 5.0
-    demand_pct: float = 30.0
-    floor_pct: float = 20.0
-    ceiling_pct: float = 100.0
-    interval_s: float = 5.0
-    deadband_pct: float = 2.0
-    clouds: tuple[Cloud, ...] = ()
+    day_start_h: float = key(5.0, lo=0.0, hi=24.0)
+    day_end_h: float = key(19.0, lo=0.0, hi=48.0)
+    sunrise_h: float = key(6.0, lo=0.0, hi=24.0)
+    sunset_h: float = key(18.0, lo=0.0, hi=24.0)
+    solar_pct: float = key(110.0, lo=0.0, hi=1000.0)
+    wind_pct: float = key(25.0, lo=0.0, hi=1000.0)
+    wind_period_h: float = key(5.0, lo=0.0, lo_open=True)
+    demand_pct: float = key(30.0, lo=0.0, hi=1000.0)
+    floor_pct: float = key(20.0, lo=0.0, hi=100.0)
+    ceiling_pct: float = key(100.0, lo=0.0, hi=100.0)
+    interval_s: float = key(5.0, lo=0.1)
+    deadband_pct: float = key(2.0, lo=0.0, hi=100.0)
+    clouds: tuple[Cloud, ...] = key(())
 
 
 @dataclass(frozen=True)
@@ -138,22 +150,22 @@ class GridEvent:
     """One grid-operator action. `op` is a command op, `surplus` (a curve of setpoints until
     `until_s`) or `reserve` (a balancing-market product test)."""
 
-    at_s: float
-    op: str
-    label: str = ""
-    power_pct: float | None = None
-    power_w: float | None = None
-    ramp_w_s: int | None = None
-    validity_s: float | None = None
-    fallback: str | None = None
-    until_s: float | None = None
-    surplus: SurplusSpec | None = None
-    product: str | None = None
-    direction: str = "decrease"
-    amount_pct: float | None = None
-    time_scale: float = 60.0
-    response_s: float | None = None
-    hold_s: float | None = None
+    at_s: float = key(lo=0.0)
+    op: str = key(choices=GRID_OPS)
+    label: str = key("")
+    power_pct: float | None = key(None, lo=0.0, hi=100.0)
+    power_w: float | None = key(None, lo=0.0)
+    ramp_w_s: int | None = key(None, lo=1)
+    validity_s: float | None = key(None, lo=1.0)
+    fallback: str | None = key(None, choices=FALLBACKS)
+    until_s: float | None = key(None, lo=0.0)
+    surplus: SurplusSpec | None = None  # the surplus keys, read from the same table
+    product: str | None = key(None, choices=tuple(RESERVE_PRODUCTS))
+    direction: str = key("decrease", choices=DIRECTIONS)
+    amount_pct: float | None = key(None, lo=0.0, lo_open=True, hi=100.0)
+    time_scale: float = key(60.0, lo=0.0, lo_open=True)
+    response_s: float | None = key(None, lo=0.0, lo_open=True)
+    hold_s: float | None = key(None, lo=0.0, lo_open=True)
 
     def reserve_window_s(self) -> tuple[float, float]:
         """(response, hold) of a reserve test in scenario seconds."""
@@ -178,22 +190,22 @@ class GridEvent:
 class AmbientPoint:
     """Ambient temperature at `at_s`; the temperature moves linearly between points."""
 
-    at_s: float
-    temp_c: float
+    at_s: float = key(lo=0.0)
+    temp_c: float = key(lo=-40.0, hi=80.0)
 
 
 @dataclass(frozen=True)
 class Fault:
     """A fault injected at `at_s` for `duration_s` (None: until the end of the run)."""
 
-    at_s: float
-    kind: str
-    duration_s: float | None = None
-    link: str = "chain"
-    rate_bps: int = 200
-    chip: int = 0
-    restart_after_s: float = 2.0
-    label: str = ""
+    at_s: float = key(lo=0.0)
+    kind: str = key(choices=FAULT_KINDS)
+    duration_s: float | None = key(None, lo=0.1)
+    link: str = key("chain", choices=LINKS)
+    rate_bps: int = key(200, lo=1, hi=100_000)
+    chip: int = key(0, lo=0, hi=255)
+    restart_after_s: float = key(2.0, lo=0.0, hi=3600.0)
+    label: str = key("")
 
     def end_s(self) -> float | None:
         if self.kind == "agent_kill":
@@ -205,25 +217,26 @@ class Fault:
 class Device:
     """The emulated board and agent settings for the scenario."""
 
-    family: str = "BM1370"
-    chips: int = 4
-    difficulty: float | None = None  # emulation difficulty of the nonces (default: emulator's)
-    seed: int = 1
-    ambient_c: float = 25.0
-    agent: dict[str, Any] = field(default_factory=dict)
+    family: str = key("BM1370")
+    chips: int = key(4, lo=1, hi=256)
+    # emulation difficulty of the nonces (default: the emulator's)
+    difficulty: float | None = key(None, lo=1e-12, hi=2.0**32)
+    seed: int = key(1)
+    ambient_c: float = key(25.0, lo=-40.0, hi=80.0)
+    agent: dict[str, Any] = field(default_factory=dict)  # [device.agent.SECTION] config keys
 
 
 @dataclass(frozen=True)
 class Measure:
     """How the summary figures are measured."""
 
-    settle_s: float = 2.0  # after |step| / ramp: the governor's delay and settling
-    min_step_pct: float = 5.0
-    ramp_window_s: float = 1.0
-    ramp_tolerance_pct: float = 3.0
-    cap_tolerance_pct: float = 1.0
-    temp_max_c: float | None = None
-    exempt_after_fault_s: float = 10.0
+    settle_s: float = key(2.0, lo=0.0, hi=600.0)  # after |step| / ramp: delay and settling
+    min_step_pct: float = key(5.0, lo=0.0, hi=100.0)
+    ramp_window_s: float = key(1.0, lo=0.1, hi=60.0)
+    ramp_tolerance_pct: float = key(3.0, lo=0.0)
+    cap_tolerance_pct: float = key(1.0, lo=0.0)
+    temp_max_c: float | None = key(None, lo=0.0, hi=150.0)
+    exempt_after_fault_s: float = key(10.0, lo=0.0)
 
 
 @dataclass(frozen=True)
@@ -231,8 +244,8 @@ class Short:
     """How tests/hil plays the short version: `speed` and optionally only events before `until_s`,
     with `criteria` overriding the full run's bounds."""
 
-    speed: float = 1.0
-    until_s: float | None = None
+    speed: float = key(1.0, lo=0.01, hi=1000.0)
+    until_s: float | None = key(None, lo=1.0)
     criteria: dict[str, float] = field(default_factory=dict)
 
 
@@ -240,13 +253,13 @@ class Short:
 class Scenario:
     """A parsed, validated scenario. Lists are sorted by time."""
 
-    name: str
-    path: Path | None
-    duration_s: float
-    description: str = ""
-    warmup_s: float = 60.0
-    initial_pct: float | None = 50.0
-    validity_s: float = 600.0
+    name: str  # [scenario] keys from here to validity_s
+    path: Path | None  # the file read
+    duration_s: float = key(lo=1.0, hi=7 * 86400.0)
+    description: str = key("")
+    warmup_s: float = key(60.0, lo=0.0, hi=3600.0)
+    initial_pct: float | None = key(50.0, lo=0.0, hi=100.0)
+    validity_s: float = key(600.0, lo=1.0, hi=86400.0)
     device: Device = field(default_factory=Device)
     grid: tuple[GridEvent, ...] = ()
     ambient: tuple[AmbientPoint, ...] = ()
@@ -254,6 +267,7 @@ class Scenario:
     criteria: dict[str, float] = field(default_factory=dict)
     measure: Measure = field(default_factory=Measure)
     short: Short = field(default_factory=Short)
+
 
     def shortened(self) -> Scenario:
         """The short version tests/hil plays: events after `short.until_s` dropped, the short
@@ -295,194 +309,13 @@ class Scenario:
 
 # --------------------------------------------------------------------------- parsing
 
-
-_ABSENT = object()  # a key the table does not have
-
-
-class _Table:
-    """One TOML table being read: every key must be consumed, leftovers are errors."""
-
-    def __init__(self, where: str, data: Any, source: str) -> None:
-        self.where = where
-        self.source = source
-        if not isinstance(data, dict):
-            raise self.error(f"must be a table, got {type(data).__name__}")
-        self.data = data
-        self.used: set[str] = set()
-
-    def error(self, message: str, key: str | None = None) -> ScenarioError:
-        name = f"{self.where}.{key}" if key and self.where else (key or self.where or "top level")
-        return ScenarioError(f"{self.source}: {name}: {message}")
-
-    def has(self, key: str) -> bool:
-        return key in self.data
-
-    def raw(self, key: str) -> Any:
-        self.used.add(key)
-        return self.data.get(key)
-
-    def _take(self, key: str, required: bool, hint: str = "") -> Any:
-        """The value of `key` (marked used), or _ABSENT; a missing required key is an error."""
-        self.used.add(key)
-        if key in self.data:
-            return self.data[key]
-        if required:
-            raise self.error("is required" + hint, key)
-        return _ABSENT
-
-    def number(
-        self,
-        key: str,
-        default: float | None = None,
-        *,
-        required: bool = False,
-        lo: float | None = None,
-        hi: float | None = None,
-        lo_open: bool = False,
-    ) -> float | None:
-        value = self._take(key, required)
-        if value is _ABSENT:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(f"must be a number, got {value!r}", key)
-        value = float(value)
-        if not math.isfinite(value):
-            raise self.error(f"must be finite, got {value!r}", key)
-        below = lo is not None and (value < lo or (lo_open and value == lo))
-        above = hi is not None and value > hi
-        if below or above:
-            if lo is not None and hi is not None:
-                rng = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
-            elif lo is not None:
-                rng = f"> {lo:g}" if lo_open else f">= {lo:g}"
-            else:
-                rng = f"<= {hi:g}"
-            raise self.error(f"must be {rng}, got {value:g}", key)
-        return value
-
-    def integer(
-        self, key: str, default: int | None = None, *, lo: int | None = None,
-        hi: int | None = None, required: bool = False,
-    ) -> int | None:
-        value = self._take(key, required)
-        if value is _ABSENT:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"must be an integer, got {value!r}", key)
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-            raise self.error(f"must be in {bounds}, got {value}", key)
-        return value
-
-    def text(
-        self, key: str, default: str | None = None, *, choices: tuple[str, ...] | None = None,
-        required: bool = False,
-    ) -> str | None:
-        value = self._take(key, required, f" (one of {', '.join(choices)})" if choices else "")
-        if value is _ABSENT:
-            return default
-        if not isinstance(value, str):
-            raise self.error(f"must be a string, got {value!r}", key)
-        if choices is not None and value not in choices:
-            hint = _did_you_mean(value, choices)
-            raise self.error(f"must be one of {', '.join(choices)}, got {value!r}{hint}", key)
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        self.used.add(key)
-        value = self.data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(f"must be true or false, got {value!r}", key)
-        return value
-
-    def allow(self, keys: tuple[str, ...] | set[str]) -> None:
-        """Reject any key not in `keys` now, before the values are read."""
-        for key in self.data:
-            if key not in keys:
-                hint = _did_you_mean(key, sorted(keys))
-                raise self.error(f"unknown key{hint}", key)
-
-    def finish(self) -> None:
-        unknown = [k for k in self.data if k not in self.used]
-        if unknown:
-            key = unknown[0]
-            hint = _did_you_mean(key, sorted(self.used))
-            raise self.error(f"unknown key{hint}", key)
-
-
-def _did_you_mean(value: str, choices: Any) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _array_of_tables(top: _Table, key: str) -> list[_Table]:
-    value = top.raw(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise top.error(f"must be an array of tables ([[{key}]]), got {type(value).__name__}", key)
-    return [_Table(f"{key}[{i}]", item, top.source) for i, item in enumerate(value)]
-
-
-def _sub_table(top: _Table, key: str) -> _Table:
-    value = top.raw(key)
-    return _Table(key, {} if value is None else value, top.source)
-
-
-def _parse_clouds(t: _Table) -> tuple[Cloud, ...]:
-    value = t.raw("clouds")
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise t.error("must be an array of tables like { at_h = 11.0, depth_pct = 50 }", "clouds")
-    clouds = []
-    for i, item in enumerate(value):
-        c = _Table(f"{t.where}.clouds[{i}]", item, t.source)
-        cloud = Cloud(
-            at_h=float(c.number("at_h", required=True, lo=0.0, hi=24.0) or 0.0),
-            depth_pct=float(c.number("depth_pct", 50.0, lo=0.0, hi=100.0) or 0.0),
-            width_h=float(c.number("width_h", 0.5, lo=0.0, lo_open=True, hi=24.0) or 0.5),
-        )
-        c.finish()
-        clouds.append(cloud)
-    return tuple(sorted(clouds, key=lambda c: c.at_h))
-
-
-def _parse_surplus(t: _Table) -> SurplusSpec:
-    d = SurplusSpec()
-    spec = SurplusSpec(
-        day_start_h=_f(t.number("day_start_h", d.day_start_h, lo=0.0, hi=24.0)),
-        day_end_h=_f(t.number("day_end_h", d.day_end_h, lo=0.0, hi=48.0)),
-        sunrise_h=_f(t.number("sunrise_h", d.sunrise_h, lo=0.0, hi=24.0)),
-        sunset_h=_f(t.number("sunset_h", d.sunset_h, lo=0.0, hi=24.0)),
-        solar_pct=_f(t.number("solar_pct", d.solar_pct, lo=0.0, hi=1000.0)),
-        wind_pct=_f(t.number("wind_pct", d.wind_pct, lo=0.0, hi=1000.0)),
-        wind_period_h=_f(t.number("wind_period_h", d.wind_period_h, lo=0.0, lo_open=True)),
-        demand_pct=_f(t.number("demand_pct", d.demand_pct, lo=0.0, hi=1000.0)),
-        floor_pct=_f(t.number("floor_pct", d.floor_pct, lo=0.0, hi=100.0)),
-        ceiling_pct=_f(t.number("ceiling_pct", d.ceiling_pct, lo=0.0, hi=100.0)),
-        interval_s=_f(t.number("interval_s", d.interval_s, lo=0.1)),
-        deadband_pct=_f(t.number("deadband_pct", d.deadband_pct, lo=0.0, hi=100.0)),
-        clouds=_parse_clouds(t),
-    )
-    if spec.day_end_h <= spec.day_start_h:
-        raise t.error(f"must be after day_start_h ({spec.day_start_h:g})", "day_end_h")
-    if spec.sunset_h <= spec.sunrise_h:
-        raise t.error(f"must be after sunrise_h ({spec.sunrise_h:g})", "sunset_h")
-    if spec.ceiling_pct < spec.floor_pct:
-        raise t.error(f"must be >= floor_pct ({spec.floor_pct:g})", "ceiling_pct")
-    return spec
-
-
-def _f(value: float | None) -> float:
-    assert value is not None
-    return float(value)
-
-
+SECTIONS = ("scenario", "device", "grid", "ambient", "fault", "criteria", "measure", "short")
+_HEAD_KEYS = ("name", "duration_s", "description", "warmup_s", "initial_pct", "validity_s")
 _GRID_KEYS = ("at_s", "op", "label", "ramp_w_s", "validity_s", "fallback")
-_GRID_OP_KEYS: dict[str, tuple[str, ...]] = {
+_SURPLUS_KEYS = tuple(f.name for f in fields(SurplusSpec))
+_GRID_OP_KEYS: dict[str, tuple[str, ...]] = {  # GridEvent fields each op reads
     "setpoint": ("power_pct", "power_w"),
-    "surplus": ("until_s", "clouds", *(f.name for f in fields(SurplusSpec) if f.name != "clouds")),
+    "surplus": ("until_s",),
     "reserve": ("product", "direction", "amount_pct", "time_scale", "response_s", "hold_s"),
 }
 _FAULT_KEYS: dict[str, tuple[str, ...]] = {
@@ -492,186 +325,125 @@ _FAULT_KEYS: dict[str, tuple[str, ...]] = {
     "stuck_sensor": ("chip", "duration_s"),
     "agent_kill": ("restart_after_s",),
 }
+_FAULT_NEEDS_DURATION = ("broker_outage", "serial_garbage")
 
 
-def _parse_grid_event(t: _Table, duration_s: float) -> GridEvent:
-    op_value = t.data.get("op")
-    if isinstance(op_value, str) and op_value in GRID_OPS:
-        t.allow((*_GRID_KEYS, *_GRID_OP_KEYS.get(op_value, ())))
-    at_s = _f(t.number("at_s", required=True, lo=0.0, hi=duration_s))
-    op = t.text("op", required=True, choices=GRID_OPS)
-    label = t.text("label", "") or ""
-    ramp = t.integer("ramp_w_s", None, lo=1)
-    validity = t.number("validity_s", None, lo=1.0)
-    fallback = t.text("fallback", None, choices=FALLBACKS)
-    event = GridEvent(at_s=at_s, op=str(op), label=label, ramp_w_s=ramp, validity_s=validity,
-                      fallback=fallback)
-    if op == "setpoint":
-        if t.has("power_pct") == t.has("power_w"):
-            raise t.error("a setpoint needs exactly one of power_pct or power_w", "power_pct")
-        event = replace(
-            event,
-            power_pct=t.number("power_pct", None, lo=0.0, hi=100.0),
-            power_w=t.number("power_w", None, lo=0.0),
-        )
-    elif op == "surplus":
-        until_s = _f(t.number("until_s", required=True, lo=0.0, hi=duration_s))
-        if until_s <= at_s:
-            raise t.error(f"must be after at_s ({at_s:g})", "until_s")
-        event = replace(event, until_s=until_s, surplus=_parse_surplus(t))
-    elif op == "reserve":
-        product = t.text("product", "secondary1", choices=tuple(RESERVE_PRODUCTS))
-        event = replace(
-            event,
-            product=product,
-            direction=str(t.text("direction", "decrease", choices=DIRECTIONS)),
-            amount_pct=_f(t.number("amount_pct", required=True, lo=0.0, lo_open=True, hi=100.0)),
-            time_scale=_f(t.number("time_scale", 60.0, lo=0.0, lo_open=True)),
-            response_s=t.number("response_s", None, lo=0.0, lo_open=True),
-            hold_s=t.number("hold_s", None, lo=0.0, lo_open=True),
-        )
-        if event.end_s() > duration_s:
-            raise t.error(
-                f"the {product} test ends at {event.end_s():g} s, after scenario.duration_s "
-                f"({duration_s:g}); move it earlier or raise time_scale", "at_s"
-            )
-    t.finish()
+def _variant(table: Mapping[str, Any], name: str, keys: Mapping[str, tuple[str, ...]],
+             choices: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """The table's `name` (op, kind) when it is valid, and the keys that choice takes (every
+    key of every choice when it is not: then reading `name` reports the error)."""
+    value = table.get(name)
+    if isinstance(value, str) and value in choices:
+        return value, keys.get(value, ())
+    return None, tuple(dict.fromkeys(k for ks in keys.values() for k in ks))
+
+
+def _tables(data: Mapping[str, Any], name: str) -> list[tuple[str, dict[str, Any]]]:
+    """An array of tables ([[name]]) as (its dotted path, table) pairs."""
+    items = convert(tuple[dict[str, Any], ...], data.get(name, ()), name)
+    return [(f"{name}[{i}]", t) for i, t in enumerate(items)]
+
+
+def _surplus(where: str, table: Mapping[str, Any], allow: tuple[str, ...]) -> SurplusSpec:
+    spec = build(SurplusSpec, where, table, allow=allow)
+    if spec.day_end_h <= spec.day_start_h:
+        raise ConfigError(f"{where}.day_end_h: must be after day_start_h ({spec.day_start_h:g})")
+    if spec.sunset_h <= spec.sunrise_h:
+        raise ConfigError(f"{where}.sunset_h: must be after sunrise_h ({spec.sunrise_h:g})")
+    if spec.ceiling_pct < spec.floor_pct:
+        raise ConfigError(f"{where}.ceiling_pct: must be >= floor_pct ({spec.floor_pct:g})")
+    return replace(spec, clouds=tuple(sorted(spec.clouds, key=lambda c: c.at_h)))
+
+
+def _grid_event(where: str, table: Mapping[str, Any], duration_s: float) -> GridEvent:
+    op, own = _variant(table, "op", _GRID_OP_KEYS, GRID_OPS)
+    allow = (*_GRID_KEYS, *own, *(_SURPLUS_KEYS if op in ("surplus", None) else ()))
+    overrides: dict[str, dict[str, Any]] = {
+        "at_s": {"hi": duration_s},
+        "until_s": {"hi": duration_s, "default": REQUIRED},
+        "amount_pct": {"default": REQUIRED},
+        "product": {"default": "secondary1"},
+    }
+    event = build(GridEvent, where, table, keys=(*_GRID_KEYS, *own), allow=allow,
+                  overrides=overrides)
+    if op == "setpoint" and ("power_pct" in table) == ("power_w" in table):
+        raise ConfigError(
+            f"{where}.power_pct: a setpoint needs exactly one of power_pct or power_w")
+    if op == "surplus":
+        if event.until_s <= event.at_s:
+            raise ConfigError(f"{where}.until_s: must be after at_s ({event.at_s:g})")
+        event = replace(event, surplus=_surplus(where, table, allow))
+    if op == "reserve" and event.end_s() > duration_s:
+        raise ConfigError(
+            f"{where}.at_s: the {event.product} test ends at {event.end_s():g} s, after "
+            f"scenario.duration_s ({duration_s:g}); move it earlier or raise time_scale")
     return event
 
 
-def _parse_fault(t: _Table, duration_s: float) -> Fault:
-    kind = str(t.text("kind", required=True, choices=FAULT_KINDS))
-    t.allow(("at_s", "kind", "label", *_FAULT_KEYS[kind]))
-    fault = Fault(
-        at_s=_f(t.number("at_s", required=True, lo=0.0, hi=duration_s)),
-        kind=kind,
-        label=t.text("label", "") or "",
-    )
-    if kind == "broker_outage":
-        fault = replace(fault, duration_s=_f(t.number("duration_s", required=True, lo=0.1)))
-    elif kind == "serial_garbage":
-        fault = replace(
-            fault,
-            duration_s=_f(t.number("duration_s", required=True, lo=0.1)),
-            link=str(t.text("link", "chain", choices=LINKS)),
-            rate_bps=int(t.integer("rate_bps", 200, lo=1, hi=100_000) or 200),
-        )
-    elif kind in ("chip_death", "stuck_sensor"):
-        fault = replace(
-            fault,
-            chip=int(t.integer("chip", 0, lo=0, hi=255) or 0),
-            duration_s=t.number("duration_s", None, lo=0.1),
-        )
-    elif kind == "agent_kill":
-        fault = replace(
-            fault, restart_after_s=_f(t.number("restart_after_s", 2.0, lo=0.0, hi=3600.0))
-        )
-    t.finish()
-    return fault
+def _grid(data: Mapping[str, Any], duration_s: float) -> tuple[GridEvent, ...]:
+    """The [[grid]] events by time; a curve or a reserve test has the grid to itself."""
+    events = sorted((_grid_event(where, t, duration_s) for where, t in _tables(data, "grid")),
+                    key=lambda e: e.at_s)
+    for a, b in itertools.pairwise(events):
+        if a.op in ("surplus", "reserve") and b.at_s < a.end_s():
+            raise ConfigError(f"grid: the {b.op} event at {b.at_s:g} s starts inside the {a.op} "
+                              f"event at {a.at_s:g}..{a.end_s():g} s")
+    return tuple(events)
 
 
-def _parse_criteria(t: _Table) -> dict[str, float]:
-    criteria: dict[str, float] = {}
-    for key in list(t.data):
-        if key not in CRITERIA:
-            hint = _did_you_mean(key, CRITERIA)
-            raise t.error(f"unknown criterion{hint}; known: {', '.join(CRITERIA)}", key)
-        criteria[key] = _f(t.number(key, lo=0.0))
-    t.finish()
-    return criteria
+def _fault(where: str, table: Mapping[str, Any], duration_s: float) -> Fault:
+    kind, own = _variant(table, "kind", _FAULT_KEYS, FAULT_KINDS)
+    overrides: dict[str, dict[str, Any]] = {"at_s": {"hi": duration_s}}
+    if kind in _FAULT_NEEDS_DURATION:
+        overrides["duration_s"] = {"default": REQUIRED}
+    allow = ("kind", "at_s", "label", *own)
+    keys = allow if kind is not None else allow[:3]
+    return build(Fault, where, table, keys=keys, allow=allow, overrides=overrides)
+
+
+def _criteria(where: str, raw: Any) -> dict[str, float]:
+    """Upper bounds on figures of the summary, by name (CRITERIA)."""
+    table = convert(dict[str, Any], raw, where)
+    reject_unknown(where, table, tuple(CRITERIA), noun="criterion")
+    return {name: convert(float, value, f"{where}.{name}", meta={"lo": 0.0})
+            for name, value in table.items()}
+
+
+def _short(raw: Any, duration_s: float) -> Short:
+    values = read(Short, "short", raw, keys=("speed", "until_s"),
+                  allow=("speed", "until_s", "criteria"), overrides={"until_s": {"hi": duration_s}})
+    return Short(**values, criteria=_criteria("short.criteria", raw.get("criteria", {})))
+
+
+def _scenario(data: Any, path: Path | None) -> Scenario:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"top level: expected a table, got {fmt(data)}")
+    reject_unknown("", data, SECTIONS, noun="section")
+    name = {"name": {"default": path.stem}} if path is not None else None
+    head = read(Scenario, "scenario", data.get("scenario", {}), keys=_HEAD_KEYS, overrides=name)
+    duration_s = head["duration_s"]
+    device = build(Device, "device", data.get("device", {}))
+    grid = _grid(data, duration_s)
+    at_s = {"at_s": {"hi": duration_s}}
+    ambient = sorted((build(AmbientPoint, where, t, overrides=at_s)
+                      for where, t in _tables(data, "ambient")), key=lambda a: a.at_s)
+    faults = sorted((_fault(where, t, duration_s) for where, t in _tables(data, "fault")),
+                    key=lambda f: f.at_s)
+    criteria = {k: v for k, v in CRITERIA.items() if v is not None}
+    criteria.update(_criteria("criteria", data.get("criteria", {})))
+    return Scenario(**head, path=path, device=device, grid=grid, ambient=tuple(ambient),
+                    faults=tuple(faults), criteria=criteria,
+                    measure=build(Measure, "measure", data.get("measure", {})),
+                    short=_short(data.get("short", {}), duration_s))
 
 
 def parse(data: dict[str, Any], source: str = "<scenario>", path: Path | None = None) -> Scenario:
-    """Validate a scenario from its TOML data; raises ScenarioError naming the bad key."""
-    top = _Table("", data, source)
-    head = _sub_table(top, "scenario")
-    name = head.text("name", path.stem if path else None, required=path is None)
-    duration_s = _f(head.number("duration_s", required=True, lo=1.0, hi=7 * 86400.0))
-    description = head.text("description", "") or ""
-    warmup_s = _f(head.number("warmup_s", 60.0, lo=0.0, hi=3600.0))
-    initial = head.number("initial_pct", 50.0, lo=0.0, hi=100.0)
-    validity_s = _f(head.number("validity_s", 600.0, lo=1.0, hi=86400.0))
-    head.finish()
-
-    dev = _sub_table(top, "device")
-    agent_cfg = dev.raw("agent")
-    if agent_cfg is not None and not isinstance(agent_cfg, dict):
-        raise dev.error("must be a table of agent config keys", "agent")
-    device = Device(
-        family=str(dev.text("family", "BM1370")),
-        chips=int(dev.integer("chips", 4, lo=1, hi=256) or 4),
-        difficulty=dev.number("difficulty", None, lo=1e-12, lo_open=False, hi=2.0**32),
-        seed=int(dev.integer("seed", 1) or 0),
-        ambient_c=_f(dev.number("ambient_c", 25.0, lo=-40.0, hi=80.0)),
-        agent=dict(agent_cfg or {}),
-    )
-    dev.finish()
-
-    grid = [_parse_grid_event(t, duration_s) for t in _array_of_tables(top, "grid")]
-    grid.sort(key=lambda e: e.at_s)
-    for a, b in itertools.pairwise(grid):
-        if a.op in ("surplus", "reserve") and b.at_s < a.end_s():
-            raise ScenarioError(
-                f"{source}: grid: the {b.op} event at {b.at_s:g} s starts inside the {a.op} "
-                f"event at {a.at_s:g}..{a.end_s():g} s"
-            )
-
-    ambient = []
-    for t in _array_of_tables(top, "ambient"):
-        ambient.append(AmbientPoint(
-            at_s=_f(t.number("at_s", required=True, lo=0.0, hi=duration_s)),
-            temp_c=_f(t.number("temp_c", required=True, lo=-40.0, hi=80.0)),
-        ))
-        t.finish()
-    ambient.sort(key=lambda a: a.at_s)
-
-    faults = sorted(
-        (_parse_fault(t, duration_s) for t in _array_of_tables(top, "fault")),
-        key=lambda f: f.at_s,
-    )
-
-    criteria = {k: v for k, v in CRITERIA.items() if v is not None}
-    criteria.update(_parse_criteria(_sub_table(top, "criteria")))
-
-    m = _sub_table(top, "measure")
-    dm = Measure()
-    measure = Measure(
-        settle_s=_f(m.number("settle_s", dm.settle_s, lo=0.0, hi=600.0)),
-        min_step_pct=_f(m.number("min_step_pct", dm.min_step_pct, lo=0.0, hi=100.0)),
-        ramp_window_s=_f(m.number("ramp_window_s", dm.ramp_window_s, lo=0.1, hi=60.0)),
-        ramp_tolerance_pct=_f(m.number("ramp_tolerance_pct", dm.ramp_tolerance_pct, lo=0.0)),
-        cap_tolerance_pct=_f(m.number("cap_tolerance_pct", dm.cap_tolerance_pct, lo=0.0)),
-        temp_max_c=m.number("temp_max_c", None, lo=0.0, hi=150.0),
-        exempt_after_fault_s=_f(m.number("exempt_after_fault_s", dm.exempt_after_fault_s,
-                                         lo=0.0)),
-    )
-    m.finish()
-
-    s = _sub_table(top, "short")
-    short_criteria_raw = s.raw("criteria")
-    short = Short(
-        speed=_f(s.number("speed", 1.0, lo=0.01, lo_open=False, hi=1000.0)),
-        until_s=s.number("until_s", None, lo=1.0, hi=duration_s),
-        criteria=_parse_criteria(_Table("short.criteria", short_criteria_raw or {}, source)),
-    )
-    s.finish()
-    top.finish()
-    return Scenario(
-        name=str(name),
-        path=path,
-        duration_s=duration_s,
-        description=description,
-        warmup_s=warmup_s,
-        initial_pct=initial,
-        validity_s=validity_s,
-        device=device,
-        grid=tuple(grid),
-        ambient=tuple(ambient),
-        faults=tuple(faults),
-        criteria=criteria,
-        measure=measure,
-        short=short,
-    )
+    """Validate a scenario from its TOML data; raises ScenarioError naming the file and the bad
+    key."""
+    try:
+        return _scenario(data, path)
+    except ConfigError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -690,11 +462,9 @@ def load(name_or_path: str | Path) -> Scenario:
     """Read and validate a scenario file (a path, or a name from hil/scenarios/)."""
     path = resolve(name_or_path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+        data = read_toml(path)
+    except ConfigError as exc:
+        raise ScenarioError(str(exc)) from None
     return parse(data, source=str(path), path=path)
 
 

@@ -1,10 +1,8 @@
-"""What a HIL run recorded, the figures computed from it, and the report (plot + summary).
-
-`Recording` holds time series in rig seconds (0 = scenario start; warm-up is negative):
-`truth` is the board's true state (from the emulator, or from the agent's telemetry on a real
-rig), `telemetry` what the agent published, `commands` what the simulator sent and the acks,
-`faults` what was injected. `summarize(recording)` computes the figures; every violation is
-counted from `truth`, never from the agent's own account of itself.
+"""The measures of a HIL run, computed from its `Recording`: the reference steps and tracking
+error, response times, cap/ramp/temperature violations, expected safety trips, telemetry gaps,
+energy and the balancing-market reserve tests. Every violation is counted from the true state
+(`truth_*`), never from the agent's own account of itself; `hil.report.summary` turns these
+measures into the summary.
 
 Definitions (rated power = the device's declared `caps.max_w`):
 
@@ -26,17 +24,14 @@ Definitions (rated power = the device's declared `caps.max_w`):
 
 from __future__ import annotations
 
-import bisect
 import itertools
-import json
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from hil.scenario import CRITERIA, Measure
+from hil.report.recording import Recording, Series
 
 TRACKED_OPS = ("setpoint", "resume", "curtail", "standby")
 ONE_SIDED_OPS = ("curtail", "standby")
@@ -45,94 +40,6 @@ SAME_REFERENCE_PCT = 0.5  # a command this close to the previous target continue
 ACCEPTED = ("accepted", "scheduled", "duplicate")
 TRIP_GRACE_S = 1.5  # an expected trip shows in telemetry this long after its fault at the latest
 TRIP_SETTLE_S = 0.5  # a trip's drop is over this long after the first `tripped` telemetry
-
-
-@dataclass
-class Series:
-    """One time series: `t_s` rising, `v` the values (None = no reading)."""
-
-    t_s: list[float] = field(default_factory=list)
-    v: list[float | None] = field(default_factory=list)
-
-    def add(self, t_s: float, value: float | None) -> None:
-        if self.t_s and t_s < self.t_s[-1]:
-            return  # out of order: dropped
-        self.t_s.append(t_s)
-        self.v.append(value)
-
-    def points(self, t0: float = -math.inf, t1: float = math.inf) -> list[tuple[float, float]]:
-        return [(t, v) for t, v in zip(self.t_s, self.v, strict=True)
-                if v is not None and t0 <= t <= t1]
-
-    def at(self, t_s: float) -> float | None:
-        """Linear interpolation (holds the end values outside the series)."""
-        pts = self.points()
-        if not pts:
-            return None
-        ts = [p[0] for p in pts]
-        i = bisect.bisect_left(ts, t_s)
-        if i <= 0:
-            return pts[0][1]
-        if i >= len(pts):
-            return pts[-1][1]
-        (ta, va), (tb, vb) = pts[i - 1], pts[i]
-        if tb == ta:
-            return vb
-        return va + (vb - va) * (t_s - ta) / (tb - ta)
-
-
-@dataclass
-class Recording:
-    """Everything a run recorded. Times are rig seconds from scenario start."""
-
-    scenario: str
-    speed: float
-    rated_w: float
-    min_w: float
-    ramp_max_w_s: float
-    temp_max_c: float
-    end_s: float
-    default_w: float | None = None
-    truth_source: str = "emulator"
-    truth_power_w: Series = field(default_factory=Series)
-    truth_temp_c: Series = field(default_factory=Series)
-    truth_hashrate_ghs: Series = field(default_factory=Series)
-    truth_freq_mhz: Series = field(default_factory=Series)
-    ambient_c: Series = field(default_factory=Series)
-    telemetry: list[dict[str, Any]] = field(default_factory=list)  # t_s, epoch + telemetry map
-    commands: list[dict[str, Any]] = field(default_factory=list)  # SentCommand.as_dict()
-    faults: list[dict[str, Any]] = field(default_factory=list)  # t_s, end_s, kind, label, exempt
-    events: list[dict[str, Any]] = field(default_factory=list)  # t_s, text
-    agent_restarts: int = 0
-    agent_crashes: int = 0
-    measure: Measure = field(default_factory=Measure)
-    criteria: dict[str, float] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def telemetry_series(self, key: str) -> Series:
-        s = Series()
-        for m in self.telemetry:
-            value = m.get(key)
-            s.add(float(m["t_s"]), float(value) if isinstance(value, int | float) else None)
-        return s
-
-    # ---- persistence: DIR/recording.json, so a report can be redrawn without a rerun
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["measure"] = asdict(self.measure)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Recording:
-        d = dict(d)
-        for key in ("truth_power_w", "truth_temp_c", "truth_hashrate_ghs", "truth_freq_mhz",
-                    "ambient_c"):
-            d[key] = Series(**d.get(key, {}))
-        d["measure"] = Measure(**d.get("measure", {}))
-        return cls(**d)
-
-
-# --------------------------------------------------------------------------- figures
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -250,7 +157,7 @@ def reference_steps(rec: Recording) -> list[Step]:
     return steps
 
 
-def _response(rec: Recording, step: Step) -> None:
+def measure_response(rec: Recording, step: Step) -> None:
     """Fill `response_s`, `late`, `superseded` of a step from the true power."""
     if step.start_w is None or step.exempt or step.t_s < 0.0:
         return
@@ -344,6 +251,7 @@ def cap_violations(rec: Recording) -> list[tuple[float, float]]:
 
 
 def temp_violations(rec: Recording) -> list[tuple[float, float]]:
+    """Episodes of the hottest true chip temperature above the hard limit."""
     return _episodes([(t, v > rec.temp_max_c) for t, v in rec.truth_temp_c.points(0.0)])
 
 
@@ -425,6 +333,7 @@ def telemetry_gaps(rec: Recording) -> dict[str, int]:
 
 
 def energy_wh(series: Series, t0: float, t1: float) -> float:
+    """Energy of a power series between t0 and t1 (Wh, trapezoids)."""
     pts = series.points(t0, t1)
     return sum((tb - ta) * (pa + pb) / 2.0
                for (ta, pa), (tb, pb) in itertools.pairwise(pts)) / 3600.0
@@ -482,392 +391,3 @@ def reserve_results(rec: Recording) -> list[dict[str, Any]]:
                              and held and max(held) <= band)
         out.append(res)
     return out
-
-
-def summarize(rec: Recording) -> dict[str, Any]:
-    """The run's figures and the verdict of each criterion."""
-    steps = reference_steps(rec)
-    for s in steps:
-        _response(rec, s)
-    responses = [s.response_s for s in steps if s.response_s is not None]
-    track = tracking(rec, steps)
-    caps_ep = cap_violations(rec)
-    temp_ep = temp_violations(rec)
-    ramp_ep, fastest = ramp_violations(rec)
-    gaps = telemetry_gaps(rec)
-    answers = {id(f): drops for f, drops in expected_trips(rec)}
-    sent = [c for c in rec.commands]
-    acked = [c for c in sent if c.get("result") is not None]
-    latencies = [1000.0 * (float(c["ack_t_s"]) - float(c["t_s"])) for c in acked
-                 if c.get("ack_t_s") is not None]
-    reserve = reserve_results(rec)
-    temps = [v for _, v in rec.truth_temp_c.points(0.0)]
-    powers = [v for _, v in rec.truth_power_w.points(0.0)]
-    summary: dict[str, Any] = {
-        "scenario": rec.scenario,
-        "speed": rec.speed,
-        "duration_s": round(rec.end_s, 1),
-        "truth_source": rec.truth_source,
-        "rated_w": rec.rated_w,
-        "min_w": rec.min_w,
-        "ramp_max_w_s": rec.ramp_max_w_s,
-        "temp_max_c": rec.temp_max_c,
-        "tracking_rms_pct": _r(track["rms_pct"], 3),
-        "tracking_max_pct": _r(track["max_pct"], 2),
-        "tracking_max_at_s": _r(track["max_at_s"], 1),
-        "tracked_s": round(track["tracked_s"], 1),
-        "response_s": {
-            "p50": _r(percentile(responses, 50), 2),
-            "p90": _r(percentile(responses, 90), 2),
-            "max": _r(max(responses) if responses else None, 2),
-            "steps": len(responses),
-            "late": sum(1 for s in steps if s.late),
-            "superseded": sum(1 for s in steps if s.superseded),
-        },
-        "violations": {"cap": len(caps_ep), "ramp": len(ramp_ep), "temp": len(temp_ep)},
-        "violation_episodes": {
-            "cap": [[_r(a, 1), _r(b, 1)] for a, b in caps_ep],
-            "ramp": [[_r(a, 1), _r(b, 1)] for a, b in ramp_ep],
-            "temp": [[_r(a, 1), _r(b, 1)] for a, b in temp_ep],
-        },
-        "fastest_ramp_w_s": _r(fastest, 2),
-        "max_power_w": _r(max(powers) if powers else None, 2),
-        "max_chip_temp_c": _r(max(temps) if temps else None, 2),
-        "commands": {
-            "sent": len(sent),
-            "acked": len(acked),
-            "accepted": sum(1 for c in acked if c.get("result") in ACCEPTED),
-            "rejected": sum(1 for c in acked if c.get("result") == "rejected"),
-            "unacked": len(sent) - len(acked),
-            "ack_latency_ms": {"p50": _r(percentile(latencies, 50), 1),
-                               "max": _r(max(latencies) if latencies else None, 1)},
-            "rejections": [{"label": c.get("label"), "reason": c.get("reason"),
-                            "detail": c.get("detail")}
-                           for c in acked if c.get("result") == "rejected"],
-        },
-        "telemetry_gaps": gaps["gaps"],
-        "telemetry_missing": gaps["missing"],
-        "telemetry_messages": gaps["messages"],
-        "energy_wh": round(energy_wh(rec.truth_power_w, 0.0, rec.end_s), 4),
-        "energy_wh_agent": _r(agent_energy_wh(rec), 4),
-        "reserve": reserve,
-        "reserve_failures": sum(1 for r in reserve if r["passed"] is False),
-        "agent_restarts": rec.agent_restarts,
-        "agent_crashes": rec.agent_crashes,
-        "faults": [_fault_summary(f, answers.get(id(f))) for f in rec.faults],
-        "faults_missed": sum(1 for drops in answers.values() if not drops),
-        "skipped": list(rec.meta.get("skipped") or []),
-    }
-    if "energy_wh_wall_incl_psu" in rec.meta:
-        summary["energy_wh_wall_incl_psu"] = rec.meta["energy_wh_wall_incl_psu"]
-    summary["criteria"] = check_criteria(summary, rec.criteria)
-    summary["passed"] = all(c["ok"] for c in summary["criteria"])
-    return summary
-
-
-def _fault_summary(f: dict[str, Any], trips: list[tuple[float, float]] | None) -> dict[str, Any]:
-    """A fault as the summary lists it; one that expects a trip says when the agent tripped."""
-    out = {k: f.get(k) for k in ("t_s", "end_s", "kind", "label", "expect")}
-    if trips is not None:
-        out["tripped_at_s"] = round(trips[0][1], 1) if trips else None
-    return out
-
-
-def _r(x: float | None, nd: int) -> float | None:
-    return None if x is None else round(float(x), nd)
-
-
-def figure(summary: dict[str, Any], name: str) -> float | None:
-    """The summary figure a criterion names."""
-    table: dict[str, Any] = {
-        "tracking_rms_pct": summary["tracking_rms_pct"],
-        "tracking_max_pct": summary["tracking_max_pct"],
-        "response_p50_s": summary["response_s"]["p50"],
-        "response_p90_s": summary["response_s"]["p90"],
-        "response_max_s": summary["response_s"]["max"],
-        "responses_late": summary["response_s"]["late"],
-        "cap_violations": summary["violations"]["cap"],
-        "ramp_violations": summary["violations"]["ramp"],
-        "temp_violations": summary["violations"]["temp"],
-        "commands_unacked": summary["commands"]["unacked"],
-        "commands_rejected": summary["commands"]["rejected"],
-        "telemetry_gaps": summary["telemetry_gaps"],
-        "reserve_failures": summary["reserve_failures"],
-        "agent_crashes": summary["agent_crashes"],
-        "faults_missed": summary["faults_missed"],
-    }
-    assert set(table) == set(CRITERIA), "every criterion needs a figure"
-    return table[name]
-
-
-def check_criteria(summary: dict[str, Any], criteria: dict[str, float]) -> list[dict[str, Any]]:
-    """Each criterion: the figure, its bound, ok. A figure that could not be measured fails."""
-    out = []
-    for name, bound in criteria.items():
-        value = figure(summary, name)
-        ok = value is not None and value <= bound + 1e-9
-        out.append({"name": name, "value": value, "bound": bound, "ok": ok})
-    return out
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def write_summary(summary: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """DIR/summary.json and DIR/summary.md."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    js = out_dir / "summary.json"
-    js.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    md = out_dir / "summary.md"
-    md.write_text(markdown(summary), encoding="utf-8")
-    return js, md
-
-
-def _fmt(x: Any, unit: str = "") -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.3g}{unit}" if abs(x) < 100 else f"{x:.0f}{unit}"
-    return f"{x}{unit}"
-
-
-def markdown(s: dict[str, Any]) -> str:
-    r = s["response_s"]
-    c = s["commands"]
-    v = s["violations"]
-    verdict = "PASS" if s["passed"] else "FAIL"
-    lines = [
-        f"# HIL run: {s['scenario']} ({verdict})",
-        "",
-        f"Speed {s['speed']:g}x, {s['duration_s']:.0f} s, rated power {s['rated_w']:.0f} W, "
-        f"declared ramp {s['ramp_max_w_s']:.3g} W/s, chip limit {s['temp_max_c']:.0f} °C; "
-        f"truth from the {s['truth_source']}.",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        f"| tracking error RMS | {_fmt(s['tracking_rms_pct'], ' %')} of rated "
-        f"(over {s['tracked_s']:.0f} s) |",
-        f"| tracking error max | {_fmt(s['tracking_max_pct'], ' %')} of rated |",
-        f"| response to 90 % of a step (p50 / p90 / max) | {_fmt(r['p50'])} / {_fmt(r['p90'])} / "
-        f"{_fmt(r['max'], ' s')} over {r['steps']} steps ({r['late']} late) |",
-        f"| violations cap / ramp / temp | {v['cap']} / {v['ramp']} / {v['temp']} |",
-        f"| fastest ramp seen | {_fmt(s['fastest_ramp_w_s'], ' W/s')} |",
-        f"| max power / max chip temperature | {_fmt(s['max_power_w'], ' W')} / "
-        f"{_fmt(s['max_chip_temp_c'], ' °C')} |",
-        f"| commands sent / acked / rejected | {c['sent']} / {c['acked']} / {c['rejected']} |",
-        f"| ack latency p50 / max | {_fmt(c['ack_latency_ms']['p50'])} / "
-        f"{_fmt(c['ack_latency_ms']['max'], ' ms')} |",
-        f"| telemetry messages / gaps / missing | {s['telemetry_messages']} / "
-        f"{s['telemetry_gaps']} / {s['telemetry_missing']} |",
-        f"| energy (true / agent's count) | {_fmt(s['energy_wh'], ' Wh')} / "
-        f"{_fmt(s['energy_wh_agent'], ' Wh')} |",
-        f"| agent restarts / crashes | {s['agent_restarts']} / {s['agent_crashes']} |",
-        "",
-    ]
-    if s["reserve"]:
-        lines += ["## Reserve tests", "",
-                  "| product | direction | target | reached | window | held (max dev) | result |",
-                  "|---|---|---|---|---|---|---|"]
-        for t in s["reserve"]:
-            lines.append(
-                f"| {t['product']} | {t['direction']} | {t['target_w']:.0f} W | "
-                f"{_fmt(t['reached_s'], ' s')} | {t['response_window_s']:.3g} s | "
-                f"{t['hold_s']:.3g} s ({_fmt(t['hold_max_dev_w'], ' W')}) | "
-                f"{_verdict_word(t['passed'])} |")
-        lines.append("")
-    if s["faults"]:
-        lines += ["## Faults", ""]
-        for f in s["faults"]:
-            end = f" to {f['end_s']:.1f} s" if f.get("end_s") is not None else ""
-            line = f"* {f['t_s']:.1f} s{end}: {f['kind']} {f.get('label') or ''}".rstrip()
-            if f.get("expect") == "trip":
-                at = f.get("tripped_at_s")
-                line += (f"; the agent tripped at {at:.1f} s" if at is not None
-                         else "; the agent did NOT trip")
-            lines.append(line)
-        lines.append("")
-    if s.get("skipped"):
-        lines += ["## Not played on this rig", ""]
-        lines += [f"* {x}" for x in s["skipped"]]
-        lines.append("")
-    lines += ["## Criteria", "", "| criterion | value | bound | |", "|---|---|---|---|"]
-    for cr in s["criteria"]:
-        lines.append(f"| {cr['name']} | {_fmt(cr['value'])} | <= {cr['bound']:g} | "
-                     f"{'ok' if cr['ok'] else 'FAIL'} |")
-    if c["rejections"]:
-        lines += ["", "## Rejected commands", ""]
-        lines += [f"* {x['label']}: {x['reason']} {x.get('detail') or ''}".rstrip()
-                  for x in c["rejections"]]
-    return "\n".join(lines) + "\n"
-
-
-def _verdict_word(passed: bool | None) -> str:
-    return "skipped (not deliverable at this speed)" if passed is None else (
-        "pass" if passed else "FAIL")
-
-
-def write_recording(rec: Recording, out_dir: Path) -> Path:
-    path = out_dir / "recording.json"
-    path.write_text(json.dumps(rec.to_json(), default=str) + "\n", encoding="utf-8")
-    return path
-
-
-def read_recording(path: Path) -> Recording:
-    return Recording.from_json(json.loads(path.read_text(encoding="utf-8")))
-
-
-# --------------------------------------------------------------------------- plot
-
-FAULT_COLORS = {
-    "broker_outage": "#9467bd",
-    "serial_garbage": "#8c564b",
-    "chip_death": "#d62728",
-    "stuck_sensor": "#e377c2",
-    "agent_kill": "#7f7f7f",
-}
-
-
-def _reference_line(rec: Recording, steps: Sequence[Step]) -> tuple[list[float], list[float]]:
-    xs: list[float] = []
-    ys: list[float] = []
-    for s in steps:
-        xs += [s.t_s, s.end_s]
-        ys += [s.reference_w, s.reference_w]
-    return xs, ys
-
-
-def _legend(ax: Any, ncol: int, loc: str = "upper left") -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc=loc, fontsize=7, ncol=ncol, framealpha=0.85)
-
-
-def plot(rec: Recording, summary: dict[str, Any], path: Path) -> Path:
-    """DIR/report.png: setpoint, governor target, true power; chip temperature; hashrate; with
-    commands and faults marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = reference_steps(rec)
-    fig, axes = plt.subplots(3, 1, figsize=(12, 8.5), sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1.4, 1.2]})
-    ax_p, ax_t, ax_h = axes
-    t_end = rec.end_s
-    t_start = min([0.0] + [t for t in rec.truth_power_w.t_s[:1]])
-
-    xs, ys = _reference_line(rec, steps)
-    if xs:
-        ax_p.plot(xs, ys, color="#2ca02c", lw=2.2, label="setpoint (operator)", zorder=3)
-    tgt = rec.telemetry_series("target_w").points()
-    if tgt:
-        ax_p.step([p[0] for p in tgt], [p[1] for p in tgt], where="post", color="#ff7f0e",
-                  lw=1.2, ls="--", label="governor target (agent)", zorder=4)
-    pw = rec.truth_power_w.points()
-    if pw:
-        ax_p.plot([p[0] for p in pw], [p[1] for p in pw], color="#1f77b4", lw=1.3,
-                  label=f"measured power ({rec.truth_source})", zorder=5)
-    ax_p.axhline(rec.rated_w, color="black", lw=0.8, ls=":", label="rated power (cap)")
-    ax_p.set_ylabel("power (W)")
-    ax_p.set_ylim(bottom=0, top=rec.rated_w * 1.18)
-
-    # command markers: curtail/resume/standby and reserve tests get a labelled line
-    for c in rec.commands:
-        t = float(c["t_s"])
-        rejected = c.get("result") == "rejected" or c.get("error")
-        named = c.get("kind") == "command" and c.get("label") not in (None, "", c.get("op"))
-        if c.get("op") in ("curtail", "resume", "standby") or c.get("kind") in (
-            "reserve", "release"
-        ) or rejected or named:
-            color = "red" if rejected else "#2ca02c"
-            ax_p.axvline(t, color=color, lw=0.8, ls="-.", alpha=0.8)
-            ax_p.text(t, rec.rated_w * 1.16, " " + str(c.get("label") or c.get("op")),
-                      rotation=90, va="top", ha="left", fontsize=7, color=color)
-    cmd_t = [float(c["t_s"]) for c in rec.commands]
-    ax_p.plot(cmd_t, [rec.rated_w * 1.02] * len(cmd_t), "|", color="#2ca02c", ms=6,
-              label="command sent")
-
-    for ax in axes:
-        for f in rec.faults:
-            color = FAULT_COLORS.get(str(f["kind"]), "grey")
-            end = f.get("end_s")
-            end = float(end) if end is not None else t_end
-            if end - float(f["t_s"]) < 0.5:
-                ax.axvline(float(f["t_s"]), color=color, lw=1.5, alpha=0.6)
-            else:
-                ax.axvspan(float(f["t_s"]), end, color=color, alpha=0.13)
-    for f in rec.faults:
-        ax_p.text(float(f["t_s"]), rec.rated_w * 0.3, " " + str(f.get("label") or f["kind"]),
-                  rotation=90, va="bottom", ha="left", fontsize=7,
-                  color=FAULT_COLORS.get(str(f["kind"]), "grey"))
-    for a, b in summary["violation_episodes"]["ramp"] + summary["violation_episodes"]["cap"]:
-        ax_p.axvspan(a, (b or a) + 0.2, color="red", alpha=0.35)
-
-    _legend(ax_p, ncol=5, loc="lower left")
-
-    temp = rec.truth_temp_c.points()
-    if temp:
-        ax_t.plot([p[0] for p in temp], [p[1] for p in temp], color="#d62728", lw=1.2,
-                  label=f"hottest chip ({rec.truth_source})")
-    tel_t = rec.telemetry_series("temp_c").points()
-    if tel_t and rec.truth_source != "telemetry":
-        ax_t.plot([p[0] for p in tel_t], [p[1] for p in tel_t], color="#ff9896", lw=0.9,
-                  ls="--", label="hottest chip (agent)")
-    amb = rec.ambient_c.points()
-    if amb:
-        ax_t.step([p[0] for p in amb], [p[1] for p in amb], where="post", color="#17becf",
-                  lw=1.0, label="ambient")
-    ax_t.axhline(rec.temp_max_c, color="black", lw=0.8, ls=":", label="hard limit")
-    for a, b in summary["violation_episodes"]["temp"]:
-        ax_t.axvspan(a, (b or a) + 0.2, color="red", alpha=0.35)
-    ax_t.set_ylabel("temperature (°C)")
-    _legend(ax_t, ncol=4)
-
-    hr = rec.telemetry_series("hashrate_ghs").points()
-    if hr:
-        ax_h.plot([p[0] for p in hr], [p[1] for p in hr], color="#8c564b", lw=1.1,
-                  label="hashrate, verified nonces (agent)")
-    hr_true = rec.truth_hashrate_ghs.points()
-    if hr_true and rec.truth_source != "telemetry":
-        ax_h.plot([p[0] for p in hr_true], [p[1] for p in hr_true], color="#c49c94", lw=0.9,
-                  ls="--", label="hashrate (emulator)")
-    ax_h.set_ylabel("hashrate (GH/s)")
-    ax_h.set_xlabel("time (s) from scenario start" + (
-        f", scenario played at {rec.speed:g}x" if rec.speed != 1 else ""))
-    _legend(ax_h, ncol=2)
-    ax_h.set_xlim(t_start, t_end)
-
-    v = summary["violations"]
-    c = summary["commands"]
-    title = (
-        f"gridminer HIL: {rec.scenario} — {'PASS' if summary['passed'] else 'FAIL'}   "
-        f"tracking RMS {_fmt(summary['tracking_rms_pct'], ' %')} (max "
-        f"{_fmt(summary['tracking_max_pct'], ' %')}) of {rec.rated_w:.0f} W, "
-        f"response p90 {_fmt(summary['response_s']['p90'], ' s')}, "
-        f"violations cap/ramp/temp {v['cap']}/{v['ramp']}/{v['temp']}, "
-        f"commands acked {c['acked']}/{c['sent']}"
-    )
-    fig.suptitle(title, fontsize=9.5)
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_report(rec: Recording, out_dir: Path) -> dict[str, Any]:
-    """Everything of a run into DIR: recording.json, summary.json, summary.md, report.png."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(rec)
-    write_recording(rec, out_dir)
-    write_summary(summary, out_dir)
-    try:
-        plot(rec, summary, out_dir / "report.png")
-    except ImportError as exc:  # the agent's own install has no matplotlib: figures still count
-        import sys
-
-        print(f"gridminer hil: no plot ({exc}); install matplotlib (pip install "
-              "'gridminer[report]') for report.png", file=sys.stderr)
-    return summary

@@ -75,6 +75,8 @@ def test_out_of_range_names_key_and_range():
     [
         (with_("chain", colour="red"), "chain.colour: unknown key"),
         ({**BASE, "extra": {}}, "extra: unknown section"),
+        ({**BASE, "chian": {}}, "chian: unknown section (did you mean 'chain'?)"),
+        (with_("chain", port=""), "chain.port: expected a non-empty string, got ''"),
         ({"board": {"port": "x"}}, "chain.port: required"),
         (with_("chain", chips="4"), "chain.chips: expected an integer, got '4'"),
         (with_("chain", chips=True), "chain.chips: expected an integer"),

@@ -72,16 +72,17 @@ def test_unknown_section_is_named():
 
 
 def test_missing_required_key_is_named():
-    assert "scenario.duration_s: is required" in error_of({"scenario": {"name": "x"}})
-    assert "grid[0].op: is required" in error_of(with_({"grid": [{"at_s": 1}]}))
+    assert "scenario.duration_s: required" in error_of({"scenario": {"name": "x"}})
+    assert "grid[0].op: required (one of setpoint" in error_of(with_({"grid": [{"at_s": 1}]}))
 
 
 def test_wrong_type_and_range_are_named():
-    assert "grid[0].at_s: must be a number" in error_of(
+    assert "grid[0].at_s: expected a number, got 'soon'" in error_of(
         with_({"grid": [{"at_s": "soon", "op": "curtail"}]}))
-    assert "grid[0].at_s: must be in [0, 100], got 500" in error_of(
+    assert "grid[0].at_s: 500 is out of range [0, 100]" in error_of(
         with_({"grid": [{"at_s": 500, "op": "curtail"}]}))
-    assert "must be one of" in error_of(with_({"grid": [{"at_s": 1, "op": "explode"}]}))
+    assert "grid[0].op: 'explode' is not one of setpoint," in error_of(
+        with_({"grid": [{"at_s": 1, "op": "explode"}]}))
 
 
 def test_setpoint_needs_exactly_one_power():
@@ -99,7 +100,7 @@ def test_unknown_criterion_is_named_with_the_known_ones():
 
 def test_fault_kind_and_its_parameters_are_checked():
     assert "fault[0].kind" in error_of(with_({"fault": [{"at_s": 1, "kind": "meteor"}]}))
-    assert "fault[0].duration_s: is required" in error_of(
+    assert "fault[0].duration_s: required" in error_of(
         with_({"fault": [{"at_s": 1, "kind": "broker_outage"}]}))
     assert "fault[0].chip" in error_of(
         with_({"fault": [{"at_s": 1, "kind": "agent_kill", "chip": 1}]}))
@@ -172,3 +173,20 @@ def test_agent_overrides_pass_through():
     data = tomllib.loads(
         '[scenario]\nname="a"\nduration_s=10\n[device.agent.envelope]\nramp_max_w_s=5.0\n')
     assert parse(data).device.agent == {"envelope": {"ramp_max_w_s": 5.0}}
+
+
+def test_ranges_with_one_bound_or_an_open_end_say_so():
+    surplus = {"at_s": 0, "op": "surplus", "until_s": 50}
+    assert "grid[0].interval_s: 0.01 is out of range (must be >= 0.1)" in error_of(
+        with_({"grid": [{**surplus, "interval_s": 0.01}]}))
+    assert "grid[0].clouds[0].width_h: 0 is out of range (0, 24]" in error_of(
+        with_({"grid": [{**surplus, "clouds": [{"at_h": 12, "width_h": 0}]}]}))
+
+
+def test_a_table_array_written_as_a_value_is_named_with_its_syntax():
+    assert "x.toml: grid: expected a list of tables ([[grid]])" in error_of(with_({"grid": 3}))
+
+
+def test_an_empty_label_is_no_label():
+    s = parse(with_({"grid": [{"at_s": 1, "op": "curtail", "label": ""}]}))
+    assert s.grid[0].label == ""
