@@ -1,5 +1,6 @@
 """`LinkCutter`: a TCP relay between the agent and the broker that the rig cuts to play a broker
-outage as the agent sees it (open connections drop, new ones are refused) and restores after.
+outage as the agent sees it (open connections drop, new ones are refused) or freezes to play a
+half-open connection (the sockets stay open, nothing gets through), and restores after.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import threading
 
 class LinkCutter:
     """A TCP relay between the agent and the broker that the rig can cut (a broker outage as the
-    agent sees it: connections drop, new ones are refused) and restore."""
+    agent sees it: connections drop, new ones are refused), freeze (a half-open connection:
+    what either side sends is swallowed, no socket closes) and restore."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
@@ -23,6 +25,7 @@ class LinkCutter:
         self.port = int(self._listener.getsockname()[1])
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._cut = threading.Event()
+        self._frozen = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="link-cutter", daemon=True)
@@ -42,8 +45,12 @@ class LinkCutter:
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
 
+    def freeze(self) -> None:
+        self._frozen.set()
+
     def restore(self) -> None:
         self._cut.clear()
+        self._frozen.clear()
 
     def close(self) -> None:
         self._stop.set()
@@ -85,6 +92,8 @@ class LinkCutter:
                 if not data or peer is None:
                     self._drop(s)
                     continue
+                if self._frozen.is_set():
+                    continue  # swallowed: neither side hears of it
                 try:
                     peer.sendall(data)
                 except OSError:

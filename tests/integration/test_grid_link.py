@@ -334,3 +334,42 @@ def test_inbound_is_bounded_and_counts_what_it_drops(mosquitto, tmp_path) -> Non
         sender.loop_stop()
         sender.disconnect()
         link.stop()
+
+
+def test_a_half_open_connection_is_noticed_and_its_telemetry_counted_lost(mosquitto,
+                                                                          tmp_path) -> None:
+    """The path to the broker goes silent without closing (a NAT or a cable that drops): the
+    keepalive notices within two periods, every QoS 0 message handed over after the broker last
+    confirmed what it had is counted lost, and the link comes back once the path does."""
+    from agent.grid.link import GridLink, LinkSettings
+    from hil.rig.cutter import LinkCutter
+
+    cutter = LinkCutter(("127.0.0.1", mosquitto.port))
+    link = GridLink(LinkSettings(cutter.url, "site-a", "dev-1", state_dir=str(tmp_path / "s"),
+                                 keepalive_s=1, reconnect_min_s=0.2, reconnect_max_s=0.5))
+    link.start()
+    try:
+        _wait(lambda: link.connected, 10, "link up")
+        time.sleep(2.5)  # a few answered pings
+        for _ in range(5):
+            assert link.publish("gridminer/site-a/dev-1/telemetry", b"\xa0", qos=0)
+            time.sleep(0.05)
+        assert link.take_lost() == 0  # a healthy link loses nothing
+        cutter.freeze()
+        frozen_at = time.monotonic()
+        sent = 0
+        while link.connected and time.monotonic() - frozen_at < 10:
+            if link.publish("gridminer/site-a/dev-1/telemetry", b"\xa0", qos=0):
+                sent += 1
+            time.sleep(0.1)
+        noticed_s = time.monotonic() - frozen_at
+        assert not link.connected and noticed_s <= 3.0, noticed_s  # two keepalives and a bit
+        lost = link.take_lost()
+        # every message after the freeze, and at most a keepalive's worth from before it
+        assert sent <= lost <= sent + 5 + 10, (sent, lost)
+        cutter.restore()
+        _wait(lambda: link.connected, 10, "link back after the path returns")
+        assert link.take_lost() == 0
+    finally:
+        link.stop()
+        cutter.close()
