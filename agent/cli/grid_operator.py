@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,70 @@ from agent.site.view import watch
 EXIT_OK, EXIT_REJECTED, EXIT_TIMEOUT, EXIT_ERROR = 0, 1, 2, 3
 
 
+UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: the devices' default maximum validity (exp - iat); a longer command comes back `expired`
+DEVICE_MAX_VALIDITY = "24h"
+
+
 def parse_duration(text: str) -> float:
-    """'900', '90s', '15m', '2h', '1d' -> seconds."""
+    """'90s', '15m', '2h', '1d' -> seconds; a number without a unit is refused."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if not m:
         raise ValueError(f"duration {text!r}: use e.g. 90s, 15m, 2h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if not m.group(2):
+        raise ValueError(f"duration {text!r} has no unit: write {text}s, {text}m or {text}h")
+    return float(m.group(1)) * UNITS_S[m.group(2)]
+
+
+def command_fields(args: argparse.Namespace, now_s: float) -> dict[str, Any]:
+    """What to sign, checked first against what every device will refuse (ValueError says why,
+    before anything is signed): power and ramp out of the contract's range, a validity over the
+    devices' maximum. `--for` counts from `--at` when both are given."""
+    if getattr(args, "power_w", None) is not None and args.power_w < 0:
+        raise ValueError(f"--power-w {args.power_w}: a power target is 0 W or more")
+    if args.ramp_w_s is not None and args.ramp_w_s < 1:
+        raise ValueError(f"--ramp-w-s {args.ramp_w_s}: a ramp limit is 1 W/s or more")
+    valid_for_s = parse_duration(args.valid_for)
+    if valid_for_s <= 0:
+        raise ValueError(f"--for {args.valid_for}: a command must be valid for some time")
+    lead_s = 0.0 if args.at is None else args.at - now_s
+    if lead_s < 0:
+        raise ValueError(f"--at {args.at:.0f} is {-lead_s:.0f} s in the past")
+    validity_s = lead_s + valid_for_s
+    max_s = parse_duration(args.max_validity)
+    if validity_s > max_s:
+        raise ValueError(
+            f"--for {args.valid_for}" + (f" from --at in {lead_s:.0f} s" if lead_s else "")
+            + f" is {validity_s / 3600:.1f} h from now, over the devices' maximum validity "
+            f"({args.max_validity}; a device refuses it as `expired`). If the devices allow "
+            "more, say so with --max-validity")
+    fields: dict[str, Any] = {"validity_s": validity_s}
+    if args.action == "setpoint":
+        fields["power_w"] = args.power_w
+    if args.ramp_w_s is not None:
+        fields["ramp_w_s"] = args.ramp_w_s
+    if args.fallback is not None:
+        fields["fallback"] = args.fallback
+    if args.at is not None:
+        fields["nbf_ms"] = int(args.at * 1000)
+    return fields
+
+
+def describe_ack(device: str, ack: dict[str, Any], rtt_s: float | None = None) -> str:
+    """One ack as a person reads it: `d1: accepted, 40 W, limited by ramp, eta 1.3 s`."""
+    parts = [str(ack.get("result", "?"))]
+    if ack.get("reason"):
+        parts[0] += f" ({ack['reason']})"
+    if ack.get("applied_w") is not None:
+        parts.append(f"{ack['applied_w']:g} W")
+    if ack.get("limited_by"):
+        parts.append(f"limited by {ack['limited_by']}")
+    if ack.get("eta_ms") is not None:
+        parts.append(f"eta {ack['eta_ms'] / 1000:.1f} s")
+    if rtt_s is not None:
+        parts.append(f"round trip {rtt_s * 1000:.0f} ms")
+    text = f"{device}: " + ", ".join(parts)
+    return text + (f": {ack['detail']}" if ack.get("detail") else "")
 
 
 def _common(p: argparse.ArgumentParser, needs_key: bool) -> None:
@@ -65,7 +124,11 @@ def _target(p: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="one device")
     group.add_argument("--all", action="store_true", help="every device of the site")
     p.add_argument("--for", dest="valid_for", default="15m", metavar="DURATION",
-                   help="validity (exp - iat), e.g. 90s, 15m, 2h (default 15m)")
+                   help="how long the command holds, from now or from --at: 90s, 15m, 2h "
+                        "(default 15m)")
+    p.add_argument("--max-validity", default=DEVICE_MAX_VALIDITY, metavar="DURATION",
+                   help=f"the devices' maximum validity (default {DEVICE_MAX_VALIDITY})")
+    p.add_argument("--json", action="store_true", help="acks as JSON lines")
     p.add_argument("--ramp-w-s", type=int, metavar="R", help="ramp limit, W/s")
     p.add_argument("--fallback", choices=FALLBACKS)
     p.add_argument("--at", type=float, metavar="EPOCH_S", help="not before (Unix seconds)")
@@ -137,29 +200,37 @@ def run(args: argparse.Namespace) -> int:
                                 interval_s=args.interval, as_json=args.json,
                                 timeout_s=None if count is None else max(args.timeout, 1.0) * 2)
                 return EXIT_OK if printed or count is None else EXIT_TIMEOUT
+        build = command_fields(args, time.time())
         signer = CommandSigner.from_file(args.key, args.kid, args.prefix, args.insecure_dev)
         seq = SeqCounter(args.seq_file or f"{args.key}.seq.json")
-        build: dict[str, Any] = {"validity_s": parse_duration(args.valid_for)}
-        if args.action == "setpoint":
-            build["power_w"] = args.power_w
-        if args.ramp_w_s is not None:
-            build["ramp_w_s"] = args.ramp_w_s
-        if args.fallback is not None:
-            build["fallback"] = args.fallback
-        if args.at is not None:
-            build["nbf_ms"] = int(args.at * 1000)
         with Operator(options, signer, seq).connect(args.timeout) as op:
+            online = set(op.online_devices(args.site))
+            nobody = args.device not in online if args.device is not None else not online
+            wait_s = 0.0 if nobody else args.timeout
+            sent_s = time.monotonic()
             signed, replies = op.send(args.site, None if args.all else args.device, args.action,
-                                      timeout_s=args.timeout, **build)
+                                      timeout_s=wait_s, expect=None if args.device else
+                                      sorted(online), **build)
+            missing = sorted(op.last_wanted - {r.device for r in replies})
+            if args.all and not online:
+                missing = ["?"]
+            offline = set(missing) - online
     except (GridLinkError, ValueError, OSError) as exc:
         print(f"gridminer operator: {exc}", file=sys.stderr)
         return EXIT_ERROR
     for reply in replies:
-        print(json.dumps(reply.to_json(), sort_keys=True))
-    missing = sorted(op.last_wanted - {r.device for r in replies})
-    for device in missing or ([] if replies else ["?"]):
-        print(json.dumps({"device": device, "id": signed.id.hex(), "seq": signed.seq,
-                          "result": "timeout"}, sort_keys=True))
-    if missing or not replies:
+        rtt = reply.received_s - sent_s if args.action == "ping" else None
+        print(json.dumps(reply.to_json(), sort_keys=True) if args.json
+              else describe_ack(reply.device, reply.ack, rtt))
+    for device in missing:
+        why = (f"no device of site {args.site} is online" if device == "?" else
+               "not online: the broker holds the command for it until it lapses"
+               if device in offline else f"no answer within {args.timeout:g} s")
+        if args.json:
+            print(json.dumps({"device": device, "id": signed.id.hex(), "seq": signed.seq,
+                              "result": "timeout", "detail": why}, sort_keys=True))
+        else:
+            print(why if device == "?" else f"{device}: {why}")
+    if missing:
         return EXIT_TIMEOUT
     return EXIT_OK if all(r.ok for r in replies) else EXIT_REJECTED

@@ -4,6 +4,7 @@ emulated hash board -> the chain's frequency moves; the ack comes back to the CL
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -58,10 +59,20 @@ def test_operator_setpoint_moves_the_emulated_chain(mosquitto, emulator, tmp_pat
         target = int(caps["min_w"] + 0.3 * (caps["max_w"] - caps["min_w"]))
         done = cli("operator", "setpoint", "--broker", mosquitto.url, "--site", "s1",
                    "--device", "d1", "--power-w", str(target), "--key", str(tmp_path / "op.pem"),
-                   "--kid", kid, "--for", "5m", "--timeout", "10")
+                   "--kid", kid, "--for", "5m", "--timeout", "10", "--json")
         assert done.returncode == 0, (done.stdout, done.stderr)
         ack = json.loads(done.stdout.strip().splitlines()[-1])
         assert ack["result"] == "accepted" and ack["applied_w"] <= target
+        ping = cli("operator", "ping", "--broker", mosquitto.url, "--site", "s1", "--device",
+                   "d1", "--key", str(tmp_path / "op.pem"), "--kid", kid, "--timeout", "10")
+        assert ping.returncode == 0, (ping.stdout, ping.stderr)
+        assert re.fullmatch(r"d1: accepted, .*round trip \d+ ms", ping.stdout.strip()), ping.stdout
+        started = time.monotonic()
+        ghost = cli("operator", "setpoint", "--broker", mosquitto.url, "--site", "s1",
+                    "--device", "ghost", "--power-w", "10", "--key", str(tmp_path / "op.pem"),
+                    "--kid", kid, "--timeout", "10")
+        assert ghost.returncode == 2 and time.monotonic() - started < 8
+        assert ghost.stdout.startswith("ghost: not online"), ghost.stdout
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             now = json.loads(emu_status.read_text())["freq_mhz"]
