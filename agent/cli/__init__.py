@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from agent import __version__
 
@@ -21,11 +22,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser: it remembers itself in the parsed arguments, so that an option it
+    does not know is reported with its own usage rather than the top-level one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(_parser=self)
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The parser; only the `selected` subcommand's module is imported to add its options."""
     parser = argparse.ArgumentParser(prog="gridminer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gridminer {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=_Subcommand)
     for name, (module_name, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.set_defaults(_module=module_name)
@@ -38,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

@@ -61,3 +61,19 @@ def test_acks_read_as_sentences() -> None:
         "d2: rejected (expired): exp is in the past"
     assert describe_ack("d3", {"result": "accepted"}, rtt_s=0.0123) == \
         "d3: accepted, round trip 12 ms"
+
+
+@pytest.mark.parametrize(("argv", "prog"), [
+    (["agent", "--chian", "/dev/ttyUSB0"], "gridminer agent"),
+    (["operator", "setpoint", "--site", "s", "--device", "d", "--key", "k", "--power-w", "4",
+      "--bogus"], "gridminer operator setpoint"),
+])
+def test_a_mistyped_option_is_reported_by_its_subcommand(argv: list[str], prog: str,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from agent.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {prog} ") and f"{prog}: error: unrecognized arguments" in err
