@@ -57,10 +57,7 @@ DEMO_SPEED ?= 2.5
 DEMO_OUT ?= out/demo
 .PHONY: demo
 demo: setup
-	@$(PY) -m agent hil run solar_surplus --speed $(DEMO_SPEED) --out $(DEMO_OUT); rc=$$?; \
-	if [ -f $(DEMO_OUT)/report.png ]; then \
-		echo "report: $(abspath $(DEMO_OUT))/report.png (figures: $(abspath $(DEMO_OUT))/summary.md)"; \
-	fi; exit $$rc
+	@$(PY) -m agent hil run solar_surplus --speed $(DEMO_SPEED) --out $(DEMO_OUT)
 
 # Deploy the bridge firmware onto a MicroPython board with mpremote (precompiled .mpy, main.py,
 # bridge.json): make flash PORT=/dev/ttyACM0 [FLASH_ARGS="--config bridge.json --family BM1366"]
