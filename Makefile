@@ -17,7 +17,7 @@ setup: $(SETUP_STAMP) $(TYPINGS)/.stamp mosquitto
 $(SETUP_STAMP): pyproject.toml setup.py $(EXT_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -U pip setuptools wheel
-	$(PIP) install -e '.[test]'
+	PYTHONWARNINGS=ignore $(PIP) install -e '.[test]'  # quiet setuptools' editable-mode notice
 	touch $@
 
 $(TYPINGS)/.stamp: | $(SETUP_STAMP)
