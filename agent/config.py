@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
-from agent.tomlschema import build, check_range, fmt, key, range_error, read_toml, reject_unknown
+from agent.tomlschema import (
+    build,
+    check_range,
+    convert,
+    fmt,
+    key,
+    range_error,
+    read_toml,
+    reject_unknown,
+)
 from firmware_bridge.chips import FAMILIES, profile
 
 if TYPE_CHECKING:
@@ -134,6 +143,32 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    """[[pool]]: one Stratum V1 pool; the entries are in priority order (semantics:
+    agent/pool)."""
+
+    url: str = key()  # stratum+tcp://HOST:PORT or stratum+ssl://HOST:PORT
+    user: str = key()  # the worker name, often ADDRESS.WORKER or ACCOUNT.WORKER
+    password: str | None = key(None)  # absent (and no password_file): "x"
+    password_file: str | None = key(None, path=True)
+    ca_file: str | None = key(None, path=True)  # stratum+ssl: CAs to trust (default: system)
+    version_rolling: bool = key(True)  # ask for BIP 310 version rolling (mining.configure)
+    suggest_difficulty: float | None = key(None, lo=1e-12, hi=2.0**64)
+    extranonce_subscribe: bool = key(False)  # some pools hang up on it: off by default
+
+
+@dataclass(frozen=True)
+class StratumConfig:
+    """[stratum]: how the pool client fails over between the [[pool]] entries and reconnects."""
+
+    failover_after_s: float = key(60.0, lo=0.1, hi=86400.0)
+    retry_min_s: float = key(1.0, lo=0.01, hi=3600.0)
+    retry_max_s: float = key(30.0, lo=0.01, hi=3600.0)
+    connect_timeout_s: float = key(10.0, lo=0.1, hi=300.0)
+    silence_timeout_s: float = key(120.0, lo=1.0, hi=3600.0)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """[log]: logging level and how often a status line is logged."""
 
@@ -151,6 +186,8 @@ class AgentConfig:
     governor: GovernorConfig
     grid: GridConfig
     log: LogConfig
+    stratum: StratumConfig = field(default_factory=StratumConfig)
+    pools: tuple[PoolConfig, ...] = ()  # [[pool]], in priority order; none: local work
     source: str = "<args>"  # file the config came from
     #: [chain] keys the config leaves out ("family", "chips"): the agent probes the chain and
     #: fills them in with `with_chain`
@@ -166,6 +203,7 @@ _SECTIONS: dict[str, type] = {
     "governor": GovernorConfig,
     "grid": GridConfig,
     "log": LogConfig,
+    "stratum": StratumConfig,
 }
 
 
@@ -278,7 +316,20 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
         raise range_error("governor.fan_target_temp_c", gov.fan_target_temp_c, 30,
                           env.max_chip_temp_soft_c, "below envelope.max_chip_temp_soft_c")
     _check_grid(cfg.grid)
+    _check_pools(cfg)
     return dataclasses.replace(cfg, envelope=env, governor=gov)
+
+
+def _check_pools(cfg: AgentConfig) -> None:
+    from agent.pool.endpoint import parse_url
+
+    for i, pool in enumerate(cfg.pools):
+        parse_url(pool.url, f"pool[{i}].url")
+        if pool.password is not None and pool.password_file is not None:
+            raise ConfigError(f"pool[{i}]: give password or password_file, not both")
+    if cfg.stratum.retry_max_s < cfg.stratum.retry_min_s:
+        raise range_error("stratum.retry_max_s", cfg.stratum.retry_max_s,
+                          cfg.stratum.retry_min_s, 3600, "at least retry_min_s")
 
 
 def _check_grid(grid: GridConfig) -> None:
@@ -310,12 +361,13 @@ def config_from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None,
     """Validate a TOML-shaped mapping into an AgentConfig (raises ConfigError)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("config: expected a table")
-    reject_unknown("", raw, tuple(_SECTIONS), noun="section")
+    reject_unknown("", raw, (*_SECTIONS, "pool"), noun="section")
     sections = {name: build(cls, name, raw.get(name, {}), base_dir)
                 for name, cls in _SECTIONS.items()}
+    pools = convert(tuple[PoolConfig, ...], raw.get("pool", []), "pool", base_dir)
     chain_raw = raw.get("chain", {})
     unpinned = tuple(k for k in ("family", "chips") if k not in chain_raw)
-    given = AgentConfig(source=source, chain_unpinned=unpinned, **sections)
+    given = AgentConfig(source=source, chain_unpinned=unpinned, pools=pools, **sections)
     return _derive(dataclasses.replace(given, as_given=given))
 
 
@@ -378,6 +430,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure-dev", action="store_true", default=None,
                         help="development only: run without an operator key (every command is "
                              "rejected) and accept secret files others can read")
+    parser.add_argument("--pool", metavar="URL", action="append",
+                        help="Stratum V1 pool, stratum+tcp://HOST:PORT or stratum+ssl://..."
+                             " (repeat for failover pools, in priority order; replaces the "
+                             "file's [[pool]] entries)")
+    parser.add_argument("--pool-user", metavar="USER", action="append",
+                        help="worker name at the pool (once for all --pool, or once each)")
+    parser.add_argument("--pool-password-file", metavar="FILE", action="append",
+                        help="file holding the pool password (once for all, or once each; "
+                             "default password: x)")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -417,4 +478,39 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             raise ConfigError("--operator-key/--kid: give one --kid for each --operator-key")
         put("grid", "operator_keys",
             [{"kid": k, "path": str(Path(p).resolve())} for p, k in zip(keys, kids, strict=True)])
+    pools = _pools_from_args(args)
+    if pools is not None:
+        raw["pool"] = pools
     return config_from_mapping(raw, base_dir, str(path) if path else "<args>")
+
+
+def _pools_from_args(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """[[pool]] entries from --pool/--pool-user/--pool-password-file (None: no --pool)."""
+    urls = list(getattr(args, "pool", None) or [])
+    users = list(getattr(args, "pool_user", None) or [])
+    files = list(getattr(args, "pool_password_file", None) or [])
+    if not urls:
+        if users or files:
+            raise ConfigError("--pool-user/--pool-password-file: give --pool URL as well")
+        return None
+
+    def each(values: list[str], flag: str) -> list[str | None]:
+        given: list[str | None] = list(values)
+        if not given:
+            return [None] * len(urls)
+        if len(given) == 1:
+            return given * len(urls)
+        if len(given) != len(urls):
+            raise ConfigError(f"{flag}: give it once for all --pool, or once for each")
+        return given
+
+    if not users:
+        raise ConfigError("--pool-user USER is required with --pool")
+    entries = []
+    for url, user, file in zip(urls, each(users, "--pool-user"),
+                               each(files, "--pool-password-file"), strict=True):
+        entry: dict[str, Any] = {"url": url, "user": user}
+        if file is not None:
+            entry["password_file"] = str(Path(file).resolve())
+        entries.append(entry)
+    return entries

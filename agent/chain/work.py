@@ -1,7 +1,9 @@
 """Work for the chain: block headers from a work source, the job-slot table, nonce checks.
 
 A `WorkSource` hands out 80-byte block headers; the local generator makes valid, varying headers
-so the chain hashes without a pool, and a pool client can take its place later. The `JobTable`
+so the chain hashes without a pool, and the pool client (`agent.pool`) takes its place when pools
+are configured: its `Work` carries an `origin` the chain never reads (what makes a nonce a share
+of one pool job) and it says when the chips' work has gone stale (`clean_pending`). The `JobTable`
 remembers which header went out under which job id (ids are reused) and keeps a slot's previous
 occupant for a short grace period, so a late nonce is still checked against the job it belongs to.
 """
@@ -12,7 +14,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.clock import Clock
 
@@ -55,8 +57,10 @@ class Work:
 
     header80: bytes
     work_id: int
-    version_mask: int = DEFAULT_VERSION_MASK
+    version_mask: int = DEFAULT_VERSION_MASK  # the bits the chips may roll (0: none)
     clean: bool = False  # a new block: earlier work is stale, send this at once
+    #: opaque to the chain: what the work source needs to turn a nonce into a share
+    origin: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.header80) != 80:
@@ -101,6 +105,11 @@ class WorkSource(Protocol):
 
     def submit(self, share: Share) -> None:
         """A nonce that verified against the work it was found for."""
+        ...
+
+    def clean_pending(self, now_s: float) -> bool:
+        """True when the work the chips hash has gone stale (a new block, another pool, a new
+        version mask): the next job should go out now rather than at the job cadence."""
         ...
 
 
@@ -157,6 +166,11 @@ class LocalWorkSource:
     def submit(self, share: Share) -> None:
         self.shares += 1
         self.best_difficulty = max(self.best_difficulty, share.difficulty)
+
+    def clean_pending(self, now_s: float) -> bool:
+        if self._block_interval_s <= 0:
+            return False
+        return int(max(0.0, now_s - self._t0_s) // self._block_interval_s) != self._block
 
 
 @dataclass
