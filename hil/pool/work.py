@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-
 DIFF1 = 0xFFFF << 208
 NTIME_SLACK_S = 7000  # ckpool: a share's ntime may run this far ahead of its job's
 
