@@ -4,7 +4,15 @@
 hot, regulator too hot, over power, bridge trip) and latches a trip; frozen is a whole sample
 bit-identical for `sensor_frozen_s`, or one chip temperature unchanged for `sensor_frozen_s`
 while the board power swung by `FROZEN_SWING_SHARE` of max power (a stuck channel among live
-ones could hide the hottest chip; it stays suspect until its reading changes).
+ones could hide the hottest chip; it stays suspect until its reading changes). A chip channel
+that has read while the chain was powered and then reads nothing for `sensor_frozen_s` while it
+is powered trips too (it could hide the hottest chip as well); it stays expected across the power
+cycle, so after the trip's release it must read again within `sensor_frozen_s` of the power-on.
+Such sensor trips (missing or frozen readings) get `SENSOR_TRIP_LIMIT` - 1 retries: the
+`SENSOR_TRIP_LIMIT`-th within `SENSOR_TRIP_WINDOW_S` latches for good (the board stays idle until
+the agent restarts, and the trip reason says so), so a board cannot cycle trip/ramp forever.
+`Envelope.applied(...)` takes what reached the hardware (the bridge's answers: core voltage, fan,
+chain power); the next outputs are sequenced and ramped from those, not from what was asked.
 `Envelope.enforce(now_s, proposed)` is the last step of every governor output and returns an
 `Actuation` inside the envelope, whatever was proposed:
 
@@ -13,6 +21,7 @@ ones could hide the hottest chip; it stays suspect until its reading changes).
 * frequency, core voltage, fan and target inside their configured bounds;
 * a frequency never above what the voltage in force supports (up: voltage first, frequency on the
   next tick; down: frequency first, the voltage follows once `freq_settle_s` has passed);
+* the frequency does not rise while the fan the bridge applied is below what was asked;
 * the modelled power of each (frequency, voltage) step and the target move at most
   `ramp_max_w_s` per second in either direction (a trip is the one exception);
 * the chain is powered on only once a board sample has arrived, and only at the minimum
@@ -32,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from agent.config import EnvelopeConfig
@@ -47,6 +56,9 @@ VCORE_RANGE_MV = (0.0, 5000.0)
 THERMAL_TRIPS = ("overtemp", "vr_overtemp")
 VR_CLEAR_MARGIN_C = 10.0  # a regulator trip clears this far below max_vr_temp_c (ESP-Miner: 95)
 FROZEN_SWING_SHARE = 0.10  # a live chip sensor follows a power swing this large (share of max)
+SENSOR_TRIPS = ("sensor_missing", "sensor_frozen")  # faults that could hide the hottest chip
+SENSOR_TRIP_LIMIT = 3  # the third such trip within the window latches for good
+SENSOR_TRIP_WINDOW_S = 3600.0
 
 
 class BoardReading(Protocol):
@@ -141,14 +153,44 @@ class _StuckChannels:
                 f"{now_s - w.since_s:.1f} s while power moved {w.power_hi_w - w.power_lo_w:.0f} W")
 
 
+class _DarkChannels:
+    """Chip temperature channels that read while the chain was powered and now read nothing."""
+
+    def __init__(self, dark_s: float) -> None:
+        self.dark_s = dark_s
+        self._expected: set[int] = set()  # read while powered once: kept across power cycles
+        self._dark_since: dict[int, float] = {}
+
+    def observe(self, now_s: float, temps_c: list[float | None], powered: bool) -> str | None:
+        """Follow one sample; the fault of the first channel dark for too long, or None."""
+        if not powered:
+            self._dark_since.clear()  # only a powered chain must report (grace from power-on)
+        for ch, t in enumerate(temps_c):
+            if t is not None:
+                self._dark_since.pop(ch, None)
+                if powered:
+                    self._expected.add(ch)
+        if not powered:
+            return None
+        dark = [ch for ch in sorted(self._expected) if ch >= len(temps_c) or temps_c[ch] is None]
+        for ch in dark:
+            since = self._dark_since.setdefault(ch, now_s)
+            if now_s - since > self.dark_s:
+                return (f"sensor_missing: chip_temps_c[{ch}] unreadable for {now_s - since:.1f} s "
+                        f"while the chain is powered")
+        return None
+
+
 @dataclass
 class _TripLatch:
     """The latched trip: its reason, since when its condition has been clear, and how many trips
-    there have been."""
+    there have been; `final` once the sensor trips ran out of retries (never released)."""
 
     reason: str | None = None
     clear_since_s: float | None = None
     count: int = 0
+    final: bool = False
+    sensor_trips_s: deque[float] = field(default_factory=deque)
 
 
 def _finite(x: Any) -> bool:
@@ -193,6 +235,8 @@ class Envelope:
         self._frozen_key: tuple[Any, ...] | None = None
         self._frozen_since_s: float | None = None
         self._stuck = _StuckChannels(cfg.sensor_frozen_s, FROZEN_SWING_SHARE * cfg.max_power_w)
+        self._dark = _DarkChannels(cfg.sensor_frozen_s)
+        self._fan_short = False  # the bridge applied less fan than the last output asked
         self._chip_temp_seen_s: float | None = None
         self._chain_on_since_s: float | None = None
         self._over_since_s: float | None = None
@@ -231,9 +275,14 @@ class Envelope:
         """A board sample has arrived since start (the chain stays down until one has)."""
         return self._last_fresh_s is not None
 
+    @property
+    def trip_final(self) -> bool:
+        """The trip is never released (the sensor trips ran out of retries)."""
+        return self._trip.final
+
     def clear_remaining_s(self, now_s: float) -> float | None:
         """Seconds until a trip may release (None: not tripped or the condition persists)."""
-        if not self.tripped or self._trip.clear_since_s is None:
+        if not self.tripped or self._trip.final or self._trip.clear_since_s is None:
             return None
         return max(0.0, self._trip.clear_since_s + self.cfg.trip_hold_s - now_s)
 
@@ -322,6 +371,12 @@ class Envelope:
             stuck = self._stuck.observe(now_s, list(s.chip_temps_c or ()), power)
             if stuck is not None:
                 return stuck, hottest, power, bool(temps)
+        if temps:  # with no channel at all, _persistent_faults speaks
+            dark = self._dark.observe(now_s, list(s.chip_temps_c or ()), bool(s.chain_powered))
+            if dark is not None:
+                return dark, hottest, power, True
+        else:
+            self._dark.observe(now_s, [], bool(s.chain_powered))
         return None, hottest, power, bool(temps)
 
     def _persistent_faults(
@@ -355,12 +410,12 @@ class Envelope:
         trip = self._trip
         if fault is not None:
             if trip.reason is None:
-                trip.reason = fault
+                trip.reason = self._sensor_retries(now_s, fault)
                 trip.count += 1
-                log.warning("envelope trip: %s", fault)
+                log.warning("envelope trip: %s", trip.reason)
             trip.clear_since_s = None
             return
-        if trip.reason is None:
+        if trip.reason is None or trip.final:
             return
         clear = True
         if self.thermal_trip and hottest is not None and \
@@ -384,6 +439,21 @@ class Envelope:
                         trip.reason)
             trip.reason = None
             trip.clear_since_s = None
+
+    def _sensor_retries(self, now_s: float, fault: str) -> str:
+        """Count a sensor trip; the one that uses up the retries latches for good. Returns the
+        trip reason."""
+        if fault.split(":")[0] not in SENSOR_TRIPS:
+            return fault
+        trips = self._trip.sensor_trips_s
+        trips.append(now_s)
+        while trips and now_s - trips[0] > SENSOR_TRIP_WINDOW_S:
+            trips.popleft()
+        if len(trips) < SENSOR_TRIP_LIMIT:
+            return fault
+        self._trip.final = True
+        return (f"{fault} ({len(trips)} sensor trips within {SENSOR_TRIP_WINDOW_S / 60:g} min: "
+                f"stays tripped until the agent restarts)")
 
     # ---- outputs --------------------------------------------------------------------------
     def idle(self, reason: str, mode: str = "tripped") -> Actuation:
@@ -423,6 +493,33 @@ class Envelope:
         self._last, self._last_s = running, now_s
         self._freq_history.clear()
         self._freq_history.append((now_s, running.freq_mhz))
+
+    def applied(self, *, freq_mhz: float | None = None, vcore_mv: int | None = None,
+                fan_pct: int | None = None, chain_power_on: bool | None = None) -> None:
+        """What reached the hardware for the last output (the bridge's answers; None: as asked):
+        the next outputs start from these. A chain power-on that did not get through makes the
+        next powered output a power-on again; a lower core voltage bounds the frequency; less
+        fan than asked holds the frequency."""
+        last = self._last
+        if last is None:
+            return
+        changes: dict[str, Any] = {}
+        if freq_mhz is not None and _finite(freq_mhz) and freq_mhz != last.freq_mhz:
+            changes["freq_mhz"] = float(freq_mhz)
+        if vcore_mv is not None and vcore_mv != last.vcore_mv:
+            changes["vcore_mv"] = int(vcore_mv)
+        if fan_pct is not None:
+            self._fan_short = fan_pct < last.fan_pct
+            if fan_pct != last.fan_pct:
+                changes["fan_pct"] = int(fan_pct)
+        if chain_power_on is not None and chain_power_on != last.chain_power_on:
+            changes["chain_power_on"] = bool(chain_power_on)
+            if not chain_power_on:
+                changes["freq_mhz"] = self.min_freq_mhz
+                changes["target_w"] = 0.0
+                self._freq_history.clear()
+        if changes:
+            self._last = replace(last, **changes)
 
     def enforce(self, now_s: float, proposed: Actuation) -> Actuation:
         """The last step of every output: return `proposed` brought inside the envelope."""
@@ -469,6 +566,9 @@ class Envelope:
                 limits.append("power_on_at_min")
             f, v = self.min_freq_mhz, self._vcore_for(self.min_freq_mhz)
         else:
+            if self._fan_short and f > prev.freq_mhz:
+                f = prev.freq_mhz  # no more heat before the air the last output asked for
+                limits.append("fan_unconfirmed")
             f, v = self._step(now_s, prev, f, budget, hottest, limits)
         out = Actuation(f, v, fan, on, proposed.mode, target, proposed.reason)
         return self._record(now_s, out, tuple(limits))

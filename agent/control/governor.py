@@ -302,9 +302,25 @@ class Governor:
         """The power ceiling of the thermal derate (None: not derating)."""
         return self._thermal_cap_w
 
+    @property
+    def sensor_stale_s(self) -> float:
+        """A board sample older than this is no current measurement (the envelope trips)."""
+        return self.ecfg.sensor_stale_s
+
     def caps(self) -> dict[str, Any]:
         """Declared capabilities for the MQTT status (spec section 5)."""
         return dict(self._caps)
+
+    def freq_supported_mhz(self, vcore_mv: float) -> float:
+        """The highest frequency a core voltage supports (V/f curve, envelope ceiling)."""
+        return min(self.curve.max_freq_mhz(vcore_mv), self.max_freq_mhz)
+
+    def applied(self, *, freq_mhz: float | None = None, vcore_mv: int | None = None,
+                fan_pct: int | None = None, chain_power_on: bool | None = None) -> None:
+        """What reached the hardware of the last output (`Envelope.applied`): the next ticks
+        start from it."""
+        self.envelope.applied(freq_mhz=freq_mhz, vcore_mv=vcore_mv, fan_pct=fan_pct,
+                              chain_power_on=chain_power_on)
 
     def _set_mode(self, mode: str, reason: str) -> None:
         assert mode in MODES, mode

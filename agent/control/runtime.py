@@ -6,11 +6,28 @@ board sample (and heartbeats the bridge firmware), takes the chain's figures fro
 `Governor.update`, and applies the actuation (chain power, core voltage, fan, frequency). Between
 ticks it polls the driver whenever the driver has something due (frame scripts, ramp steps, jobs)
 and serves the optional `GridSession` whenever the MQTT thread wakes it (`wake` Event) or its
-policy has something due. One status line per `log.status_period_s`. On stop the chain ramps to
-its minimum frequency, is powered off through the board, and every thread is joined.
+policy has something due. One status line per `log.status_period_s`. On stop (`request_stop`, or
+`fail(text, code)` from any thread) the chain ramps to its minimum frequency, is powered off
+through the board, and every thread is joined.
 
 All hardware writes happen here; the driver's reader thread and the MQTT thread only queue what
 they received. Nothing a board, chain or broker sends can raise out of the loop.
+
+Actuation fails safe: the board link answers every write with what the bridge applied, and only
+that counts. The chain is powered on only on a confirmed core voltage; the frequency goes no
+higher than the confirmed voltage supports (a failed or short voltage write leaves it where it
+is, counted in `vcore_unconfirmed` and logged); what was applied goes back to the governor, whose
+envelope plans the next tick from it.
+
+The control thread keeps its pace: a board request that fails slowly (a time-out) ends the
+board requests of its tick, and once the sample is stale and reads time out, the link is only
+probed (a read after `LINK_PROBE_S`, the wait doubling up to `LINK_PROBE_MAX_S`); between the
+commands of a burst the grid session hands to the governor, a control tick that fell due runs at
+once.
+
+A board sample older than the governor's `sensor_stale_s` is no measurement: `snapshot()` and
+the status line leave its figures out and say `board: lost`; losing and regaining the link are
+logged once each (a reminder a minute), its failed writes meanwhile only counted.
 """
 
 from __future__ import annotations
@@ -33,6 +50,11 @@ HEARTBEAT_PERIOD_S = 0.5
 STOP_RAMP_TIMEOUT_S = 5.0
 ERROR_LOG_PERIOD_S = 10.0
 VCORE_SETTLE_S = 0.05  # after a voltage-only step (regulators settle well within this)
+LINK_PROBE_S = 1.0  # while the board link is down, one sample read probes it after this,
+LINK_PROBE_MAX_S = 5.0  # ... the wait doubling up to this
+LINK_DOWN_LOG_S = 60.0  # ... and a reminder this often that it still is
+SLOW_FAILURE_SHARE = 0.5  # a board request failing after this share of a period timed out
+MEASURED_FIELDS = ("power_w", "vcore_mv", "temp_c", "board_temp_c", "fan_pct")
 
 
 class Board(Protocol):
@@ -42,11 +64,11 @@ class Board(Protocol):
 
     def heartbeat(self) -> Any: ...
 
-    def set_fan_pct(self, pct: int) -> Any: ...
+    def set_fan_pct(self, pct: int) -> int: ...  # the duty the bridge applied
 
-    def set_vcore_mv(self, mv: int) -> Any: ...
+    def set_vcore_mv(self, mv: int) -> int: ...  # the core voltage the bridge applied
 
-    def set_chain_power(self, on: bool) -> Any: ...
+    def set_chain_power(self, on: bool) -> bool: ...  # the chain power the bridge applied
 
     def reset_chain(self) -> Any: ...
 
@@ -65,6 +87,14 @@ class Controller(Protocol):
     def resume(self, ramp_w_s: float | None = None) -> Any: ...
 
     def caps(self) -> Any: ...
+
+    def applied(self, *, freq_mhz: float | None = None, vcore_mv: int | None = None,
+                fan_pct: int | None = None, chain_power_on: bool | None = None) -> None: ...
+
+    def freq_supported_mhz(self, vcore_mv: float) -> float: ...
+
+    @property
+    def sensor_stale_s(self) -> float: ...
 
 
 class Session(Protocol):
@@ -103,10 +133,17 @@ class GovernorSink:
 class RuntimeCounters:
     ticks: int = 0
     overruns: int = 0  # ticks that started more than one period late
-    board_errors: int = 0
+    board_errors: int = 0  # sample reads that failed
     board_write_errors: int = 0
+    board_skipped: int = 0  # board requests left out: the link was down or timing out
+    vcore_unconfirmed: int = 0  # core voltage writes the board did not apply as asked
+    freq_held: int = 0  # ticks the frequency stayed below the governor's for want of voltage
     grid_errors: int = 0
     driver_errors: int = 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _hottest(sample: Any) -> float | None:
@@ -143,6 +180,8 @@ class Runtime:
         self.status_out = status_out or (lambda line: print(line, flush=True))
         self.on_stop = on_stop or []  # closers run at the end (grid link, ports)
         self.counters = RuntimeCounters()
+        self.sample_stale_s = float(governor.sensor_stale_s)
+        self._lock = threading.Lock()  # error and exit_code (fail() comes from other threads)
         self._stop = threading.Event()
         self._grid_pending = True
         self._grid_due_s = 0.0
@@ -150,18 +189,28 @@ class Runtime:
         self._tick_now = False
         self._next_status_s: float | None = None
         self._next_heartbeat_s = 0.0
-        self._chain_on: bool | None = None  # what we last told the board
+        self._chain_on: bool | None = None  # chain power as the board confirmed (None: unknown)
         self._chain_on_s = 0.0
-        self._vcore_set: int | None = None
-        self._fan_set: int | None = None
-        self._pending_vcore: int | None = None
-        self._prev_freq_mhz = 0.0  # the frequency of the previous actuation
-        self.sample: Any = None
+        self._vcore_set: int | None = None  # the core voltage the board confirmed
+        self._fan_set: int | None = None  # the fan duty the board confirmed
+        self._prev_freq_mhz = 0.0  # the frequency last asked of the driver
+        self._requests_open = True  # board requests may go out in this tick
+        self._sample_s: float | None = None  # when the latest board sample arrived
+        self._link_down_s: float | None = None  # since when the board link does not answer
+        self._link_slow = False  # ... and its reads time out: it is only probed
+        self._next_probe_s = 0.0
+        self._probe_wait_s = LINK_PROBE_S
+        self._link_log_s = 0.0
+        self._reads_failed = 0
+        self._control_thread: int | None = None
+        self._serving_grid = False
+        self._in_tick = False
+        self.sample: Any = None  # the latest board sample (current or not: see board_fresh)
         self.chain: ChainStats | None = None
         self.actuation: Any = None
         self.energy_wh = 0.0
         self._last_power_s: float | None = None
-        self._last_error_log: dict[str, float] = {}
+        self._last_error_log: dict[str, tuple[float, int]] = {}  # key: (logged at, suppressed)
         self.exit_code = 0
         self.error: str | None = None
         self.hot = False  # the chain was taken over running (an agent restart)
@@ -174,9 +223,28 @@ class Runtime:
         self._stop.set()
         self.wake.set()
 
+    def fail(self, text: str, exit_code: int = 1) -> None:
+        """Stop on a fatal error (any thread): `run()` idles the chain as on a stop and returns
+        `exit_code`, with `error` = `text`. The first failure is the one reported."""
+        with self._lock:
+            first = self.error is None
+            if first:
+                self.error, self.exit_code = text, exit_code
+        if first:
+            log.error("stopping: %s", text)
+        self.request_stop()
+
     def request_tick(self) -> None:
-        """Run the control tick on the next pass (a new target is to be acted on now)."""
+        """Run the control tick on the next pass (a new target is to be acted on now). Called on
+        the control thread while the grid session works through a burst of commands, it also
+        runs a control tick that has fallen due meanwhile."""
         self._tick_now = True
+        if self._serving_grid and not self._in_tick \
+                and threading.get_ident() == self._control_thread:
+            now = self.clock.monotonic()
+            if self._next_tick_s is not None and now >= self._next_tick_s:
+                self._periodic_tick(now)
+                self._poll_driver(now)
 
     def notify_grid(self) -> None:
         """The MQTT thread queued something: serve the grid session now."""
@@ -195,7 +263,7 @@ class Runtime:
 
     def run(self) -> int:
         """Run until stopped; returns the exit code (0 after a clean stop, 1 when the chain
-        could not be brought up)."""
+        could not be brought up, the code given to `fail()`)."""
         try:
             while not self._stop.is_set():
                 now = self.clock.monotonic()
@@ -209,22 +277,16 @@ class Runtime:
 
     def service(self, now: float) -> None:
         """One pass: the control tick if due, the driver, the grid session if due."""
+        self._control_thread = threading.get_ident()
         if self._next_tick_s is None:
             self._next_tick_s = now
             self._next_status_s = now + self.status_period_s
         if now >= self._next_tick_s:
-            if now - self._next_tick_s > self.period_s:
-                self.counters.overruns += 1
-            act = self.tick(now)
-            self._next_tick_s += self.period_s
-            if self._next_tick_s <= now:
-                self._next_tick_s = now + self.period_s
-            if act is not None and "vcore_first" in getattr(act, "limits", ()):
-                # the voltage went up first; the frequency follows once the regulator settled
-                self._next_tick_s = min(self._next_tick_s, now + VCORE_SETTLE_S)
+            self._periodic_tick(now)
         self._poll_driver(now)
         if self.grid is not None and (self._grid_pending or now >= self._grid_due_s):
             self._grid_pending = False
+            self._serving_grid = True
             try:
                 if not self._grid_started:
                     self._grid_started = True
@@ -236,6 +298,8 @@ class Runtime:
                 self.counters.grid_errors += 1
                 self._log_error("grid", "grid session failed")
                 delay = 1.0
+            finally:
+                self._serving_grid = False
             self._grid_due_s = now + max(0.0, min(float(delay), 1.0))
         if self._tick_now:
             self._tick_now = False
@@ -244,6 +308,20 @@ class Runtime:
                 and now >= self._next_status_s:
             self._next_status_s = now + self.status_period_s
             self.status_out(self.status_line(now))
+
+    def _periodic_tick(self, now: float) -> None:
+        """The control tick that is due, and when the next one is."""
+        assert self._next_tick_s is not None
+        if now - self._next_tick_s > self.period_s:
+            self.counters.overruns += 1
+        act = self.tick(now)
+        self._next_tick_s += self.period_s
+        if self._next_tick_s <= now:
+            self._next_tick_s = now + self.period_s
+        if act is not None and "vcore_first" in getattr(act, "limits", ()) \
+                and self._vcore_set is not None and self._vcore_set >= act.vcore_mv:
+            # the voltage went up first; the frequency follows once the regulator settled
+            self._next_tick_s = min(self._next_tick_s, now + VCORE_SETTLE_S)
 
     def next_deadline_s(self, now: float) -> float:
         t = self._next_tick_s if self._next_tick_s is not None else now
@@ -265,25 +343,25 @@ class Runtime:
             self.counters.driver_errors += 1
             self._log_error("driver", "chain driver failed")
         if self.driver.state == FAILED and self.driver.fatal and self.error is None:
-            self.error = self.driver.error or "chain bring-up failed"
-            self.exit_code = 1
+            self.fail(self.driver.error or "chain bring-up failed", 1)
 
     # -- one control period --------------------------------------------------------------------
 
     def tick(self, now: float) -> Any:
         """Read, decide, actuate."""
         self.counters.ticks += 1
-        sample = None
+        self._in_tick = True
         try:
-            sample = self.board.read_sample()
-        except BoardLinkError as exc:
-            self.counters.board_errors += 1
-            self._log_error("board", f"board sample failed: {exc}")
-        except Exception:
-            self.counters.board_errors += 1
-            self._log_error("board", "board sample failed")
+            return self._tick(now)
+        finally:
+            self._in_tick = False
+            self._requests_open = True
+
+    def _tick(self, now: float) -> Any:
+        sample = self._read_sample(now)
         if sample is not None:
             self.sample = sample
+            self._sample_s = now
             self._integrate_energy(now, sample)
             if self._chain_on and getattr(sample, "chain_powered", True) is False \
                     and now - self._chain_on_s > 1.0:
@@ -292,7 +370,7 @@ class Runtime:
                 log.warning("the board reports the chain unpowered; re-initialising")
                 self.driver.abort()
                 self._chain_on = None
-        if now >= self._next_heartbeat_s:
+        if now >= self._next_heartbeat_s and self._requests_open:
             self._next_heartbeat_s = now + HEARTBEAT_PERIOD_S
             self._board_call("heartbeat")
         self.chain = self.driver.stats(now)
@@ -306,7 +384,62 @@ class Runtime:
             return None
         self.actuation = act
         self._apply(now, act)
+        self.governor.applied(
+            freq_mhz=self._prev_freq_mhz if self._chain_on else None, vcore_mv=self._vcore_set,
+            fan_pct=self._fan_set if self._fan_set is not None else 0,  # none confirmed: no air
+            chain_power_on=self._chain_on is True)
         return act
+
+    def _read_sample(self, now: float) -> Any:
+        """The board sample of this tick (None: none). A read that times out ends the tick's
+        board requests; once the sample is stale too, the link is down and only probed (a read
+        after LINK_PROBE_S, the wait doubling up to LINK_PROBE_MAX_S) until it answers."""
+        if self._link_slow and now < self._next_probe_s:
+            self._requests_open = False
+            return None
+        t0 = self.clock.monotonic()
+        try:
+            sample = self.board.read_sample()
+        except Exception as exc:
+            self.counters.board_errors += 1
+            slow = self.clock.monotonic() - t0 >= SLOW_FAILURE_SHARE * self.period_s
+            if slow:
+                self._requests_open = False
+            self._read_failed(now, exc, slow)
+            return None
+        if self._link_down_s is not None:
+            log.info("board link back after %.1f s (%d reads failed)", now - self._link_down_s,
+                     self._reads_failed)
+        self._link_down_s, self._link_slow = None, False
+        return sample
+
+    def _read_failed(self, now: float, exc: Exception, slow: bool) -> None:
+        """A sample read failed (`slow`: it timed out). While the latest sample is current it
+        is a missed read; after that the link is down."""
+        text = str(exc) if isinstance(exc, BoardLinkError) else repr(exc)
+        if self.board_fresh:
+            self._log_error("board", f"board sample failed: {text}")
+            return
+        if self._link_down_s is None:
+            self._link_down_s, self._link_log_s, self._reads_failed = now, now, 0
+            log.warning("board link lost (%s): its measurements are left out of telemetry until "
+                        "it answers", text)
+        self._reads_failed += 1
+        if slow:  # the envelope has tripped on the stale sample: probing will do
+            self._probe_wait_s = min(2 * self._probe_wait_s, LINK_PROBE_MAX_S) \
+                if self._link_slow else LINK_PROBE_S
+            self._next_probe_s = now + self._probe_wait_s
+        self._link_slow = slow
+        if now - self._link_log_s >= LINK_DOWN_LOG_S:
+            self._link_log_s = now
+            log.warning("board link still down after %.0f s (%d reads failed): %s",
+                        now - self._link_down_s, self._reads_failed, text)
+
+    @property
+    def board_fresh(self) -> bool:
+        """The latest board sample is a current measurement (not older than sample_stale_s)."""
+        return self._sample_s is not None and \
+            self.clock.monotonic() - self._sample_s <= self.sample_stale_s
 
     def _integrate_energy(self, now: float, sample: Any) -> None:
         power = getattr(sample, "power_w", None)
@@ -315,51 +448,83 @@ class Runtime:
                 self.energy_wh += power * min(now - self._last_power_s, 5.0) / 3600.0
             self._last_power_s = now
 
-    def _board_call(self, name: str, *args: Any) -> bool:
+    def _board_call(self, name: str, *args: Any) -> tuple[bool, Any]:
+        """One board request: (answered, the reply). Left out when the tick's requests are
+        over; one that fails slowly (a time-out) ends them."""
+        if not self._requests_open:
+            self.counters.board_skipped += 1
+            return False, None
+        t0 = self.clock.monotonic()
         try:
-            getattr(self.board, name)(*args)
-        except BoardLinkError as exc:
+            reply = getattr(self.board, name)(*args)
+        except Exception as exc:
             self.counters.board_write_errors += 1
-            self._log_error(f"board.{name}", f"board {name} failed: {exc}")
-            return False
-        except Exception:
-            self.counters.board_write_errors += 1
-            self._log_error(f"board.{name}", f"board {name} failed")
-            return False
-        return True
+            text = str(exc) if isinstance(exc, BoardLinkError) else repr(exc)
+            if self._link_down_s is None:  # else the link's own warnings say it
+                self._log_error(f"board.{name}", f"board {name} failed: {text}")
+            if self.clock.monotonic() - t0 >= SLOW_FAILURE_SHARE * self.period_s:
+                self._requests_open = False
+            return False, None
+        return True, reply
 
     def _apply(self, now: float, act: Any) -> None:
-        drv = self.driver
         if not act.chain_power_on:
             self._power_down()  # standby ramps to the minimum before this; a trip cuts at once
             self._set_fan(act.fan_pct)
             self._set_vcore(act.vcore_mv)
             return
-        powering_on = self._chain_on is not True
-        if powering_on:
-            self._set_vcore(act.vcore_mv)
-            if not self._board_call("set_chain_power", True):
-                self._set_fan(act.fan_pct)
-                return
-            self._chain_on = True
-            self._chain_on_s = now
-        if powering_on or drv.state in (DOWN, IDLE):
+        if self._chain_on is not True and not self._power_on(now, act):
+            self._set_fan(act.fan_pct)
+            return
+        drv = self.driver
+        if drv.state in (DOWN, IDLE):
             drv.set_frequency(act.freq_mhz)
+            self._prev_freq_mhz = act.freq_mhz
             drv.start(now)
         # voltage before a rise in frequency, after a fall (the envelope orders its outputs too:
         # a lower voltage still supports the frequencies it asked for in the last moments, so it
         # may be written once the chips run no faster than this or the previous actuation)
         vcore = int(act.vcore_mv)
-        covered = max(act.freq_mhz, self._prev_freq_mhz)
-        self._prev_freq_mhz = act.freq_mhz
-        if self._vcore_set is None or vcore >= self._vcore_set:
+        prev = self._prev_freq_mhz
+        rising = self._vcore_set is None or vcore >= self._vcore_set
+        if rising:
             self._set_vcore(vcore)
-            drv.set_frequency(act.freq_mhz)
-        else:
-            drv.set_frequency(act.freq_mhz)
-            if drv.freq_mhz <= covered + 1e-6:
-                self._set_vcore(vcore)
+        freq = self._supported(act.freq_mhz, prev)
+        drv.set_frequency(freq)
+        self._prev_freq_mhz = freq
+        if not rising and drv.freq_mhz <= max(freq, prev) + 1e-6:
+            self._set_vcore(vcore)
         self._set_fan(act.fan_pct)
+
+    def _power_on(self, now: float, act: Any) -> bool:
+        """Chain power on at the actuation's (minimum) frequency, only on a confirmed core
+        voltage; False when it did not happen."""
+        vcore = int(act.vcore_mv)
+        held = self._set_vcore(vcore)
+        if held is None or held < vcore:
+            return False
+        answered, on = self._board_call("set_chain_power", True)
+        if not answered or not on:
+            return False
+        self._chain_on = True
+        self._chain_on_s = now
+        self.driver.set_frequency(act.freq_mhz)
+        self._prev_freq_mhz = act.freq_mhz
+        self.driver.start(now)
+        return True
+
+    def _supported(self, freq_mhz: float, prev_mhz: float) -> float:
+        """`freq_mhz`, or less: no higher than the confirmed core voltage supports (nor than
+        `prev_mhz`, where it already ran, when no voltage is confirmed)."""
+        held = self._vcore_set
+        ceiling = prev_mhz if held is None else \
+            max(prev_mhz, self.governor.freq_supported_mhz(held))
+        if freq_mhz <= ceiling + 1e-6:
+            return freq_mhz
+        self.counters.freq_held += 1
+        self._log_error("freq_held", f"frequency held at {ceiling:.1f} MHz, not "
+                        f"{freq_mhz:.1f} MHz: core voltage in force {held} mV")
+        return ceiling
 
     def _apply_idle(self) -> None:
         if self.driver.hashing:
@@ -367,21 +532,33 @@ class Runtime:
         self._set_fan(100)
 
     def _power_down(self) -> None:
-        """Cut chain power (once): the driver forgets the chain, the board powers it off."""
+        """Cut chain power (once): the driver forgets the chain, the board powers it off
+        (until the board confirms, the power is unknown and asked again)."""
         if self._chain_on is not False:
             self.driver.abort()
-            if self._board_call("set_chain_power", False):
-                self._chain_on = False
+            answered, on = self._board_call("set_chain_power", False)
+            self._chain_on = False if answered and on is not None and not on else None
 
-    def _set_vcore(self, mv: int) -> None:
+    def _set_vcore(self, mv: int) -> int | None:
+        """Ask for a core voltage; returns the one the board confirmed in force (None: none)."""
         mv = int(mv)
-        if mv != self._vcore_set and self._board_call("set_vcore_mv", mv):
-            self._vcore_set = mv
+        if mv != self._vcore_set and self._requests_open:
+            answered, applied = self._board_call("set_vcore_mv", mv)
+            if answered and _is_number(applied):
+                self._vcore_set = int(applied)
+            if self._vcore_set != mv:
+                self.counters.vcore_unconfirmed += 1
+                if self._link_down_s is None:  # else the link's own warnings say it
+                    self._log_error("vcore", f"core voltage {mv} mV not confirmed by the board "
+                                    f"(in force: {self._vcore_set} mV); the frequency waits")
+        return self._vcore_set
 
     def _set_fan(self, pct: int) -> None:
         pct = int(pct)
-        if pct != self._fan_set and self._board_call("set_fan_pct", pct):
-            self._fan_set = pct
+        if pct != self._fan_set and self._requests_open:
+            answered, applied = self._board_call("set_fan_pct", pct)
+            if answered and _is_number(applied):
+                self._fan_set = int(applied)
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -399,6 +576,7 @@ class Runtime:
                 now = self.clock.monotonic()
         except Exception:
             log.exception("stopping the chain failed")
+        self._requests_open = True  # the last word to the board is tried whatever happened
         self._power_down()
         for close in [*self.on_stop, drv.close]:
             try:
@@ -411,54 +589,83 @@ class Runtime:
     # -- figures ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """What telemetry publishes (agent.grid.telemetry.SNAPSHOT_FIELDS)."""
-        act, s, c = self.actuation, self.sample, self.chain
-        return {
+        """What telemetry publishes (agent.grid.telemetry.SNAPSHOT_FIELDS), plus `board` ("ok",
+        or "lost": the measured figures are left out), `mode_reason` and the work source's
+        figures (a pool's shares), when it has any."""
+        act, c = self.actuation, self.chain
+        fresh = self.board_fresh
+        snap = {
             "mode": getattr(act, "mode", "starting"),
-            "power_w": getattr(s, "power_w", None),
             "target_w": getattr(act, "target_w", None),
             "hashrate_ghs": c.hashrate_ghs if c is not None else None,
             "freq_mhz": self.driver.freq_mhz,
-            "vcore_mv": getattr(s, "vcore_mv", None),
-            "temp_c": _hottest(s),
-            "board_temp_c": getattr(s, "board_temp_c", None),
-            "fan_pct": self._fan_pct(),
+            **self._measured(fresh),
             "hw_err": c.hw_errors if c is not None else 0,
             "chips_ok": c.chips_ok if c is not None else 0,
             "energy_wh": self.energy_wh,
+            "board": "ok" if fresh else "lost",
+            "mode_reason": getattr(act, "reason", None),
         }
+        figures = getattr(getattr(self.driver, "work", None), "figures", None)
+        if callable(figures):
+            snap.update(figures())
+        return snap
+
+    def _measured(self, fresh: bool) -> dict[str, Any]:
+        """The figures read from the board sample; all None unless it is current."""
+        s = self.sample
+        if not fresh or s is None:
+            return dict.fromkeys(MEASURED_FIELDS)
+        return {"power_w": getattr(s, "power_w", None), "vcore_mv": getattr(s, "vcore_mv", None),
+                "temp_c": _hottest(s), "board_temp_c": getattr(s, "board_temp_c", None),
+                "fan_pct": getattr(s, "fan_pct", None)}
 
     def status_line(self, now: float) -> str:
-        """One line: mode, target, measured power, hashrate, hottest chip, fan, chain."""
-        act, s = self.actuation, self.sample
+        """One line: mode, target, measured power, hashrate, hottest chip, fan, chain, board
+        link (its sample's age once lost), grid link state; why, when tripped or lost."""
+        act = self.actuation
         c = self.chain or self.driver.stats(now)
+        fresh = self.board_fresh
+        m = self._measured(fresh)
 
         def num(v: Any, fmt: str, unit: str) -> str:
             return f"{v:{fmt}}{unit}" if isinstance(v, int | float) and math.isfinite(v) else "-"
 
-        hot = _hottest(s)
-        fan = self._fan_pct()
         rate = c.hashrate_ghs
         rate_text = f"{rate / 1000:.2f}TH/s" if rate >= 1000 else f"{rate:.1f}GH/s"
-        return (
-            f"mode={getattr(act, 'mode', 'starting')} "
+        mode = getattr(act, "mode", "starting")
+        line = (
+            f"mode={mode} "
             f"target={num(getattr(act, 'target_w', None), '.1f', 'W')} "
-            f"power={num(getattr(s, 'power_w', None), '.1f', 'W')} "
+            f"power={num(m['power_w'], '.1f', 'W')} "
             f"hashrate={rate_text} "
-            f"hottest={num(hot, '.1f', 'C')} "
-            f"fan={num(fan, '.0f', '%')} "
+            f"hottest={num(m['temp_c'], '.1f', 'C')} "
+            f"fan={num(m['fan_pct'], '.0f', '%')} "
             f"freq={c.freq_mhz:.0f}MHz chain={c.state} chips={c.chips_ok}/{c.chips_expected} "
-            f"hw={c.hw_errors} crc={c.crc_errors}"
+            f"hw={c.hw_errors} crc={c.crc_errors} "
         )
-
-    def _fan_pct(self) -> Any:
-        """The fan duty the board reports (before any sample: the one last set)."""
-        s = self.sample
-        return getattr(s, "fan_pct", None) if s is not None else self._fan_set
+        if fresh:
+            line += "board=ok"
+        elif self._sample_s is None:
+            line += "board=lost"
+        else:
+            line += f"board=lost({now - self._sample_s:.0f}s)"
+        state = getattr(getattr(self.grid, "link", None), "state", None)
+        if isinstance(state, str):
+            line += f' grid="{state}"' if " " in state else f" grid={state}"
+        reason = getattr(act, "reason", None)
+        if reason and (mode == "tripped" or not fresh):
+            line += f' why="{reason}"'
+        return line
 
     def _log_error(self, key: str, text: str) -> None:
+        """Log a warning at most every ERROR_LOG_PERIOD_S per `key`, with the count of those
+        left out meanwhile."""
         now = self.clock.monotonic()
-        last = self._last_error_log.get(key)
-        if last is None or now - last >= ERROR_LOG_PERIOD_S:
-            self._last_error_log[key] = now
-            log.warning("%s", text, exc_info=log.isEnabledFor(logging.DEBUG))
+        last_s, suppressed = self._last_error_log.get(key, (None, 0))
+        if last_s is None or now - last_s >= ERROR_LOG_PERIOD_S:
+            self._last_error_log[key] = (now, 0)
+            more = f" ({suppressed} more like it since)" if suppressed else ""
+            log.warning("%s%s", text, more, exc_info=log.isEnabledFor(logging.DEBUG))
+        else:
+            self._last_error_log[key] = (last_s, suppressed + 1)

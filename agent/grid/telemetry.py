@@ -27,6 +27,17 @@ SNAPSHOT_FIELDS = (
     "chips_ok",
     "energy_wh",
 )
+#: optional keys a newer agent adds when it has them (spec section 7: consumers ignore keys they
+#: do not know): the board link's state and why the mode is what it is, and the pool's figures
+OPTIONAL_FIELDS = (
+    "board",
+    "mode_reason",
+    "pool",
+    "pool_accepted",
+    "pool_rejected",
+    "pool_stale",
+    "pool_hashrate_ghs",
+)
 
 
 def clean(value: Any) -> Any:
@@ -110,6 +121,10 @@ class TelemetryBuffer:
         msg: dict[str, Any] = {"v": VERSION, "seq": self.seq, "ts": ts_ms}
         for name in SNAPSHOT_FIELDS:
             msg[name] = clean(_get(snapshot, name))
+        for name in OPTIONAL_FIELDS:
+            value = clean(_get(snapshot, name))
+            if value is not None:
+                msg[name] = value
         for name, value in (extra or {}).items():
             msg[name] = clean(value)
         self.seq = (self.seq + 1) % SEQ_MODULO

@@ -19,12 +19,17 @@ Run: `.venv/bin/python tests/bench/bench_agent.py [--only NAME ...]`.
   than the fit: the power reached at each end and the frequency it took.
 * heatwave: ambient rising until the board cannot be cooled: peak chip temperature against the
   hard limit, what limits the power, power at the end.
+* gaps: the longest gap between two control ticks (wall ms and control periods; goal: no gap
+  over 3 periods) while the agent, with its grid link on a real Mosquitto, takes a storm of
+  signed setpoints (on this disk, and with every persisted state write slowed to an SD card's
+  20 ms), and while it recovers a hung chain (`chain_hang` on the emulator).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -540,8 +545,125 @@ def bench_heatwave() -> None:
         rig.stop()
 
 
+class TickGaps:
+    """Wall time of every control tick (wraps `Runtime.tick`); the longest gap in a window."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.times: list[float] = []
+        tick = runtime.tick
+
+        def timed(now: float) -> Any:
+            self.times.append(time.monotonic())
+            return tick(now)
+
+        runtime.tick = timed
+
+    def longest_s(self, t0: float, t1: float) -> float:
+        times = [t for t in self.times if t0 <= t <= t1]
+        return max((b - a for a, b in itertools.pairwise(times)), default=float("nan"))
+
+
+SLOW_WRITE_S = 0.02  # an SD card's fsync: what one persisted command may cost on a controller
+
+
+def bench_gaps(commands: int = 300) -> None:
+    if not have_board_link():
+        print("gaps     skipped: agent.chain.board / firmware_bridge.bridge not available yet")
+        return
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.app import build_grid, wind_down_for
+    from agent.site.client import BrokerOptions, Operator
+    from agent.site.signer import CommandSigner
+    from hil.broker import Mosquitto
+
+    key = Ed25519PrivateKey.generate()
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto() as broker:
+        pem = Path(tmp) / "operator.pub.pem"
+        pem.write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        rig = AgentRig(4, raw={"grid": {
+            "broker_url": broker.url, "site": "site-a", "device": "dev-1",
+            "operator_keys": [{"kid": "bench", "path": str(pem)}],
+            "state_dir": str(Path(tmp) / "state"), "restart_spread_s": 0.0}})
+        session, link = build_grid(rig.config, rig.runtime, rig.clock)
+        rig.runtime.grid = session
+        rig.runtime.on_stop.insert(0, link.stop)
+        rig.driver.wind_down = wind_down_for(rig.governor)  # as agent.app wires it
+        gaps = TickGaps(rig.runtime)
+        period = rig.runtime.period_s
+        op = Operator(BrokerOptions(broker.url), CommandSigner(key, "bench"))
+        seq = iter(range(1, 10**6))
+
+        def answered() -> int:
+            return session.counters["accepted"] + session.counters["rejected"]
+
+        def storm() -> str:
+            """`commands` signed setpoints, as fast as the link's inbound queue (64) takes
+            them; the longest tick gap meanwhile."""
+            signer = op.signer
+            assert signer is not None
+            max_w = rig.governor.max_power_w
+            base = answered()
+            t0 = time.monotonic()
+            done = t0 + 60
+            for i in range(commands):
+                while i - (answered() - base) >= 48 and time.monotonic() < done:
+                    time.sleep(0.001)
+                signed = signer.build("site-a", "dev-1", "setpoint", seq=next(seq),
+                                      validity_s=60, power_w=round((0.5 + 0.3 * (i % 2)) * max_w))
+                op.publish_command(signed)
+            while answered() - base < commands and time.monotonic() < done:
+                time.sleep(0.01)
+            t1 = time.monotonic()
+            gap = gaps.longest_s(t0, t1)
+            return (f"{gap * 1000:.0f} ms = {gap / period:.1f} periods ({answered() - base} "
+                    f"answered in {t1 - t0:.2f} s)")
+
+        try:
+            link.start()
+            rig.start()
+            if not rig.wait_mode("mining", 30):
+                print("gaps     the agent did not reach mining mode")
+                return
+            op.connect()
+            fast = storm()
+            writer = session.state.writer
+
+            def slow_writer(fd: int, data: memoryview) -> int:
+                time.sleep(SLOW_WRITE_S)
+                return writer(fd, data)
+
+            session.state.writer = slow_writer
+            slow = storm()
+            session.state.writer = writer
+            resets = rig.driver.recoveries
+            t1 = time.monotonic()
+            rig.emu.inject_fault("chain_hang")
+            end = time.monotonic() + 30
+            while (rig.driver.recoveries == resets or rig.driver.state != "mining") \
+                    and time.monotonic() < end:
+                time.sleep(0.05)
+            ok = rig.driver.recoveries > resets and rig.driver.state == "mining"
+            t2 = time.monotonic()
+            hang = gaps.longest_s(t1, t2)
+            print(f"gaps     longest gap between two control ticks (period {period * 1000:.0f} "
+                  f"ms; goal: no gap over 3 periods)")
+            print(f"           storm of {commands} signed setpoints: {fast}")
+            print(f"           the same with {SLOW_WRITE_S * 1000:.0f} ms per persisted state "
+                  f"write (an SD card): {slow}")
+            print(f"           chain hang, reset and bring-up ("
+                  f"{'back to mining' if ok else 'NOT back to mining'} after {t2 - t1:.1f} s): "
+                  f"{hang * 1000:.0f} ms = {hang / period:.1f} periods")
+        finally:
+            op.close()
+            rig.stop()
+
+
 BENCHES = {"bringup": bench_bringup, "verify": bench_verify, "memory": bench_memory,
-           "steps": bench_steps, "spread": bench_spread, "heatwave": bench_heatwave}
+           "steps": bench_steps, "spread": bench_spread, "heatwave": bench_heatwave,
+           "gaps": bench_gaps}
 
 
 def main() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from driver_fake import EASY, FakeChainPort
 
@@ -21,7 +22,10 @@ from agent.errors import BoardLinkError
 
 @dataclass
 class FakeBoard:
-    """Board link over a crude plant: power follows the chain's frequency."""
+    """Board link over a crude plant: power follows the chain's frequency. Answers like
+    BoardClient (the applied value). `fail` names requests that fail with BoardLinkError ("read",
+    "heartbeat", "fan", "vcore", "power", "reset" or "all"), each costing `fail_cost_s` of the
+    fake clock (a time-out); `vcore_cap_mv` is the most the regulator applies."""
 
     clock: FakeClock
     chain: FakeChainPort
@@ -32,35 +36,57 @@ class FakeBoard:
     vcore_mv: int = 1150
     fan_pct: int = 50
     rng: random.Random = field(default_factory=lambda: random.Random(1))
+    fail: set[str] = field(default_factory=set)
+    fail_once: set[str] = field(default_factory=set)  # ... the next time only
+    fail_cost_s: float = 0.0
+    vcore_cap_mv: int | None = None
+    chip_temps: list[float | None] | None = None  # overrides the 4 chip readings (+ noise)
+
+    def _check(self, name: str) -> None:
+        once = name in self.fail_once
+        self.fail_once.discard(name)
+        if once or name in self.fail or (name == "read" and self.fail_reads) \
+                or "all" in self.fail:
+            self.calls.append((f"{name}_failed", None))
+            self.clock.advance(self.fail_cost_s)
+            raise BoardLinkError("timeout")
 
     def read_sample(self) -> Sample:
-        if self.fail_reads:
-            raise BoardLinkError("timeout")
+        self._check("read")
         f = self.chain.freq_mhz if self.powered else 0.0
         power = 2.0 + (4 * 0.04 * f * (self.vcore_mv / 1150) ** 2 if self.powered else 0.0)
         noise = self.rng.uniform(-0.05, 0.05)
-        return Sample(self.clock.monotonic(), [self.temp_c + noise] * 4, 40.0 + noise, 50.0,
-                      12.0, power / 12.0, power + noise, 3000.0, float(self.fan_pct),
-                      float(self.vcore_mv), self.powered)
+        temps = [self.temp_c] * 4 if self.chip_temps is None else list(self.chip_temps)
+        return Sample(self.clock.monotonic(), [None if t is None else t + noise for t in temps],
+                      40.0 + noise, 50.0, 12.0, power / 12.0, power + noise, 3000,
+                      self.fan_pct, self.vcore_mv, self.powered)
 
     def heartbeat(self) -> None:
+        self._check("heartbeat")
         self.calls.append(("heartbeat", None))
 
-    def set_fan_pct(self, pct: int) -> None:
+    def set_fan_pct(self, pct: int) -> int:
+        self._check("fan")
         self.calls.append(("fan", pct))
         self.fan_pct = pct
+        return pct
 
-    def set_vcore_mv(self, mv: int) -> None:
+    def set_vcore_mv(self, mv: int) -> int:
+        self._check("vcore")
         self.calls.append(("vcore", mv))
-        self.vcore_mv = mv
+        self.vcore_mv = mv if self.vcore_cap_mv is None else min(mv, self.vcore_cap_mv)
+        return self.vcore_mv
 
-    def set_chain_power(self, on: bool) -> None:
+    def set_chain_power(self, on: bool) -> bool:
+        self._check("power")
         self.calls.append(("power", on))
         self.powered = on
         if not on:
             self.chain.reset()
+        return on
 
     def reset_chain(self) -> None:
+        self._check("reset")
         self.calls.append(("reset", None))
         self.chain.reset()
 
@@ -68,14 +94,18 @@ class FakeBoard:
         return sum(1 for n, _ in self.calls if n == name)
 
 
-def make(chips: int = 4, target_w: float | None = None, grid=None):
+def make(chips: int = 4, target_w: float | None = None, grid=None,
+         envelope: dict[str, Any] | None = None):
     clock = FakeClock()
     port = FakeChainPort("BM1370", chips)
-    raw = {"chain": {"port": "x", "chips": chips, "ticket_difficulty": 256, "freq_step_mhz": 25.0,
-                     "freq_step_interval_s": 0.01},
-           "board": {"port": "y"}, "governor": {}, "log": {"status_period_s": 1.0}}
+    raw: dict[str, Any] = {"chain": {"port": "x", "chips": chips, "ticket_difficulty": 256,
+                                     "freq_step_mhz": 25.0, "freq_step_interval_s": 0.01},
+                           "board": {"port": "y"}, "governor": {},
+                           "log": {"status_period_s": 1.0}}
     if target_w is not None:
         raw["governor"]["default_target_w"] = target_w
+    if envelope:
+        raw["envelope"] = dict(envelope)
     cfg = config_from_mapping(raw)
     board = FakeBoard(clock, port)
     settings = ChainSettings.from_config(cfg.chain, cfg.envelope, nonce_difficulty=EASY)

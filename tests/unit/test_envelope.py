@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import config_from_mapping
-from agent.control.envelope import Actuation, Envelope
+from agent.control.envelope import SENSOR_TRIP_LIMIT, Actuation, Envelope
 from agent.control.power_model import ModelParams, PowerModel, VfCurve
 
 DT = 0.1
@@ -356,3 +356,102 @@ def test_regulator_trip_clears_only_well_below_its_limit():
     assert env.tripped
     env.observe(10.3, Sample(ts_s=3, chip_temps_c=[50.0], vr_temp_c=94.0))
     assert not env.tripped
+
+
+def test_outputs_follow_the_voltage_the_bridge_applied_not_the_one_asked():
+    env, _ = make()
+    t = Ticker(env)
+    for _ in range(10):
+        out = t.tick(act(freq=100.0))
+    v0 = out.vcore_mv
+    for _ in range(40):  # the voltage write never gets through: the bridge keeps v0
+        out = t.tick(act(freq=400.0))
+        env.applied(vcore_mv=v0)
+        assert out.freq_mhz <= env.curve.max_freq_mhz(v0) + 1e-6
+    assert env.last.vcore_mv == v0 and "vcore_first" in out.limits
+    for _ in range(40):  # it gets through
+        out = t.tick(act(freq=400.0))
+    assert out.freq_mhz > env.curve.max_freq_mhz(v0)
+
+
+def test_an_unconfirmed_fan_holds_the_frequency_and_a_failed_power_on_starts_over():
+    env, _ = make()
+    t = Ticker(env)
+    for _ in range(10):
+        out = t.tick(act(freq=100.0, fan=50))
+    env.applied(fan_pct=30)  # the fan stayed lower than asked
+    f0 = out.freq_mhz
+    for _ in range(5):
+        out = t.tick(act(freq=400.0, fan=50))
+        env.applied(fan_pct=30)
+        assert out.freq_mhz <= f0 + 1e-9 and "fan_unconfirmed" in out.limits
+    env.applied(fan_pct=100)  # more air than asked is fine
+    assert t.tick(act(freq=400.0, fan=50)).freq_mhz >= f0
+    for _ in range(10):
+        out = t.tick(act(freq=400.0))
+    assert out.freq_mhz > 100.0
+    env.applied(chain_power_on=False)  # the chain power write did not get through
+    out = t.tick(act(freq=400.0))
+    assert out.chain_power_on and out.freq_mhz == 100.0 and "power_on_at_min" in out.limits
+
+
+def _powered_run(env: Envelope, t0: float, seconds: float, temps, power_w=15.0,
+                 jitter_w=0.01) -> float:
+    """Samples 0.1 s apart whose chain power follows the envelope's last output (the board
+    powers the chain as told); `temps(i)` gives the chip readings. Returns the end time."""
+    now = t0
+    for i in range(round(seconds / DT)):
+        last = env.last
+        on = last is not None and last.chain_power_on
+        jitter = jitter_w * (i % 5)
+        env.observe(now, Sample(ts_s=now, chip_temps_c=temps(i),  # type: ignore[arg-type]
+                                chain_powered=on, power_w=(power_w if on else 2.0) + jitter))
+        env.enforce(now, act(freq=100.0))
+        now += DT
+    return now
+
+
+def test_a_chip_channel_that_reads_nothing_while_powered_trips_after_sensor_frozen_s():
+    env, _ = make(sensor_frozen_s=1.0, trip_hold_s=0.5)
+    t = _powered_run(env, 10.0, 2.0, lambda i: [50.0 + 0.01 * (i % 3), 51.0 + 0.01 * (i % 4)])
+    assert env.last.chain_power_on and not env.tripped
+    t = _powered_run(env, t, 0.9, lambda i: [None, 51.0 + 0.01 * (i % 4)])
+    assert not env.tripped  # a short gap is a missed read
+    t = _powered_run(env, t, 0.3, lambda i: [None, 51.0 + 0.01 * (i % 4)])
+    assert env.tripped and env.trip_reason.startswith("sensor_missing: chip_temps_c[0]")
+    # it reads again (while the chain is down, or once it is back): clear, no second trip
+    t = _powered_run(env, t, 10.0, lambda i: [50.0 + 0.01 * (i % 3), 51.0 + 0.01 * (i % 4)])
+    assert not env.tripped and env.trips == 1 and env.last.chain_power_on
+
+
+def test_a_channel_that_stays_dark_after_a_power_cycle_trips_again():
+    env, _ = make(sensor_frozen_s=1.0, trip_hold_s=0.5)
+    t = _powered_run(env, 10.0, 2.0, lambda i: [50.0 + 0.01 * (i % 3), 51.0 + 0.01 * (i % 4)])
+    t = _powered_run(env, t, 1.5, lambda i: [None, 51.0 + 0.01 * (i % 4)])
+    assert env.trips == 1
+    # dark through the hold, the power-on and the grace after it: the channel is still
+    # expected (it read before), so it trips again
+    t = _powered_run(env, t, 3.0, lambda i: [None, 51.0 + 0.01 * (i % 4)])
+    assert env.trips == 2
+
+
+@pytest.mark.parametrize("temps, jitter_w", [
+    pytest.param(lambda i: [None, 51.0 + 0.01 * (i % 4)], 0.01, id="one channel dark"),
+    pytest.param(lambda i: [None, None], 0.01, id="every channel dark"),
+    pytest.param(lambda i: [50.0, 51.0], 0.0, id="frozen readings"),
+])
+def test_a_sensor_fault_that_comes_back_after_every_power_on_stays_tripped_after_the_retries(
+        temps, jitter_w):
+    env, _ = make(sensor_frozen_s=1.0, trip_hold_s=0.5)
+    t = _powered_run(env, 10.0, 2.0, lambda i: [50.0 + 0.01 * (i % 3), 51.0 + 0.01 * (i % 4)])
+    t = _powered_run(env, t, 120.0, temps, jitter_w=jitter_w)
+    trips = env.trips
+    assert 1 <= trips <= SENSOR_TRIP_LIMIT
+    assert env.tripped and env.clear_remaining_s(t) is None
+    # frozen readings that stay put while the chain powers off are a stuck sensor: that trip
+    # holds until the reading changes, it never gets as far as a retry
+    assert trips == SENSOR_TRIP_LIMIT or env.trip_reason.startswith("sensor_frozen")
+    if trips == SENSOR_TRIP_LIMIT:
+        assert "stays tripped" in env.trip_reason and env.trip_final
+    t = _powered_run(env, t, 600.0, temps, jitter_w=jitter_w)
+    assert env.tripped and env.trips == trips

@@ -59,3 +59,17 @@ def test_status_map_has_caps_and_state() -> None:
         min_w, max_w, ramp_max_w_s = 1.0, 2.0, 3.0
 
     assert caps_map(Caps()) == {"min_w": 1.0, "max_w": 2.0, "ramp_max_w_s": 3.0}
+
+
+def test_optional_keys_are_published_when_the_snapshot_has_them() -> None:
+    buf = TelemetryBuffer()
+    buf.produce({"mode": "tripped", "board": "lost", "mode_reason": "sensor_stale: 12 s",
+                 "pool": "stratum+tcp://p:3333", "pool_accepted": 7}, 1)
+    buf.produce({"mode": "mining"}, 2)
+    first, second = buf.peek(), None
+    buf.pop()
+    second = buf.peek()
+    assert first is not None and second is not None
+    assert first["board"] == "lost" and first["mode_reason"] == "sensor_stale: 12 s"
+    assert first["pool"] == "stratum+tcp://p:3333" and first["pool_accepted"] == 7
+    assert "board" not in second and "pool" not in second  # absent, not null
