@@ -1,16 +1,10 @@
 """The hard safety envelope: the one place that decides what may reach the hardware.
 
 `Envelope.observe(now_s, sample)` judges each board sample (stale, NaN, out of range, frozen, too
-hot, regulator too hot, over power, bridge trip) and latches a trip; frozen is a whole sample
-bit-identical for `sensor_frozen_s`, or one chip temperature unchanged for `sensor_frozen_s`
-while the board power swung by `FROZEN_SWING_SHARE` of max power (a stuck channel among live
-ones could hide the hottest chip; it stays suspect until its reading changes). A chip channel
-that has read while the chain was powered and then reads nothing for `sensor_frozen_s` while it
-is powered trips too (it could hide the hottest chip as well); it stays expected across the power
-cycle, so after the trip's release it must read again within `sensor_frozen_s` of the power-on.
-Such sensor trips (missing or frozen readings) get `SENSOR_TRIP_LIMIT` - 1 retries: the
-`SENSOR_TRIP_LIMIT`-th within `SENSOR_TRIP_WINDOW_S` latches for good (the board stays idle until
-the agent restarts, and the trip reason says so), so a board cannot cycle trip/ramp forever.
+hot, regulator too hot, over power, bridge trip) and latches a trip; the sensors' part of that
+judgement (NaN, range, frozen, stuck or missing chip channels, and how many sensor trips may be
+retried) is `agent.control.sensors`. A sensor trip that used up the retries latches for good (the
+board stays idle until the agent restarts, and the trip reason says so).
 `Envelope.applied(...)` takes what reached the hardware (the bridge's answers: core voltage, fan,
 chain power); the next outputs are sequenced and ramped from those, not from what was asked.
 `Envelope.enforce(now_s, proposed)` is the last step of every governor output and returns an
@@ -41,42 +35,18 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any
 
 from agent.config import EnvelopeConfig
 from agent.control.power_model import PowerModel, VfCurve
+from agent.control.sensors import SENSOR_TRIP_LIMIT as SENSOR_TRIP_LIMIT  # part of the API
+from agent.control.sensors import BoardReading, SensorJudge, finite
 
 log = logging.getLogger("gridminer.governor")
 
-TEMP_RANGE_C = (-40.0, 200.0)
-VIN_RANGE_V = (0.0, 60.0)
-IIN_RANGE_A = (0.0, 1000.0)
-VCORE_RANGE_MV = (0.0, 5000.0)
 THERMAL_TRIPS = ("overtemp", "vr_overtemp")
 VR_CLEAR_MARGIN_C = 10.0  # a regulator trip clears this far below max_vr_temp_c (ESP-Miner: 95)
-FROZEN_SWING_SHARE = 0.10  # a live chip sensor follows a power swing this large (share of max)
-SENSOR_TRIPS = ("sensor_missing", "sensor_frozen")  # faults that could hide the hottest chip
-SENSOR_TRIP_LIMIT = 3  # the third such trip within the window latches for good
-SENSOR_TRIP_WINDOW_S = 3600.0
-
-
-class BoardReading(Protocol):
-    """What the envelope and the governor read of `agent.chain.board.BoardSample`."""
-
-    ts_s: float
-    chip_temps_c: list[float | None]
-    board_temp_c: float | None
-    vr_temp_c: float | None
-    vin_v: float | None
-    iin_a: float | None
-    power_w: float | None
-    fan_rpm: float | None
-    fan_pct: float | None
-    vcore_mv: float | None
-    chain_powered: bool
-    bridge_state: Any
-    trip_reason: Any
 
 
 @dataclass(frozen=True)
@@ -107,81 +77,6 @@ class SampleCheck:
 
 
 @dataclass
-class _Watch:
-    """One chip temperature channel: the reading held since `since_s`, and the power range seen
-    meanwhile."""
-
-    temp_c: float
-    since_s: float
-    power_lo_w: float
-    power_hi_w: float
-
-
-class _StuckChannels:
-    """Chip temperature channels that keep one reading while the board power swings."""
-
-    def __init__(self, frozen_s: float, swing_w: float) -> None:
-        self.frozen_s = frozen_s
-        self.swing_w = swing_w
-        self._watch: dict[int, _Watch] = {}
-        self._stuck: dict[int, _Watch] = {}  # latched until the reading changes
-
-    def observe(self, now_s: float, temps_c: list[float | None], power_w: float) -> str | None:
-        """Follow one sample; the fault of the first stuck channel, or None."""
-        for ch, t in enumerate(temps_c):
-            stuck = self._stuck.get(ch)
-            if stuck is not None and (t is None or t == stuck.temp_c):
-                continue  # suspect until it reads something else
-            self._stuck.pop(ch, None)
-            w = self._watch.get(ch)
-            if t is None:
-                self._watch.pop(ch, None)
-            elif w is None or t != w.temp_c:
-                self._watch[ch] = _Watch(t, now_s, power_w, power_w)
-            else:
-                w.power_lo_w, w.power_hi_w = min(w.power_lo_w, power_w), max(w.power_hi_w, power_w)
-                if now_s - w.since_s > self.frozen_s and \
-                        w.power_hi_w - w.power_lo_w >= self.swing_w:
-                    self._stuck[ch] = w
-        for table in (self._watch, self._stuck):  # a shorter sample: missing channels forgotten
-            for ch in [ch for ch in table if ch >= len(temps_c)]:
-                del table[ch]
-        if not self._stuck:
-            return None
-        ch, w = min(self._stuck.items())
-        return (f"sensor_frozen: chip_temps_c[{ch}] stuck at {w.temp_c:g} C for "
-                f"{now_s - w.since_s:.1f} s while power moved {w.power_hi_w - w.power_lo_w:.0f} W")
-
-
-class _DarkChannels:
-    """Chip temperature channels that read while the chain was powered and now read nothing."""
-
-    def __init__(self, dark_s: float) -> None:
-        self.dark_s = dark_s
-        self._expected: set[int] = set()  # read while powered once: kept across power cycles
-        self._dark_since: dict[int, float] = {}
-
-    def observe(self, now_s: float, temps_c: list[float | None], powered: bool) -> str | None:
-        """Follow one sample; the fault of the first channel dark for too long, or None."""
-        if not powered:
-            self._dark_since.clear()  # only a powered chain must report (grace from power-on)
-        for ch, t in enumerate(temps_c):
-            if t is not None:
-                self._dark_since.pop(ch, None)
-                if powered:
-                    self._expected.add(ch)
-        if not powered:
-            return None
-        dark = [ch for ch in sorted(self._expected) if ch >= len(temps_c) or temps_c[ch] is None]
-        for ch in dark:
-            since = self._dark_since.setdefault(ch, now_s)
-            if now_s - since > self.dark_s:
-                return (f"sensor_missing: chip_temps_c[{ch}] unreadable for {now_s - since:.1f} s "
-                        f"while the chain is powered")
-        return None
-
-
-@dataclass
 class _TripLatch:
     """The latched trip: its reason, since when its condition has been clear, and how many trips
     there have been; `final` once the sensor trips ran out of retries (never released)."""
@@ -190,11 +85,6 @@ class _TripLatch:
     clear_since_s: float | None = None
     count: int = 0
     final: bool = False
-    sensor_trips_s: deque[float] = field(default_factory=deque)
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class Envelope:
@@ -232,13 +122,8 @@ class Envelope:
         # sample bookkeeping
         self._last_ts: float | None = None
         self._last_fresh_s: float | None = None
-        self._frozen_key: tuple[Any, ...] | None = None
-        self._frozen_since_s: float | None = None
-        self._stuck = _StuckChannels(cfg.sensor_frozen_s, FROZEN_SWING_SHARE * cfg.max_power_w)
-        self._dark = _DarkChannels(cfg.sensor_frozen_s)
+        self._sensors = SensorJudge(cfg, self.max_power_w)
         self._fan_short = False  # the bridge applied less fan than the last output asked
-        self._chip_temp_seen_s: float | None = None
-        self._chain_on_since_s: float | None = None
         self._over_since_s: float | None = None
         self._check = SampleCheck(fresh=False, fault=None, hottest_c=None, power_w=None)
 
@@ -302,7 +187,7 @@ class Envelope:
             fault, hottest, power, temps_valid = self._judge(now_s, sample)
             chain_powered = bool(sample.chain_powered)
             vr = sample.vr_temp_c
-            vr_temp = float(vr) if vr is not None and _finite(vr) else None
+            vr_temp = float(vr) if vr is not None and finite(vr) else None
         if fault is None and self._last_fresh_s is not None and \
                 now_s - self._last_fresh_s > self.cfg.sensor_stale_s:
             fault = f"sensor_stale: no new board sample for {now_s - self._last_fresh_s:.2f} s"
@@ -318,35 +203,11 @@ class Envelope:
     def _judge(
         self, now_s: float, s: BoardReading
     ) -> tuple[str | None, float | None, float | None, bool]:
-        """Instant checks of one new sample: NaN, range, temperatures, bridge trip, frozen."""
-        temps: list[float] = []
-        for i, t in enumerate(s.chip_temps_c or []):
-            if t is None:
-                continue
-            if not _finite(t):
-                return f"sensor_nan: chip_temps_c[{i}]={t}", None, None, False
-            if not TEMP_RANGE_C[0] <= t <= TEMP_RANGE_C[1]:
-                return f"sensor_range: chip_temps_c[{i}]={t}", None, None, False
-            temps.append(float(t))
-        max_p = max(3.0 * self.max_power_w, self.max_power_w + 50.0)
-        ranges = {
-            "board_temp_c": TEMP_RANGE_C,
-            "vr_temp_c": TEMP_RANGE_C,
-            "vin_v": VIN_RANGE_V,
-            "iin_a": IIN_RANGE_A,
-            "vcore_mv": VCORE_RANGE_MV,
-            "power_w": (0.0, max_p),
-        }
-        for name, (lo, hi) in ranges.items():
-            v = getattr(s, name, None)
-            if v is None:
-                if name == "power_w":
-                    return "sensor_missing: power_w", None, None, False
-                continue
-            if not _finite(v):
-                return f"sensor_nan: {name}={v}", None, None, False
-            if not lo <= v <= hi:
-                return f"sensor_range: {name}={v}", None, None, False
+        """Instant checks of one new sample: the sensors' readings, bridge trip, temperatures,
+        then the sensors over time (frozen, stuck or dark channels)."""
+        fault, temps = self._sensors.readings(s)
+        if fault is not None:
+            return fault, None, None, False
         hottest = max(temps) if temps else None
         power = float(s.power_w) if s.power_w is not None else None
         if s.trip_reason:
@@ -357,45 +218,15 @@ class Envelope:
         if s.vr_temp_c is not None and s.vr_temp_c >= self.cfg.max_vr_temp_c:
             return f"vr_overtemp: {s.vr_temp_c:.1f} C >= {self.cfg.max_vr_temp_c:g} C", \
                 hottest, power, bool(temps)
-        # frozen: bit-identical readings for too long while the chain is powered
-        key = (tuple(s.chip_temps_c or ()), s.board_temp_c, s.vr_temp_c, s.vin_v, s.iin_a,
-               s.power_w)
-        if not s.chain_powered or key != self._frozen_key:
-            self._frozen_key = key if s.chain_powered else None
-            self._frozen_since_s = now_s
-        elif self._frozen_since_s is not None and \
-                now_s - self._frozen_since_s > self.cfg.sensor_frozen_s:
-            return (f"sensor_frozen: identical readings for {now_s - self._frozen_since_s:.1f} s",
-                    hottest, power, bool(temps))
-        if power is not None:
-            stuck = self._stuck.observe(now_s, list(s.chip_temps_c or ()), power)
-            if stuck is not None:
-                return stuck, hottest, power, bool(temps)
-        if temps:  # with no channel at all, _persistent_faults speaks
-            dark = self._dark.observe(now_s, list(s.chip_temps_c or ()), bool(s.chain_powered))
-            if dark is not None:
-                return dark, hottest, power, True
-        else:
-            self._dark.observe(now_s, [], bool(s.chain_powered))
-        return None, hottest, power, bool(temps)
+        return self._sensors.watch(now_s, s, power, bool(temps)), hottest, power, bool(temps)
 
     def _persistent_faults(
         self, now_s: float, chain_powered: bool, temps_valid: bool, power: float | None
     ) -> str | None:
         """Faults that need a condition to last: no chip temperature, over power."""
-        if chain_powered:
-            if self._chain_on_since_s is None:
-                self._chain_on_since_s = now_s
-                self._chip_temp_seen_s = None
-            if temps_valid:
-                self._chip_temp_seen_s = now_s
-            elif self._chip_temp_seen_s is not None:
-                if now_s - self._chip_temp_seen_s > self.cfg.sensor_stale_s:
-                    return "sensor_missing: no valid chip temperature"
-            elif now_s - self._chain_on_since_s > self.cfg.sensor_frozen_s:
-                return "sensor_missing: no chip temperature since the chain was powered"
-        else:
-            self._chain_on_since_s = None
+        missing = self._sensors.missing(now_s, chain_powered, temps_valid)
+        if missing is not None:
+            return missing
         limit = self.max_power_w * (1.0 + self.cfg.overpower_margin_pct / 100.0)
         if power is not None and power > limit:
             if self._over_since_s is None:
@@ -410,7 +241,8 @@ class Envelope:
         trip = self._trip
         if fault is not None:
             if trip.reason is None:
-                trip.reason = self._sensor_retries(now_s, fault)
+                trip.reason, final = self._sensors.trip(now_s, fault)
+                trip.final = trip.final or final
                 trip.count += 1
                 log.warning("envelope trip: %s", trip.reason)
             trip.clear_since_s = None
@@ -439,21 +271,6 @@ class Envelope:
                         trip.reason)
             trip.reason = None
             trip.clear_since_s = None
-
-    def _sensor_retries(self, now_s: float, fault: str) -> str:
-        """Count a sensor trip; the one that uses up the retries latches for good. Returns the
-        trip reason."""
-        if fault.split(":")[0] not in SENSOR_TRIPS:
-            return fault
-        trips = self._trip.sensor_trips_s
-        trips.append(now_s)
-        while trips and now_s - trips[0] > SENSOR_TRIP_WINDOW_S:
-            trips.popleft()
-        if len(trips) < SENSOR_TRIP_LIMIT:
-            return fault
-        self._trip.final = True
-        return (f"{fault} ({len(trips)} sensor trips within {SENSOR_TRIP_WINDOW_S / 60:g} min: "
-                f"stays tripped until the agent restarts)")
 
     # ---- outputs --------------------------------------------------------------------------
     def idle(self, reason: str, mode: str = "tripped") -> Actuation:
@@ -504,7 +321,7 @@ class Envelope:
         if last is None:
             return
         changes: dict[str, Any] = {}
-        if freq_mhz is not None and _finite(freq_mhz) and freq_mhz != last.freq_mhz:
+        if freq_mhz is not None and finite(freq_mhz) and freq_mhz != last.freq_mhz:
             changes["freq_mhz"] = float(freq_mhz)
         if vcore_mv is not None and vcore_mv != last.vcore_mv:
             changes["vcore_mv"] = int(vcore_mv)
@@ -532,7 +349,7 @@ class Envelope:
             return self._record(now_s, out, ("tripped",) if proposed.mode != "tripped" else ())
         limits: list[str] = []
         cfg = self.cfg
-        f = proposed.freq_mhz if _finite(proposed.freq_mhz) else self.min_freq_mhz
+        f = proposed.freq_mhz if finite(proposed.freq_mhz) else self.min_freq_mhz
         if not self.min_freq_mhz <= f <= self.max_freq_mhz:
             f = min(self.max_freq_mhz, max(self.min_freq_mhz, f))
             limits.append("freq")
@@ -540,7 +357,7 @@ class Envelope:
         if on and not self.has_sample:
             on = False
             limits.append("no_sample_yet")
-        fan = int(proposed.fan_pct) if _finite(proposed.fan_pct) else 100
+        fan = int(proposed.fan_pct) if finite(proposed.fan_pct) else 100
         fan = min(100, max(0, fan))
         hottest = self._check.hottest_c
         if hottest is not None and hottest >= cfg.max_chip_temp_soft_c and fan < 100:
@@ -549,7 +366,7 @@ class Envelope:
         if on and fan < self.fan_min_pct:
             fan = self.fan_min_pct
             limits.append("fan_min")
-        target = proposed.target_w if _finite(proposed.target_w) else 0.0
+        target = proposed.target_w if finite(proposed.target_w) else 0.0
         if not 0.0 <= target <= self.max_power_w:
             target = min(self.max_power_w, max(0.0, target))
             limits.append("power_cap")

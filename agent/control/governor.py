@@ -11,17 +11,10 @@ power cap and the thermal derate) at the command's ramp (never above the envelop
 under the cap too). The frequency comes from the power model's inverse on the
 V/f curve (feedforward); while the envelope still holds a higher voltage after a fall in
 frequency, the frequency is taken for that voltage, so power follows the reference at once and
-the voltage catches up. The model is
-corrected online by an integral of the difference between measured power and the model's
-prediction for what was commanded `response_delay_s` earlier (filtered with `response_tau_s`),
-applied as a gain on the chips' power (or as an offset). Comparing against what was actually
-commanded, it absorbs model error without winding up during ramps or saturation; it is clamped
-to `correction_limit_pct`. Steady points at two different loads split the error into gain and
-offset, so the next step starts from a better model. While a fast move settles (a step of the
-reference or of the commanded power above 5 % of max power in one tick) the correction holds
-still: the measurement's timing, not the model, explains most of the difference then. Every
-output then goes through `Envelope.enforce`, the one place that keeps the hardware inside the
-configured envelope.
+the voltage catches up. The model is corrected online from measured power
+(`agent.control.correction`: a gain on the chips' power or an offset, split by steady points at
+two loads). Every output then goes through `Envelope.enforce`, the one place that keeps the
+hardware inside the configured envelope.
 
 Declared range (`caps`): `max_w` is the envelope's power cap (by default the family's rating,
 which a board drawing 15 % less than the model still reaches below the frequency ceiling);
@@ -41,15 +34,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.clock import Clock
 from agent.config import AgentConfig, model_params
-from agent.control.envelope import Actuation, BoardReading, Envelope, SampleCheck
+from agent.control.correction import ModelCorrection
+from agent.control.envelope import Actuation, Envelope, SampleCheck
 from agent.control.fan import FanController
 from agent.control.power_model import PowerModel, VfCurve
+from agent.control.sensors import BoardReading
 from agent.grid.contract import LIMITS, MODES
 
 log = logging.getLogger("gridminer.governor")
@@ -59,14 +53,7 @@ TOP_MARGIN = 0.05  # a target this far outside the corrected model's range is re
 BOTTOM_MARGIN = 0.02
 TRIP_CAP_CUT = 0.2  # after a thermal trip, return capped this share of max power below the trip
 RAMP_SHARE = 0.95  # the reference ramps a little under the limit: room for model error
-STEADY_S = 2.0  # a load held this long with a small residual is a steady point
-STEADY_RESID_SHARE = 0.015
-SPLIT_MIN_SHARE = 0.2  # two steady points this far apart (share of max power) split the error
-SPLIT_DAMPING = 0.8
 CAP_MARGIN_SHARE = 0.01  # the reference stays this share of max power under the cap
-CAP_GUARD_SHARE = 0.01  # measured power this far over the cap (and the model) is corrected at once
-TRANSIENT_SHARE = 0.05  # a commanded step above this share of max power slows the correction
-TRANSIENT_KI_SHARE = 0.0  # ... to this share of its integral gain until it has settled
 HASHING_STATES = ("ramping", "mining")  # driver states (ChainStats.state) with the chips hashing
 EXPLORE_MARGIN_SHARE = 0.1  # above the highest steady load + this share of max power ...
 EXPLORE_RAMP_SHARE_S = 0.4  # ... the reference rises at most this share of max power per second
@@ -118,6 +105,7 @@ class Governor:
         self.min_freq_mhz = env.min_freq_mhz
         self.max_freq_mhz: float = env.max_freq_mhz
         self.default_target_w: float = gov.default_target_w
+        self.correction = ModelCorrection(self.model, gov, self.max_power_w)
         # the lowest load the board can be promised to hold (a board drawing 15 % more than the
         # model, warm); the deepest load it goes to (curtail, derate) is the corrected model's
         # power at the minimum frequency, usually lower
@@ -141,18 +129,6 @@ class Governor:
         self._starting = True
         self._ref_w = 0.0
         self._thermal_cap_w: float | None = None
-        self._bias_w = 0.0
-        self._pred_hist: deque[tuple[float, tuple[float, float]]] = deque()
-        self._pred_delayed: tuple[float, float] = (0.0, 0.0)  # chain power at gain 1, on
-        self._chain0_f = 0.0  # ... filtered like the measurement
-        self._on_f = 0.0
-        self._steady_since: float | None = None
-        self._steady_taken = False
-        self._steady_ref_w = 0.0
-        self._steady_point: tuple[float, float] | None = None
-        self._transient_until_s = 0.0
-        self._last_target_w = 0.0
-        self._validated_w = 0.0  # highest load held steady so far (the model is checked there)
         self._last_now: float | None = None
         self._last_power_w: float | None = None
         self._applied_w = 0.0
@@ -199,12 +175,7 @@ class Governor:
         vcore = max(vcore, self.curve_vcore(freq))
         power = float(power_w) if math.isfinite(power_w) and power_w > 0 else \
             self.model.power_w(freq, vcore, temp)
-        m = self.model
-        chain0 = self._chain0_w(freq, vcore, temp)
-        if self.gcfg.correction == "gain" and chain0 > 0:
-            m.gain = self._clamped_gain((power - m.params.overhead_w) / chain0)
-        else:
-            self._bias_w = self._clamped_offset_w(power - m.power_w(freq, vcore, temp))
+        self.correction.adopt(now_s, freq, vcore, temp, power)
         fan = getattr(sample, "fan_pct", None)
         if isinstance(fan, int | float) and math.isfinite(fan):
             self.fan.reset(fan)
@@ -213,13 +184,7 @@ class Governor:
             fan_pct = self.gcfg.fan_startup_pct
         self._starting = False
         self._ref_w = power
-        self._validated_w = power
         self._last_now = now_s
-        self._pred_hist.clear()
-        self._pred_hist.append((now_s, (chain0, 1.0)))
-        self._pred_delayed = (chain0, 1.0)
-        self._chain0_f, self._on_f = chain0, 1.0
-        self._last_target_w = power
         self._set_mode("mining", f"took over the running chain at {freq:.1f} MHz, {power:.1f} W")
         out = Actuation(freq, vcore, fan_pct, True, self._mode, power, self._mode_reason)
         self.envelope.adopt(now_s, out)
@@ -262,10 +227,11 @@ class Governor:
         applied, limited = want, None
         if applied > self.max_power_w:
             applied, limited = self.max_power_w, "power_cap"
-        top = self.model.curve_power_w(self.max_freq_mhz, self.curve, temp_c) + self._bias_w
+        offset = self.correction.offset_w
+        top = self.model.curve_power_w(self.max_freq_mhz, self.curve, temp_c) + offset
         if applied > top + TOP_MARGIN * self.max_power_w:
             applied, limited = top, "caps"
-        bottom = self.model.curve_power_w(self.min_freq_mhz, self.curve, temp_c) + self._bias_w
+        bottom = self.model.curve_power_w(self.min_freq_mhz, self.curve, temp_c) + offset
         if applied < self.min_w:
             applied, limited = self.min_w, "caps"
         if applied < bottom - BOTTOM_MARGIN * self.max_power_w:  # the corrected model's minimum
@@ -276,7 +242,8 @@ class Governor:
 
     def _floor_w(self, temp_c: float | None) -> float:
         """The corrected model's power at the minimum frequency: the deepest steady load now."""
-        return self.model.curve_power_w(self.min_freq_mhz, self.curve, temp_c) + self._bias_w
+        offset = self.correction.offset_w
+        return self.model.curve_power_w(self.min_freq_mhz, self.curve, temp_c) + offset
 
     # ---- telemetry ------------------------------------------------------------------------
     @property
@@ -295,7 +262,7 @@ class Governor:
     @property
     def offset_w(self) -> float:
         """The model-error correction's additive part (its gain is `model.gain`)."""
-        return self._bias_w
+        return self.correction.offset_w
 
     @property
     def thermal_cap_w(self) -> float | None:
@@ -355,7 +322,8 @@ class Governor:
             self._restart_if_reinitialised(state)
         self._derate(dt, temp, chk)
         self._update_limit(temp)
-        self._observe_bias(now_s, dt, chk)
+        self.correction.observe(now_s, dt, chk, self.envelope.last, ref_w=self._ref_w,
+                                starting=self._starting)
         goal, on = self._goal(temp, chk, hashing, reset_pending)
         ref = self._ramp(goal, dt)
         freq = self._feedforward_mhz(now_s, ref, temp, reset_pending)
@@ -364,7 +332,7 @@ class Governor:
                              self._mode_reason)
         out = self.envelope.enforce(now_s, proposed)
         self._ref_w = out.target_w
-        self._record(now_s, out, temp)
+        self.correction.record(now_s, out, temp)
         return out
 
     def _restart_if_reinitialised(self, state: str | None) -> None:
@@ -444,7 +412,7 @@ class Governor:
         ref = self._ref_w
         if goal_w > ref:
             up_rate = self._cmd_ramp_w_s * RAMP_SHARE
-            if ref > self._validated_w + EXPLORE_MARGIN_SHARE * self.max_power_w:
+            if ref > self.correction.validated_w + EXPLORE_MARGIN_SHARE * self.max_power_w:
                 # above any load the model has been checked at: slow enough to correct on the way
                 up_rate = min(up_rate, EXPLORE_RAMP_SHARE_S * self.max_power_w)
                 if ref > (1.0 - EXPLORE_MARGIN_SHARE) * self.max_power_w:
@@ -463,13 +431,14 @@ class Governor:
         if self._starting or ((self._op in ("curtail", "standby") or reset_pending)
                               and ref_w <= self._floor_w(temp) + 1e-6):
             return self.min_freq_mhz
-        freq = self.model.freq_for_power(ref_w - self._bias_w, self.curve, self.min_freq_mhz,
+        offset = self.correction.offset_w
+        freq = self.model.freq_for_power(ref_w - offset, self.curve, self.min_freq_mhz,
                                          self.max_freq_mhz, temp)
         held = self.envelope.held_vcore_mv(now_s)
         if held is not None and held > self.curve.vcore_mv(freq) + 0.5:
             # the voltage comes down only after the frequency has settled: until then the power
             # is the one at the held voltage, so the frequency goes lower meanwhile
-            f_held = self.model.freq_for_power_at_vcore(ref_w - self._bias_w, held, temp)
+            f_held = self.model.freq_for_power_at_vcore(ref_w - offset, held, temp)
             freq = max(self.min_freq_mhz, min(freq, f_held))
         return freq
 
@@ -499,7 +468,7 @@ class Governor:
         self._starting = True
         out = self.envelope.enforce(now_s, self.envelope.idle(shown))
         self._ref_w = out.target_w
-        self._record(now_s, out, chk.hottest_c)
+        self.correction.record(now_s, out, chk.hottest_c)
         return out
 
     def _derate(self, dt: float, temp: float | None, chk: SampleCheck) -> None:
@@ -523,108 +492,3 @@ class Governor:
             if self._thermal_cap_w >= self.max_power_w:
                 self._thermal_cap_w = None
                 log.info("governor: thermal derate lifted")
-
-    def _observe_bias(self, now_s: float, dt: float, chk: SampleCheck) -> None:
-        """Advance the prediction of measured power and integrate the model error into the
-        model's gain (or the offset); learn the split from steady points at different loads."""
-        delay = self.gcfg.response_delay_s
-        while self._pred_hist and self._pred_hist[0][0] <= now_s - delay + 1e-9:
-            _, self._pred_delayed = self._pred_hist.popleft()
-        chain0, on = self._pred_delayed
-        tau = self.gcfg.response_tau_s
-        alpha = 1.0 if tau <= 0 else 1.0 - math.exp(-dt / tau)
-        self._chain0_f += alpha * (chain0 - self._chain0_f)
-        self._on_f += alpha * (on - self._on_f)
-        last = self.envelope.last
-        if not (chk.fresh and chk.power_w is not None and chk.chain_powered and last is not None
-                and last.chain_power_on and self._on_f > 0.5):
-            self._steady_since = None
-            return
-        model = self.model
-        gain = model.gain
-        overhead = model.params.overhead_w
-        predicted = gain * self._chain0_f + overhead * self._on_f + self._bias_w
-        resid = chk.power_w - predicted
-        ki = self.gcfg.correction_ki_per_s
-        noise = CAP_GUARD_SHARE * self.max_power_w
-        if chk.power_w > self.max_power_w + noise and resid > noise:
-            # over the cap: explain the whole excess at once (the next tick steps down)
-            lim = self.gcfg.correction_limit_pct / 100.0
-            if self.gcfg.correction == "gain" and self._chain0_f > 0:
-                model.gain = min(1.0 + lim, gain + resid / self._chain0_f)
-            else:
-                self._bias_w = min(lim * self.max_power_w, self._bias_w + resid)
-            self._steady_since = None
-            return
-        if now_s < self._transient_until_s and self._steady_point is not None:
-            # a fast move is still settling: its residual says less about the model
-            self._steady_since = None
-            ki *= TRANSIENT_KI_SHARE
-        if self.gcfg.correction == "gain":
-            floor = 0.25 * self.max_power_w
-            gain += ki * dt * resid / max(self._chain0_f, floor)
-            model.gain = self._clamped_gain(gain)
-        else:
-            self._bias_w = self._clamped_offset_w(self._bias_w + ki * resid * dt)
-        if self.gcfg.learn_offset and now_s >= self._transient_until_s:
-            self._learn_split(now_s, resid)
-
-    def _learn_split(self, now_s: float, resid: float) -> None:
-        """At two steady loads the total correction e = (gain - 1) * chain + offset gives the
-        true error line; move gain and offset toward it without changing e where we are."""
-        steady = (abs(resid) < STEADY_RESID_SHARE * self.max_power_w and not self._starting
-                  and abs(self._ref_w - self._steady_ref_w) < 1e-3 * self.max_power_w)
-        self._steady_ref_w = self._ref_w
-        if not steady:
-            self._steady_since = None
-            return
-        if self._steady_since is None:
-            self._steady_since = now_s
-            self._steady_taken = False
-        if self._steady_taken or now_s - self._steady_since < STEADY_S:
-            return
-        self._steady_taken = True
-        self._validated_w = max(self._validated_w, self._ref_w)
-        c2 = self._chain0_f
-        e2 = (self.model.gain - 1.0) * c2 + self._bias_w
-        point = self._steady_point
-        self._steady_point = (c2, e2)
-        if point is None or abs(point[0] - c2) < SPLIT_MIN_SHARE * self.max_power_w:
-            return
-        c1, e1 = point
-        slope = (e1 - e2) / (c1 - c2)  # true gain - 1
-        lim = self.gcfg.correction_limit_pct / 100.0
-        slope = min(lim, max(-lim, slope))
-        g = self.model.gain
-        self.model.gain = g + SPLIT_DAMPING * (1.0 + slope - g)
-        # keep e where we are
-        self._bias_w = self._clamped_offset_w(e2 - (self.model.gain - 1.0) * c2)
-        log.info("governor: model error split: gain %.3f, offset %+.2f W", self.model.gain,
-                 self._bias_w)
-
-    def _clamped_gain(self, gain: float) -> float:
-        lim = self.gcfg.correction_limit_pct / 100.0
-        return min(1.0 + lim, max(1.0 - lim, gain))
-
-    def _clamped_offset_w(self, offset_w: float) -> float:
-        limit = self.gcfg.correction_limit_pct / 100.0 * self.max_power_w
-        return min(limit, max(-limit, offset_w))
-
-    def _chain0_w(self, freq_mhz: float, vcore_mv: float, temp_c: float | None) -> float:
-        """The model's power less overhead at gain 1: what the correction scales."""
-        m = self.model
-        return (m.power_w(freq_mhz, vcore_mv, temp_c) - m.params.overhead_w) / m.gain
-
-    def _record(self, now_s: float, out: Actuation, temp: float | None) -> None:
-        chain0 = self._chain0_w(out.freq_mhz, out.vcore_mv, temp) if out.chain_power_on else 0.0
-        on = 1.0 if out.chain_power_on else 0.0
-        if self._pred_hist:
-            _, (c_prev, on_prev) = self._pred_hist[-1]
-            step = abs(self.model.gain * (chain0 - c_prev)) + abs(on - on_prev) * 1e9
-            # a fast move of the reference counts too: its first tick may only raise the voltage
-            step = max(step, abs(out.target_w - self._last_target_w))
-            if step > TRANSIENT_SHARE * self.max_power_w:
-                g = self.gcfg
-                self._transient_until_s = now_s + g.response_delay_s + 3.0 * g.response_tau_s
-        self._pred_hist.append((now_s, (chain0, on)))
-        self._last_target_w = out.target_w

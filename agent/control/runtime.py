@@ -13,21 +13,18 @@ through the board, and every thread is joined.
 All hardware writes happen here; the driver's reader thread and the MQTT thread only queue what
 they received. Nothing a board, chain or broker sends can raise out of the loop.
 
-Actuation fails safe: the board link answers every write with what the bridge applied, and only
-that counts. The chain is powered on only on a confirmed core voltage; the frequency goes no
-higher than the confirmed voltage supports (a failed or short voltage write leaves it where it
-is, counted in `vcore_unconfirmed` and logged); what was applied goes back to the governor, whose
-envelope plans the next tick from it.
+Actuation fails safe: the board link (`agent.control.boardlink`) answers every write with what
+the bridge applied, and only that counts. The chain is powered on only on a confirmed core
+voltage; the frequency goes no higher than the confirmed voltage supports (a failed or short
+voltage write leaves it where it is, counted in `vcore_unconfirmed` and logged); what was applied
+goes back to the governor, whose envelope plans the next tick from it.
 
 The control thread keeps its pace: a board request that fails slowly (a time-out) ends the
-board requests of its tick, and once the sample is stale and reads time out, the link is only
-probed (a read after `LINK_PROBE_S`, the wait doubling up to `LINK_PROBE_MAX_S`); between the
-commands of a burst the grid session hands to the governor, a control tick that fell due runs at
-once.
+board requests of its tick, and a link that is down is only probed; between the commands of a
+burst the grid session hands to the governor, a control tick that fell due runs at once.
 
 A board sample older than the governor's `sensor_stale_s` is no measurement: `snapshot()` and
-the status line leave its figures out and say `board: lost`; losing and regaining the link are
-logged once each (a reminder a minute), its failed writes meanwhile only counted.
+the status line leave its figures out and say `board: lost`.
 """
 
 from __future__ import annotations
@@ -42,35 +39,15 @@ from typing import Any, Protocol
 from agent.chain.driver import DOWN, FAILED, IDLE, STOPPING, ChainDriver
 from agent.chain.stats import ChainStats
 from agent.clock import Clock
-from agent.errors import BoardLinkError
+from agent.control import readout
+from agent.control.alerts import AlertLog
+from agent.control.boardlink import Board, BoardLink
 
 log = logging.getLogger("gridminer.runtime")
 
 HEARTBEAT_PERIOD_S = 0.5
 STOP_RAMP_TIMEOUT_S = 5.0
-ERROR_LOG_PERIOD_S = 10.0
 VCORE_SETTLE_S = 0.05  # after a voltage-only step (regulators settle well within this)
-LINK_PROBE_S = 1.0  # while the board link is down, one sample read probes it after this,
-LINK_PROBE_MAX_S = 5.0  # ... the wait doubling up to this
-LINK_DOWN_LOG_S = 60.0  # ... and a reminder this often that it still is
-SLOW_FAILURE_SHARE = 0.5  # a board request failing after this share of a period timed out
-MEASURED_FIELDS = ("power_w", "vcore_mv", "temp_c", "board_temp_c", "fan_pct")
-
-
-class Board(Protocol):
-    """The board link as the runtime uses it (agent.chain.board.BoardClient)."""
-
-    def read_sample(self) -> Any: ...
-
-    def heartbeat(self) -> Any: ...
-
-    def set_fan_pct(self, pct: int) -> int: ...  # the duty the bridge applied
-
-    def set_vcore_mv(self, mv: int) -> int: ...  # the core voltage the bridge applied
-
-    def set_chain_power(self, on: bool) -> bool: ...  # the chain power the bridge applied
-
-    def reset_chain(self) -> Any: ...
 
 
 class Controller(Protocol):
@@ -142,16 +119,6 @@ class RuntimeCounters:
     driver_errors: int = 0
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _hottest(sample: Any) -> float | None:
-    temps = [t for t in (getattr(sample, "chip_temps_c", None) or [])
-             if isinstance(t, int | float) and math.isfinite(t)]
-    return max(temps) if temps else None
-
-
 class Runtime:
     """The agent's control loop. `tick(now)` is one control period and `service(now)` one pass
     between ticks, so tests drive both with a fake clock; `run()` is the loop itself."""
@@ -181,6 +148,9 @@ class Runtime:
         self.on_stop = on_stop or []  # closers run at the end (grid link, ports)
         self.counters = RuntimeCounters()
         self.sample_stale_s = float(governor.sensor_stale_s)
+        self._alerts = AlertLog(log, clock)
+        self.board_link = BoardLink(board, clock, self.counters, self._alerts, period_s=period_s,
+                              stale_s=self.sample_stale_s)
         self._lock = threading.Lock()  # error and exit_code (fail() comes from other threads)
         self._stop = threading.Event()
         self._grid_pending = True
@@ -189,19 +159,7 @@ class Runtime:
         self._tick_now = False
         self._next_status_s: float | None = None
         self._next_heartbeat_s = 0.0
-        self._chain_on: bool | None = None  # chain power as the board confirmed (None: unknown)
-        self._chain_on_s = 0.0
-        self._vcore_set: int | None = None  # the core voltage the board confirmed
-        self._fan_set: int | None = None  # the fan duty the board confirmed
         self._prev_freq_mhz = 0.0  # the frequency last asked of the driver
-        self._requests_open = True  # board requests may go out in this tick
-        self._sample_s: float | None = None  # when the latest board sample arrived
-        self._link_down_s: float | None = None  # since when the board link does not answer
-        self._link_slow = False  # ... and its reads time out: it is only probed
-        self._next_probe_s = 0.0
-        self._probe_wait_s = LINK_PROBE_S
-        self._link_log_s = 0.0
-        self._reads_failed = 0
         self._control_thread: int | None = None
         self._serving_grid = False
         self._in_tick = False
@@ -210,7 +168,6 @@ class Runtime:
         self.actuation: Any = None
         self.energy_wh = 0.0
         self._last_power_s: float | None = None
-        self._last_error_log: dict[str, tuple[float, int]] = {}  # key: (logged at, suppressed)
         self.exit_code = 0
         self.error: str | None = None
         self.hot = False  # the chain was taken over running (an agent restart)
@@ -255,8 +212,8 @@ class Runtime:
         """The chain is already powered and hashing at `freq_mhz` (the driver and the governor
         have taken it over): no power-on and no bring-up; the grid session starts hot."""
         self.hot = True
-        self._chain_on = True
-        self._chain_on_s = now
+        self.board_link.chain_on = True
+        self.board_link.chain_on_s = now
         self._prev_freq_mhz = float(freq_mhz)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -296,7 +253,7 @@ class Runtime:
                 delay = self.grid.service(now)
             except Exception:
                 self.counters.grid_errors += 1
-                self._log_error("grid", "grid session failed")
+                self._alerts.warn("grid", "grid session failed")
                 delay = 1.0
             finally:
                 self._serving_grid = False
@@ -318,8 +275,9 @@ class Runtime:
         self._next_tick_s += self.period_s
         if self._next_tick_s <= now:
             self._next_tick_s = now + self.period_s
+        held = self.board_link.vcore_mv
         if act is not None and "vcore_first" in getattr(act, "limits", ()) \
-                and self._vcore_set is not None and self._vcore_set >= act.vcore_mv:
+                and held is not None and held >= act.vcore_mv:
             # the voltage went up first; the frequency follows once the regulator settled
             self._next_tick_s = min(self._next_tick_s, now + VCORE_SETTLE_S)
 
@@ -341,7 +299,7 @@ class Runtime:
             self.driver.poll(now)
         except Exception:  # a driver bug must not stop the control of power and heat
             self.counters.driver_errors += 1
-            self._log_error("driver", "chain driver failed")
+            self._alerts.warn("driver", "chain driver failed")
         if self.driver.state == FAILED and self.driver.fatal and self.error is None:
             self.fail(self.driver.error or "chain bring-up failed", 1)
 
@@ -355,29 +313,29 @@ class Runtime:
             return self._tick(now)
         finally:
             self._in_tick = False
-            self._requests_open = True
+            self.board_link.end_tick()
 
     def _tick(self, now: float) -> Any:
-        sample = self._read_sample(now)
+        link = self.board_link
+        sample = link.read(now)
         if sample is not None:
             self.sample = sample
-            self._sample_s = now
             self._integrate_energy(now, sample)
-            if self._chain_on and getattr(sample, "chain_powered", True) is False \
-                    and now - self._chain_on_s > 1.0:
+            if link.chain_on and getattr(sample, "chain_powered", True) is False \
+                    and now - link.chain_on_s > 1.0:
                 # the bridge cut chain power on its own (its trip or watchdog): the chips lost
                 # their state, so power on and bring up again when the governor asks for it
                 log.warning("the board reports the chain unpowered; re-initialising")
                 self.driver.abort()
-                self._chain_on = None
-        if now >= self._next_heartbeat_s and self._requests_open:
+                link.chain_on = None
+        if now >= self._next_heartbeat_s and link.open:
             self._next_heartbeat_s = now + HEARTBEAT_PERIOD_S
-            self._board_call("heartbeat")
+            link.call("heartbeat")
         self.chain = self.driver.stats(now)
         try:
             act = self.governor.update(now, sample, self.chain)
         except Exception:
-            self._log_error("governor", "governor failed; idling the chain")
+            self._alerts.warn("governor", "governor failed; idling the chain")
             act = None
         if act is None:
             self._apply_idle()
@@ -385,61 +343,15 @@ class Runtime:
         self.actuation = act
         self._apply(now, act)
         self.governor.applied(
-            freq_mhz=self._prev_freq_mhz if self._chain_on else None, vcore_mv=self._vcore_set,
-            fan_pct=self._fan_set if self._fan_set is not None else 0,  # none confirmed: no air
-            chain_power_on=self._chain_on is True)
+            freq_mhz=self._prev_freq_mhz if link.chain_on else None, vcore_mv=link.vcore_mv,
+            fan_pct=link.fan_pct if link.fan_pct is not None else 0,  # none confirmed: no air
+            chain_power_on=link.chain_on is True)
         return act
-
-    def _read_sample(self, now: float) -> Any:
-        """The board sample of this tick (None: none). A read that times out ends the tick's
-        board requests; once the sample is stale too, the link is down and only probed (a read
-        after LINK_PROBE_S, the wait doubling up to LINK_PROBE_MAX_S) until it answers."""
-        if self._link_slow and now < self._next_probe_s:
-            self._requests_open = False
-            return None
-        t0 = self.clock.monotonic()
-        try:
-            sample = self.board.read_sample()
-        except Exception as exc:
-            self.counters.board_errors += 1
-            slow = self.clock.monotonic() - t0 >= SLOW_FAILURE_SHARE * self.period_s
-            if slow:
-                self._requests_open = False
-            self._read_failed(now, exc, slow)
-            return None
-        if self._link_down_s is not None:
-            log.info("board link back after %.1f s (%d reads failed)", now - self._link_down_s,
-                     self._reads_failed)
-        self._link_down_s, self._link_slow = None, False
-        return sample
-
-    def _read_failed(self, now: float, exc: Exception, slow: bool) -> None:
-        """A sample read failed (`slow`: it timed out). While the latest sample is current it
-        is a missed read; after that the link is down."""
-        text = str(exc) if isinstance(exc, BoardLinkError) else repr(exc)
-        if self.board_fresh:
-            self._log_error("board", f"board sample failed: {text}")
-            return
-        if self._link_down_s is None:
-            self._link_down_s, self._link_log_s, self._reads_failed = now, now, 0
-            log.warning("board link lost (%s): its measurements are left out of telemetry until "
-                        "it answers", text)
-        self._reads_failed += 1
-        if slow:  # the envelope has tripped on the stale sample: probing will do
-            self._probe_wait_s = min(2 * self._probe_wait_s, LINK_PROBE_MAX_S) \
-                if self._link_slow else LINK_PROBE_S
-            self._next_probe_s = now + self._probe_wait_s
-        self._link_slow = slow
-        if now - self._link_log_s >= LINK_DOWN_LOG_S:
-            self._link_log_s = now
-            log.warning("board link still down after %.0f s (%d reads failed): %s",
-                        now - self._link_down_s, self._reads_failed, text)
 
     @property
     def board_fresh(self) -> bool:
         """The latest board sample is a current measurement (not older than sample_stale_s)."""
-        return self._sample_s is not None and \
-            self.clock.monotonic() - self._sample_s <= self.sample_stale_s
+        return self.board_link.fresh
 
     def _integrate_energy(self, now: float, sample: Any) -> None:
         power = getattr(sample, "power_w", None)
@@ -448,33 +360,15 @@ class Runtime:
                 self.energy_wh += power * min(now - self._last_power_s, 5.0) / 3600.0
             self._last_power_s = now
 
-    def _board_call(self, name: str, *args: Any) -> tuple[bool, Any]:
-        """One board request: (answered, the reply). Left out when the tick's requests are
-        over; one that fails slowly (a time-out) ends them."""
-        if not self._requests_open:
-            self.counters.board_skipped += 1
-            return False, None
-        t0 = self.clock.monotonic()
-        try:
-            reply = getattr(self.board, name)(*args)
-        except Exception as exc:
-            self.counters.board_write_errors += 1
-            text = str(exc) if isinstance(exc, BoardLinkError) else repr(exc)
-            if self._link_down_s is None:  # else the link's own warnings say it
-                self._log_error(f"board.{name}", f"board {name} failed: {text}")
-            if self.clock.monotonic() - t0 >= SLOW_FAILURE_SHARE * self.period_s:
-                self._requests_open = False
-            return False, None
-        return True, reply
-
     def _apply(self, now: float, act: Any) -> None:
+        link = self.board_link
         if not act.chain_power_on:
             self._power_down()  # standby ramps to the minimum before this; a trip cuts at once
-            self._set_fan(act.fan_pct)
-            self._set_vcore(act.vcore_mv)
+            link.set_fan(act.fan_pct)
+            link.set_vcore(act.vcore_mv)
             return
-        if self._chain_on is not True and not self._power_on(now, act):
-            self._set_fan(act.fan_pct)
+        if link.chain_on is not True and not self._power_on(now, act):
+            link.set_fan(act.fan_pct)
             return
         drv = self.driver
         if drv.state in (DOWN, IDLE):
@@ -486,28 +380,23 @@ class Runtime:
         # may be written once the chips run no faster than this or the previous actuation)
         vcore = int(act.vcore_mv)
         prev = self._prev_freq_mhz
-        rising = self._vcore_set is None or vcore >= self._vcore_set
+        rising = link.vcore_mv is None or vcore >= link.vcore_mv
         if rising:
-            self._set_vcore(vcore)
+            link.set_vcore(vcore)
         freq = self._supported(act.freq_mhz, prev)
         drv.set_frequency(freq)
         self._prev_freq_mhz = freq
         if not rising and drv.freq_mhz <= max(freq, prev) + 1e-6:
-            self._set_vcore(vcore)
-        self._set_fan(act.fan_pct)
+            link.set_vcore(vcore)
+        link.set_fan(act.fan_pct)
 
     def _power_on(self, now: float, act: Any) -> bool:
         """Chain power on at the actuation's (minimum) frequency, only on a confirmed core
         voltage; False when it did not happen."""
         vcore = int(act.vcore_mv)
-        held = self._set_vcore(vcore)
-        if held is None or held < vcore:
+        held = self.board_link.set_vcore(vcore)
+        if held is None or held < vcore or not self.board_link.power_on(now):
             return False
-        answered, on = self._board_call("set_chain_power", True)
-        if not answered or not on:
-            return False
-        self._chain_on = True
-        self._chain_on_s = now
         self.driver.set_frequency(act.freq_mhz)
         self._prev_freq_mhz = act.freq_mhz
         self.driver.start(now)
@@ -516,49 +405,27 @@ class Runtime:
     def _supported(self, freq_mhz: float, prev_mhz: float) -> float:
         """`freq_mhz`, or less: no higher than the confirmed core voltage supports (nor than
         `prev_mhz`, where it already ran, when no voltage is confirmed)."""
-        held = self._vcore_set
+        held = self.board_link.vcore_mv
         ceiling = prev_mhz if held is None else \
             max(prev_mhz, self.governor.freq_supported_mhz(held))
         if freq_mhz <= ceiling + 1e-6:
             return freq_mhz
         self.counters.freq_held += 1
-        self._log_error("freq_held", f"frequency held at {ceiling:.1f} MHz, not "
+        self._alerts.warn("freq_held", f"frequency held at {ceiling:.1f} MHz, not "
                         f"{freq_mhz:.1f} MHz: core voltage in force {held} mV")
         return ceiling
 
     def _apply_idle(self) -> None:
         if self.driver.hashing:
             self.driver.set_frequency(self.driver.settings.min_freq_mhz)
-        self._set_fan(100)
+        self.board_link.set_fan(100)
 
     def _power_down(self) -> None:
         """Cut chain power (once): the driver forgets the chain, the board powers it off
         (until the board confirms, the power is unknown and asked again)."""
-        if self._chain_on is not False:
+        if self.board_link.chain_on is not False:
             self.driver.abort()
-            answered, on = self._board_call("set_chain_power", False)
-            self._chain_on = False if answered and on is not None and not on else None
-
-    def _set_vcore(self, mv: int) -> int | None:
-        """Ask for a core voltage; returns the one the board confirmed in force (None: none)."""
-        mv = int(mv)
-        if mv != self._vcore_set and self._requests_open:
-            answered, applied = self._board_call("set_vcore_mv", mv)
-            if answered and _is_number(applied):
-                self._vcore_set = int(applied)
-            if self._vcore_set != mv:
-                self.counters.vcore_unconfirmed += 1
-                if self._link_down_s is None:  # else the link's own warnings say it
-                    self._log_error("vcore", f"core voltage {mv} mV not confirmed by the board "
-                                    f"(in force: {self._vcore_set} mV); the frequency waits")
-        return self._vcore_set
-
-    def _set_fan(self, pct: int) -> None:
-        pct = int(pct)
-        if pct != self._fan_set and self._requests_open:
-            answered, applied = self._board_call("set_fan_pct", pct)
-            if answered and _is_number(applied):
-                self._fan_set = int(applied)
+            self.board_link.power_off()
 
     # -- stopping -----------------------------------------------------------------------------
 
@@ -576,7 +443,7 @@ class Runtime:
                 now = self.clock.monotonic()
         except Exception:
             log.exception("stopping the chain failed")
-        self._requests_open = True  # the last word to the board is tried whatever happened
+        self.board_link.end_tick()  # the last word to the board is tried whatever happened
         self._power_down()
         for close in [*self.on_stop, drv.close]:
             try:
@@ -584,7 +451,7 @@ class Runtime:
             except Exception:
                 log.exception("closing failed")
         log.info("stopped: chain at %.2f MHz, powered %s", drv.freq_mhz,
-                 "off" if self._chain_on is False else "unknown")
+                 "off" if self.board_link.chain_on is False else "unknown")
 
     # -- figures ------------------------------------------------------------------------------
 
@@ -592,80 +459,21 @@ class Runtime:
         """What telemetry publishes (agent.grid.telemetry.SNAPSHOT_FIELDS), plus `board` ("ok",
         or "lost": the measured figures are left out), `mode_reason` and the work source's
         figures (a pool's shares), when it has any."""
-        act, c = self.actuation, self.chain
         fresh = self.board_fresh
-        snap = {
-            "mode": getattr(act, "mode", "starting"),
-            "target_w": getattr(act, "target_w", None),
-            "hashrate_ghs": c.hashrate_ghs if c is not None else None,
-            "freq_mhz": self.driver.freq_mhz,
-            **self._measured(fresh),
-            "hw_err": c.hw_errors if c is not None else 0,
-            "chips_ok": c.chips_ok if c is not None else 0,
-            "energy_wh": self.energy_wh,
-            "board": "ok" if fresh else "lost",
-            "mode_reason": getattr(act, "reason", None),
-        }
+        snap = readout.snapshot(self.actuation, self.chain, readout.measured(self.sample, fresh),
+                                freq_mhz=self.driver.freq_mhz, energy_wh=self.energy_wh,
+                                fresh=fresh)
         figures = getattr(getattr(self.driver, "work", None), "figures", None)
         if callable(figures):
             snap.update(figures())
         return snap
 
-    def _measured(self, fresh: bool) -> dict[str, Any]:
-        """The figures read from the board sample; all None unless it is current."""
-        s = self.sample
-        if not fresh or s is None:
-            return dict.fromkeys(MEASURED_FIELDS)
-        return {"power_w": getattr(s, "power_w", None), "vcore_mv": getattr(s, "vcore_mv", None),
-                "temp_c": _hottest(s), "board_temp_c": getattr(s, "board_temp_c", None),
-                "fan_pct": getattr(s, "fan_pct", None)}
-
     def status_line(self, now: float) -> str:
         """One line: mode, target, measured power, hashrate, hottest chip, fan, chain, board
         link (its sample's age once lost), grid link state; why, when tripped or lost."""
-        act = self.actuation
         c = self.chain or self.driver.stats(now)
         fresh = self.board_fresh
-        m = self._measured(fresh)
-
-        def num(v: Any, fmt: str, unit: str) -> str:
-            return f"{v:{fmt}}{unit}" if isinstance(v, int | float) and math.isfinite(v) else "-"
-
-        rate = c.hashrate_ghs
-        rate_text = f"{rate / 1000:.2f}TH/s" if rate >= 1000 else f"{rate:.1f}GH/s"
-        mode = getattr(act, "mode", "starting")
-        line = (
-            f"mode={mode} "
-            f"target={num(getattr(act, 'target_w', None), '.1f', 'W')} "
-            f"power={num(m['power_w'], '.1f', 'W')} "
-            f"hashrate={rate_text} "
-            f"hottest={num(m['temp_c'], '.1f', 'C')} "
-            f"fan={num(m['fan_pct'], '.0f', '%')} "
-            f"freq={c.freq_mhz:.0f}MHz chain={c.state} chips={c.chips_ok}/{c.chips_expected} "
-            f"hw={c.hw_errors} crc={c.crc_errors} "
-        )
-        if fresh:
-            line += "board=ok"
-        elif self._sample_s is None:
-            line += "board=lost"
-        else:
-            line += f"board=lost({now - self._sample_s:.0f}s)"
-        state = getattr(getattr(self.grid, "link", None), "state", None)
-        if isinstance(state, str):
-            line += f' grid="{state}"' if " " in state else f" grid={state}"
-        reason = getattr(act, "reason", None)
-        if reason and (mode == "tripped" or not fresh):
-            line += f' why="{reason}"'
-        return line
-
-    def _log_error(self, key: str, text: str) -> None:
-        """Log a warning at most every ERROR_LOG_PERIOD_S per `key`, with the count of those
-        left out meanwhile."""
-        now = self.clock.monotonic()
-        last_s, suppressed = self._last_error_log.get(key, (None, 0))
-        if last_s is None or now - last_s >= ERROR_LOG_PERIOD_S:
-            self._last_error_log[key] = (now, 0)
-            more = f" ({suppressed} more like it since)" if suppressed else ""
-            log.warning("%s%s", text, more, exc_info=log.isEnabledFor(logging.DEBUG))
-        else:
-            self._last_error_log[key] = (last_s, suppressed + 1)
+        grid_state = getattr(getattr(self.grid, "link", None), "state", None)
+        return readout.status_line(now, self.actuation, c, readout.measured(self.sample, fresh),
+                                   fresh=fresh, sample_s=self.board_link.sample_s,
+                                   grid_state=grid_state)
