@@ -15,6 +15,7 @@ and writes DIR/report.png, DIR/summary.json, DIR/summary.md. Exit status: 0 ever
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -108,13 +109,22 @@ def _run(args: argparse.Namespace) -> int:
         scenario=scenario, out_dir=out, speed=speed, broker_url=args.broker, target=target,
         progress=None if args.quiet else sys.stderr, agent_log_level=args.agent_log_level,
     )
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         summary = run_scenario(options)
     except (GridminerError, OSError) as exc:
         print(f"\ngridminer hil: the rig could not run: {exc}", file=sys.stderr)
         return EXIT_RIG
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(_verdict(summary, out))
     return EXIT_PASS if summary["passed"] else EXIT_FAIL
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM and SIGHUP end a run as Ctrl-C does: the rig stops every child it started."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _verdict(s: dict, out: Path) -> str:

@@ -21,6 +21,9 @@ from hil.rig.options import TRUTH_PERIOD_S, RigClock, RigError, RigOptions
 from hil.rig.process import AgentProcess, EmulatorProcess, log_tail
 from hil.rig.status import StatusLine
 
+#: an agent that keeps exiting by itself is a verdict, not something to restart forever
+MAX_AGENT_CRASHES = 5
+
 
 class Rig:
     """Runs one scenario end to end; see the `hil.rig` docstring."""
@@ -179,7 +182,12 @@ class Rig:
             raise RigError(f"the agent exited with status {code} (log {self.agent.log_path}):\n"
                            f"{log_tail(self.agent.log_path)}")
         self.crashes += 1
-        self.note(f"agent exited by itself (status {code}); restarting it")
+        if self.crashes > MAX_AGENT_CRASHES:
+            raise RigError(f"the agent exited by itself {self.crashes} times (last status "
+                           f"{code}); giving up (log {self.agent.log_path}):\n"
+                           f"{log_tail(self.agent.log_path)}")
+        self.note(f"agent exited by itself (status {code}); restarting it "
+                  f"({self.crashes} of at most {MAX_AGENT_CRASHES})")
         self._restart_agent()
 
     def _restart_agent(self) -> None:

@@ -3,10 +3,12 @@ cutter that plays a broker outage."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,73 @@ def test_link_cutter_relays_cuts_and_restores():
         cutter.close()
         stop.set()
         srv.close()
+
+
+class _CrashingAgent:
+    """An agent process that exits by itself each time it is started."""
+
+    def __init__(self, log_path) -> None:
+        self.log_path = log_path
+        self.killed = False
+        self.starts = 1
+        log_path.write_text("gridminer agent: grid: no operator public key configured\n")
+
+    def exited(self) -> int:
+        return 2
+
+    def restart(self) -> None:
+        self.starts += 1
+
+
+def test_an_agent_that_keeps_exiting_ends_the_run_with_a_verdict(tmp_path) -> None:
+    from hil.rig.options import RigOptions
+    from hil.rig.runner import MAX_AGENT_CRASHES, Rig
+    from hil.scenario import load
+
+    rig = Rig(RigOptions(scenario=load("solar_surplus"), out_dir=tmp_path))
+    rig.agent = _CrashingAgent(tmp_path / "agent.log")  # type: ignore[assignment]
+    for _ in range(MAX_AGENT_CRASHES):
+        rig._check_agent_alive()
+    with pytest.raises(RigError, match=r"exited by itself 6 times \(last status 2\); giving up"
+                                       r"(.|\n)*no operator public key"):
+        rig._check_agent_alive()
+    assert rig.agent.starts == 1 + MAX_AGENT_CRASHES
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            kids = {int(k) for k in task.read_text().split()}
+            todo += list(kids - found)
+            found |= kids
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_run_takes_its_children_with_it(tmp_path, sig) -> None:
+    """`kill -TERM` (or a closed terminal) on `gridminer hil run` stops the broker, the emulator
+    and the agent it started, as Ctrl-C does."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "hil", "run", "solar_surplus",
+                             "--short", "--quiet", "--out", str(tmp_path / "run")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        children: set[int] = set()
+        while time.monotonic() < deadline and len(children) < 3:  # broker, emulator, agent
+            children = _descendants(proc.pid)
+            time.sleep(0.2)
+        assert len(children) >= 3, f"the rig started only {children}"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        alive = {pid for pid in children if Path(f"/proc/{pid}").exists()
+                 and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]}
+        assert not alive, f"children left running after {sig.name}: {alive}\n{err[-2000:]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
