@@ -425,6 +425,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="operator public key (repeat with --kid for several)")
     parser.add_argument("--kid", metavar="KID", action="append", help="key id of --operator-key")
     parser.add_argument("--state-dir", metavar="DIR", help="persistent state folder")
+    parser.add_argument("--restart-spread-s", type=float, metavar="S",
+                        help="random wait before ramping up after a restart (default 30; 0 in "
+                             "a lab, never on a site: a whole site would re-energise at once)")
     parser.add_argument("--insecure-no-tls", action="store_true", default=None,
                         help="allow a broker without TLS (lab only)")
     parser.add_argument("--insecure-dev", action="store_true", default=None,
@@ -469,6 +472,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     put("grid", "device", getattr(args, "device", None))
     put("grid", "insecure_no_tls", getattr(args, "insecure_no_tls", None))
     put("grid", "insecure_dev", getattr(args, "insecure_dev", None))
+    put("grid", "restart_spread_s", getattr(args, "restart_spread_s", None))
     state_dir = getattr(args, "state_dir", None)
     put("grid", "state_dir", str(Path(state_dir).resolve()) if state_dir else None)
     keys = list(getattr(args, "operator_key", None) or [])

@@ -377,8 +377,12 @@ class GridSession:
         if holding and cmd.op in ("setpoint", "resume"):
             # Ramping up waits for the restart spread; the ack says when it will start.
             assert self.hold_until_s is not None
+            wait_s = self.hold_until_s - now_s
+            log.info("command %s accepted; ramping up after the restart spread, in %.1f s",
+                     cmd.id.hex(), wait_s)
             return ack_map("accepted", ts_ms, echo=echo, applied_w=self.applied_w,
-                           limited_by="ramp", eta_s=self.hold_until_s - now_s)
+                           limited_by="ramp", eta_s=wait_s,
+                           detail=f"restart spread: ramping up in {wait_s:.1f} s")
         decision = self._apply_command(cmd)
         applied_w, limited_by, eta_s = _decision_fields(decision)
         return ack_map("accepted", ts_ms, echo=echo, applied_w=applied_w, limited_by=limited_by,

@@ -133,8 +133,9 @@ def test_flags_alone_build_a_config(tmp_path):
     args = parse(["--chain", "/dev/ttyUSB1", "--board", "socket://localhost:7000",
                   "--target-w", "15", "--nonce-difficulty", "64", "--broker", "mqtt://127.0.0.1:1883",
                   "--site", "s1", "--device", "d1", "--operator-key", "op.pem", "--kid", "k1",
-                  "--state-dir", str(tmp_path), "--insecure-no-tls"])
+                  "--state-dir", str(tmp_path), "--insecure-no-tls", "--restart-spread-s", "0"])
     cfg = config_from_args(args)
+    assert cfg.grid.restart_spread_s == 0.0  # the lab's way to skip the spread
     assert cfg.chain.port == "/dev/ttyUSB1" and cfg.board.port == "socket://localhost:7000"
     assert cfg.governor.default_target_w == 15.0 and cfg.chain.nonce_difficulty == 64.0
     assert cfg.grid.broker_url == "mqtt://127.0.0.1:1883" and cfg.grid.insecure_no_tls is True

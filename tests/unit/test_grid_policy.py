@@ -254,6 +254,7 @@ def test_restart_spread_holds_then_ramps_up_after_a_random_delay(tmp_path) -> No
     ack = rig.link.acks()[-1]
     assert ack["result"] == "accepted" and ack["limited_by"] == "ramp"
     assert ack["eta_ms"] == pytest.approx(hold_s * 1000, abs=2)
+    assert ack["detail"] == f"restart spread: ramping up in {hold_s:.1f} s"  # says why
     assert rig.sink.calls == [("curtail", None, None)]
     rig.tick(hold_s + 0.01)
     assert rig.sink.calls[-1] == ("setpoint", 2000, None)
