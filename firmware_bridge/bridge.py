@@ -7,7 +7,9 @@ through a HAL on the MCU; fakes or the emulator's plant on CPython). On its own 
 * a chip, regulator or board temperature is above its trip limit (the fan also goes to 100 %),
 * a sensor fails (OSError) or reads out of range while the chain is powered.
 The trip latches (state "tripped", trip_reason); a CHAIN_POWER on request clears it only when the
-cause is gone (temperatures below the resume limits, every sensor valid).
+cause is gone (temperatures below the resume limits, every sensor valid), and so does CLEAR_TRIP
+naming the latched reason, without powering the chain (a restarted agent acknowledging a trip
+from before its start).
 Runs unchanged on CPython and MicroPython.
 """
 # MicroPython-first: %-formatting (f-string support varies by port) and no `raise ... from`
@@ -55,7 +57,8 @@ DEFAULTS: dict = {
 }
 
 _THERMAL = (link.R_CHIP_TEMP, link.R_VR_TEMP, link.R_BOARD_TEMP)
-_MUTATING = (link.T_SET_FAN, link.T_SET_VCORE, link.T_CHAIN_POWER, link.T_CHAIN_RESET)
+_MUTATING = (link.T_SET_FAN, link.T_SET_VCORE, link.T_CHAIN_POWER, link.T_CHAIN_RESET,
+             link.T_CLEAR_TRIP)
 
 
 def make_config(config=None):
@@ -241,6 +244,22 @@ class Bridge:
             return False
         return not (r.board_temp_dc is not None and r.board_temp_dc > c["board_resume_temp_dc"])
 
+    def _clear_latch(self, now):
+        """Before the chain may be powered: a fresh scan; a latched trip clears if its cause is
+        gone. False while a temperature is over its trip limit or a latched cause remains."""
+        r = self.scan()
+        self.last_scan_ms = now
+        if self._over(r):
+            self.check(r)
+            return False
+        if self.state == link.S_TRIPPED:
+            if not self._cause_gone(r):
+                return False
+            self.state = link.S_ACTIVE
+            self.trip_reason = link.R_NONE
+            self.sensor_failures = 0
+        return True
+
     def trip(self, reason):
         """Idle the chain (PLL0 to the idle frequency, then power off), latch the reason, tell the
         agent (EVENT frame). A thermal trip also sets the fan to 100 %."""
@@ -339,18 +358,8 @@ class Bridge:
             if p[0] > 1:
                 return self._error(msg, link.E_RANGE)
             on = p[0] == 1
-            if on:
-                r = self.scan()
-                self.last_scan_ms = now
-                if self._over(r):
-                    self.check(r)
-                    return self._error(msg, link.E_TRIPPED)
-                if self.state == link.S_TRIPPED:
-                    if not self._cause_gone(r):
-                        return self._error(msg, link.E_TRIPPED)
-                    self.state = link.S_ACTIVE
-                    self.trip_reason = link.R_NONE
-                    self.sensor_failures = 0
+            if on and not self._clear_latch(now):
+                return self._error(msg, link.E_TRIPPED)
             if not self._hal("set_chain_power", on):
                 return self._error(msg, link.E_HARDWARE)
             self.chain_powered = on
@@ -364,6 +373,16 @@ class Bridge:
                 self.hal_errors += 1
                 return self._error(msg, link.E_HARDWARE)
             return self._send(msg.seq, ok)
+        if t == link.T_CLEAR_TRIP:
+            if len(p) != 1:
+                return self._error(msg, link.E_BAD_LENGTH)
+            if p[0] == link.R_NONE or p[0] not in link.TRIP_NAMES:
+                return self._error(msg, link.E_RANGE)
+            if self.state == link.S_TRIPPED and (
+                    p[0] != self.trip_reason or not self._clear_latch(now)):
+                return self._error(msg, link.E_TRIPPED)  # another trip, or the cause is not gone
+            return self._send(
+                msg.seq, ok, link.pack_status(self.state, self.trip_reason, self.uptime_ms))
         if t == link.T_INFO:
             if p:
                 return self._error(msg, link.E_BAD_LENGTH)

@@ -27,6 +27,7 @@ T_SET_VCORE = 0x04
 T_CHAIN_POWER = 0x05
 T_CHAIN_RESET = 0x06
 T_INFO = 0x07
+T_CLEAR_TRIP = 0x08  # payload u8 trip reason: acknowledge that latched trip (chain stays off)
 REPLY = 0x80
 T_ERROR = 0xFF  # reply to a request that failed: payload req_type u8, code u8
 T_EVENT = 0xC0  # unsolicited (seq 0): payload state u8, trip_reason u8
@@ -34,7 +35,7 @@ T_EVENT = 0xC0  # unsolicited (seq 0): payload state u8, trip_reason u8
 REQUEST_NAMES = {
     T_HEARTBEAT: "heartbeat", T_READ_SENSORS: "read_sensors", T_SET_FAN: "set_fan",
     T_SET_VCORE: "set_vcore", T_CHAIN_POWER: "chain_power", T_CHAIN_RESET: "chain_reset",
-    T_INFO: "info",
+    T_INFO: "info", T_CLEAR_TRIP: "clear_trip",
 }
 
 # error codes

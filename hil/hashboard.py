@@ -6,6 +6,7 @@
     emu.state()                      # true state (see below); also written to emu.status_path
     emu.set_ambient_c(35.0)
     emu.inject_fault("chip_silent", chip=1, duration_s=5)   # at_s None = now (emulated)
+    emu.power_cut()                  # supply lost and back: chips reset, the bridge reboots
     emu.stop()                       # joins the thread, closes every fd
 
 Ports: `transport="pty"` (default) opens two pseudo-terminals, `chain_path` for the ASIC UART and
@@ -16,7 +17,11 @@ Ports: `transport="pty"` (default) opens two pseudo-terminals, `chain_path` for 
 
 `strict_baud` (default True; pty transport only): bytes in either direction are garbled while the
 baud rate the host set on its pty differs by more than 5 % from the chips' UART rate (115 740 bd
-after reset, ~1 Mbd after the fast-UART write), as on a real UART.
+after reset, ~1 Mbd after the fast-UART write), as on a real UART. A pty has no wire: the host's
+drain returns at once and the kernel hands its bytes over whenever it gets to it (tens of ms on a
+loaded machine), so bytes read now count as sent at any rate the host had within the last
+`HOST_BYTES_LATE_S` (a host that drains a frame and then switches is right; one that stays at the
+wrong rate is garbled).
 
 Time: one emulation thread steps physics and chips every `step_s` emulated seconds (10 ms),
 paced by the wall clock divided by `speed`; host bytes are taken at once (the thread waits in
@@ -40,6 +45,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +60,8 @@ log = logging.getLogger(__name__)
 STATUS_PERIOD_S = 0.1  # emulated seconds between status-file rewrites
 STATUS_MIN_WALL_S = 0.05  # and never more often than this in wall time (high --speed)
 STATE_VERSION = 1
+#: wall seconds within which the host's bytes may reach the emulator after it wrote them
+HOST_BYTES_LATE_S = 0.25
 
 #: running emulators with transport="socket", by name (for the asicemu:// / asicboard:// URLs)
 EMULATORS: dict[str, HashBoardEmulator] = {}
@@ -203,7 +211,9 @@ class HashBoardEmulator:
         self.transport = transport
         self.name = name
         self.strict_baud = strict_baud
-        self._host_baud_seen: int | None = None
+        # the host's pty rate as looked at: (wall s, rate), the one in force HOST_BYTES_LATE_S
+        # ago first, then each change
+        self._host_bauds: deque[tuple[float, int | None]] = deque()
         root = random.Random(seed)
         streams = [random.Random(root.getrandbits(64)) for _ in range(4)]
         self._fault_rng = streams[2]
@@ -240,6 +250,7 @@ class HashBoardEmulator:
         self.plant.step(0.0, self.chain.freqs_mhz(), self.chain.active())
         self.plant.sample()
         self._chain_alive = True
+        self.power_cuts = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
@@ -403,6 +414,28 @@ class HashBoardEmulator:
             self.chain.reset()
             self.faults.clear_hangs(self.time_s)
 
+    def power_cut(self) -> None:
+        """The board loses its supply and gets it back: the chips lose their state, the bridge
+        MCU boots again (uptime from 0, watchdog disarmed, no latch, fan and core voltage
+        forgotten), the regulator and the fan start at their boot values and, like a Bitaxe,
+        the chain is powered at boot. Bytes on their way to the bridge are lost."""
+        with self._lock:
+            plant = self.plant
+            plant.chain_powered = False
+            plant.vcore_mv = 0.0
+            self.sync_chain_power()  # the chips lose their state
+            plant.vcore_set_mv = float(plant.physics.vcore0_mv)
+            plant.fan_pct = 100
+            plant.chain_powered = True
+            plant.vcore_mv = float(plant.vcore_set_mv)
+            self.sync_chain_power()
+            if self.board_uart is not None:
+                self.board_uart.pull()
+                self.board_uart.read()
+                self._start_bridge()
+            self.power_cuts += 1
+            log.info("power cut at %.3f s", self.time_s)
+
     def sync_chain_power(self) -> None:
         """Chips run only with chain power and core voltage; losing either resets them."""
         plant = self.plant
@@ -504,18 +537,26 @@ class HashBoardEmulator:
 
     def _pump_inputs(self) -> None:
         port = self._ports["chain"]
-        host = port.host_baud() if self.strict_baud else None  # look before reading
+        self._look_at_host_baud(port)  # before reading
         data = port.read()
         if data:
-            # A pty cannot tell whether bytes were written before or after the host changed its
-            # rate (it flushes, then switches): they are taken as sent at the rate of this look
-            # or of the look before the previous read, whichever matches.
-            if self._baud_off(host) and self._baud_off(self._host_baud_seen):
+            # A pty cannot tell when bytes were written (the host drains, then switches, and
+            # the kernel may hand the bytes over after the switch): they are taken as sent at
+            # any rate the host had within HOST_BYTES_LATE_S, garbled only if every one is off.
+            if all(self._baud_off(rate) for _, rate in self._host_bauds):
                 data = self._garble(data)
             self.chain.feed(data, self.time_s)
-        self._host_baud_seen = host
         if self.board_uart is not None and self.board_uart.pull():
             self._poll_bridge()
+
+    def _look_at_host_baud(self, port: PtyPort | SocketPort) -> None:
+        rate = port.host_baud() if self.strict_baud else None
+        now = time.monotonic()
+        looks = self._host_bauds
+        if not looks or looks[-1][1] != rate:
+            looks.append((now, rate))
+        while len(looks) > 1 and looks[1][0] <= now - HOST_BYTES_LATE_S:
+            looks.popleft()  # the next one was already in force then
 
     def _baud_off(self, host: int | None) -> bool:
         chip = self.chain.baud
@@ -622,6 +663,7 @@ class HashBoardEmulator:
             "nonce_rate_emitted_hz": round(self._nonce_rate_hz(), 4),
             "nonces_owed": chain["nonces_owed"],
             "faults_injected": self.faults.started_count,
+            "power_cuts": self.power_cuts,
             "faults": faults,
             "counters": dict(self.counters),
             "plant": plant,
@@ -700,7 +742,8 @@ class HashBoardEmulator:
     def control(self, line: bytes | str) -> dict[str, Any]:
         """One control request (a JSON object) -> reply; never raises. Commands:
         {"cmd": "set_ambient_c", "value": 30.0}; {"cmd": "inject_fault", "fault": {...}}
-        (a fault-plan entry; at_s omitted = now); {"cmd": "state"}; {"cmd": "reset_chain"}."""
+        (a fault-plan entry; at_s omitted = now); {"cmd": "state"}; {"cmd": "reset_chain"};
+        {"cmd": "power_cut"}."""
         try:
             req = json.loads(line)
             if not isinstance(req, dict):
@@ -720,8 +763,11 @@ class HashBoardEmulator:
             if cmd == "reset_chain":
                 self.reset_chain()
                 return {"ok": True}
+            if cmd == "power_cut":
+                self.power_cut()
+                return {"ok": True}
             raise ValueError(f"unknown cmd {cmd!r} (set_ambient_c, inject_fault, state, "
-                             "reset_chain)")
+                             "reset_chain, power_cut)")
         except (ValueError, TypeError, KeyError, EmulatorError, FaultPlanError) as exc:
             self.counters["control_errors"] += 1
             return {"ok": False, "error": str(exc)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from agent.chain.bringup import BringUp
@@ -55,7 +56,8 @@ HASHING = (RAMPING, MINING)
 class ChainDriver:
     """One ASIC chain on one serial port. Call `start(now)`, then `poll(now)` whenever
     `next_deadline_s()` has come (or the wake event fired); `set_frequency` and `stop` at any
-    time; `stats(now)` for the figures. Only the control thread calls these methods."""
+    time; `stats(now)` for the figures. Only the control thread calls these methods. With
+    `reopen` the port is opened again when it fails (`agent.chain.uart`)."""
 
     def __init__(
         self,
@@ -67,6 +69,7 @@ class ChainDriver:
         wake: threading.Event | None = None,
         threaded: bool = True,
         name: str = "chain",
+        reopen: Callable[[], SerialPort] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -98,7 +101,8 @@ class ChainDriver:
         self._next_job_s = 0.0
         self._next_counter_s = 0.0
         self._next_health_s = 0.0
-        self._uart = ChainUart(port, self.family, clock, wake, threaded, name)
+        self._chip_version_mask = DEFAULT_VERSION_MASK  # what 0xA4 holds (bring-up writes it)
+        self._uart = ChainUart(port, self.family, clock, wake, threaded, name, reopen)
         self._script = FrameScript(self._uart.write)
         self._bringup = BringUp(settings, self._uart, self._script, self.stats_, board,
                                 int(self.ticket), name)
@@ -345,6 +349,7 @@ class ChainDriver:
 
     def _begin_hashing(self, now: float) -> None:
         self._uart.want_wake = False
+        self._recovery.up()
         self.state = RAMPING
         self.fatal = False
         self._hashing_since_s = now
@@ -352,6 +357,7 @@ class ChainDriver:
         self._next_job_s = now
         self._next_counter_s = now + self.settings.counter_interval_s
         self._next_health_s = now + 1.0
+        self._chip_version_mask = DEFAULT_VERSION_MASK  # bring-up and takeover write it
         self._ramp.begin(now)
         self.stats_.advance(now, self.freq_mhz, True)
         self._poll_hashing(now)
@@ -364,7 +370,7 @@ class ChainDriver:
             self.state = RAMPING
         elif self.state == RAMPING and self.freq_mhz == self.target_freq_mhz:
             self.state = MINING
-        if now >= self._next_job_s:
+        if now >= self._next_job_s or self._work_stale(now):
             self._send_job(now)
         if now >= self._next_counter_s:
             self._uart.write(asic.cmd_read(self._counter_reg))
@@ -380,6 +386,14 @@ class ChainDriver:
             if reason is not None:
                 self._recover(now, reason)
 
+    def _work_stale(self, now: float) -> bool:
+        """The work source has new work that makes the chips' work stale (a new block)."""
+        try:
+            return self.work.clean_pending(now)
+        except Exception:
+            log.exception("%s: work source failed", self.name)
+            return False
+
     def _send_job(self, now: float) -> None:
         try:
             work = self.work.next_work(now)
@@ -389,6 +403,11 @@ class ChainDriver:
             return
         job_id = self.jobs.next_job_id()
         mask = work.version_mask if self.profile.midstate_jobs else 0
+        # hardware rolling: the chips roll what 0xA4 says (the pool's mask; 0: none)
+        if not self.profile.midstate_jobs and work.version_mask != self._chip_version_mask \
+                and self._uart.write(asic.cmd_write(
+                    asic.REG_VERSION_ROLLING, asic.version_rolling_value(work.version_mask))):
+            self._chip_version_mask = work.version_mask
         frame = asic.job_frame(self.family, job_id, work.header80, mask)
         if self._uart.write(frame):
             self.jobs.put(job_id, work, now)

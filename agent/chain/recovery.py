@@ -4,9 +4,11 @@ A chain that answers nothing for `hung_timeout_s` is hung and takes no commands:
 once. A dead or flaky chip still leaves the others hashing: with a `WindDown` set, the reset is
 marked pending (`reset_pending`, also in the chain's stats), the governor brings the load down at
 its ramp, and the reset follows once the chips run at its floor (or after the wind-down's
-time-out). Recoveries back off: the wait doubles up to `recover_backoff_max_s` and is forgotten
-after an hour without one. A first bring-up that fails is tried `start_attempts` times, then the
-error is final (`fatal`); a later one is retried after the back-off.
+time-out). Chip-fault recoveries back off: the wait doubles up to `recover_backoff_max_s` and is
+forgotten after an hour without one. A first bring-up that fails is tried `start_attempts` times,
+then the error is final (`fatal`); a re-initialisation that fails is tried again soon (a grid
+resource that stays down has failed its service): after `retry_s`, the wait doubling up to
+`retry_max_s` while it keeps failing, and starting over once the chain is up again.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Recovery:
         self._backoff_s = settings.recover_backoff_s
         self._last_recover_s: float | None = None
         self._attempts = 0
+        self._retry_s = settings.retry_s
 
     def check(self, now: float, stats: ChainStatistics, silent_s: float,
               hashing_s: float) -> str | None:
@@ -107,7 +110,11 @@ class Recovery:
             self.retry_at_s = None
             log.error("%s: %s", self.name, reason)
             return True
-        self.retry_at_s = now + self._backoff_s
-        log.error("%s: %s; retrying in %.0f s", self.name, reason, self._backoff_s)
-        self._backoff_s = min(self._backoff_s * 2, self.settings.recover_backoff_max_s)
+        self.retry_at_s = now + self._retry_s
+        log.error("%s: %s; retrying in %.1f s", self.name, reason, self._retry_s)
+        self._retry_s = min(self._retry_s * 2, self.settings.retry_max_s)
         return False
+
+    def up(self) -> None:
+        """The chain is up (hashing) again: the next failed re-initialisation retries soon."""
+        self._retry_s = self.settings.retry_s

@@ -42,6 +42,8 @@ class ChainSettings:
     flaky_ratio: float = 0.5
     recover_backoff_s: float = 30.0  # first wait between recoveries; doubles up to the max
     recover_backoff_max_s: float = 600.0
+    retry_s: float = 0.5  # a re-initialisation that failed is tried again after this; doubles
+    retry_max_s: float = 30.0  # ... up to this, while it keeps failing
     accept_fewer_on_recovery: bool = True  # a re-init may go on with the chips that answer
 
     def __post_init__(self) -> None:

@@ -3,7 +3,10 @@
 A reader thread (one per port) moves received bytes into a queue and tells the parser when the
 line went quiet; `receive`, called by the control thread, parses what is queued. Unthreaded (the
 unit tests), `receive` reads the port itself. Write and read errors are counted and logged, never
-raised.
+raised: the first of a run of failures, then the 2nd, 4th, 8th... (a dead port fills no log). With
+`reopen` (a callable that opens the port again), the reader thread closes a port that failed and
+opens it again, the wait doubling from `REOPEN_MIN_S` to `REOPEN_MAX_S` (a USB adapter that
+re-enumerates, a lab emulator that restarts).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from agent.chain.port import SerialPort
@@ -21,6 +25,8 @@ from firmware_bridge import asic
 log = logging.getLogger("gridminer.chain")
 
 QUIET = b""  # in the receive queue: a read returned nothing, the line is quiet
+REOPEN_MIN_S = 0.5
+REOPEN_MAX_S = 10.0
 
 
 class ChainUart:
@@ -29,8 +35,12 @@ class ChainUart:
 
     def __init__(self, port: SerialPort, family: str, clock: Clock,
                  wake: threading.Event | None = None, threaded: bool = True,
-                 name: str = "chain") -> None:
+                 name: str = "chain", reopen: Callable[[], SerialPort] | None = None) -> None:
         self.port = port
+        self.reopen = reopen
+        self.reopens = 0
+        self._failing = 0  # failures since the port last worked
+        self._baud_wanted: int | None = None  # what a reopened port is set to
         self.family = family
         self.clock = clock
         self.wake = wake
@@ -57,11 +67,19 @@ class ChainUart:
         try:
             self.port.write(data)
         except Exception as exc:  # write timeout, port gone
-            self.link_errors += 1
-            log.warning("%s: write failed: %s", self.name, exc)
+            self._port_error("write failed", exc)
             return False
         self.bytes_out += len(data)
         return True
+
+    def _port_error(self, what: str, exc: BaseException) -> None:
+        """Count a failed read, write or baud change; log the 1st, 2nd, 4th, 8th... in a row."""
+        self.link_errors += 1
+        self._failing += 1
+        n = self._failing
+        if n & (n - 1) == 0:
+            log.warning("%s: %s: %s%s", self.name, what, exc,
+                        f" ({n} port errors in a row)" if n > 1 else "")
 
     def drain(self) -> None:
         """Wait until what was written has left (a frame that must go at the old rate)."""
@@ -77,12 +95,12 @@ class ChainUart:
             return 0
 
     def set_baud(self, baud: int) -> None:
+        self._baud_wanted = baud
         try:
             if self.port.baudrate != baud:
                 self.port.baudrate = baud
         except Exception as exc:
-            self.link_errors += 1
-            log.warning("%s: cannot set %d baud: %s", self.name, baud, exc)
+            self._port_error(f"cannot set {baud} baud", exc)
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -143,9 +161,10 @@ class ChainUart:
             self.port.close()
 
     def _read_loop(self) -> None:
-        port = self.port
         quiet = True
+        wait_s = REOPEN_MIN_S
         while not self._closing.is_set():
+            port = self.port
             try:
                 waiting = port.in_waiting
                 data = port.read(max(1, min(int(waiting or 0), 65536)))
@@ -153,8 +172,12 @@ class ChainUart:
                 if self._closing.is_set():
                     return
                 self._rx.put(exc)
-                self._closing.wait(0.5)
+                self._closing.wait(wait_s)
+                if self.reopen is not None and not self._closing.is_set():
+                    wait_s = REOPEN_MIN_S if self._reopened(port) else min(2 * wait_s,
+                                                                           REOPEN_MAX_S)
                 continue
+            wait_s = REOPEN_MIN_S
             if data:
                 self._rx.put(bytes(data))
                 quiet = False
@@ -166,6 +189,23 @@ class ChainUart:
             if self.want_wake and self.wake is not None:
                 self.wake.set()
 
+    def _reopened(self, failed: SerialPort) -> bool:
+        """The reader's port failed: close it and open it again at the host rate in force."""
+        assert self.reopen is not None
+        with contextlib.suppress(Exception):
+            failed.close()
+        try:
+            port = self.reopen()
+            if self._baud_wanted is not None:
+                port.baudrate = self._baud_wanted
+        except Exception as exc:
+            self._rx.put(OSError(f"port gone, reopening it failed: {exc}"))
+            return False
+        self.port = port
+        self.reopens += 1
+        log.info("%s: port reopened", self.name)
+        return True
+
     def _take(self) -> list[bytes]:
         chunks: list[bytes] = []
         if self._threaded:
@@ -175,8 +215,7 @@ class ChainUart:
                 except queue.Empty:
                     break
                 if isinstance(item, BaseException):
-                    self.link_errors += 1
-                    log.warning("%s: read error: %s", self.name, item)
+                    self._port_error("read error", item)
                 else:
                     chunks.append(item)
         else:
@@ -184,6 +223,7 @@ class ChainUart:
                 waiting = self.port.in_waiting
                 chunks.append(bytes(self.port.read(waiting)) if waiting else QUIET)
             except Exception as exc:
-                self.link_errors += 1
-                log.warning("%s: read error: %s", self.name, exc)
+                self._port_error("read error", exc)
+        if any(chunks):
+            self._failing = 0  # the port works
         return chunks

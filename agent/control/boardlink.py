@@ -42,6 +42,8 @@ class Board(Protocol):
 
     def reset_chain(self) -> Any: ...
 
+    def take_reboot(self) -> str | None: ...  # why the bridge restarted since the last call
+
 
 class LinkCounters(Protocol):
     """The runtime's counters the board link adds to (agent.control.runtime.RuntimeCounters)."""
@@ -93,6 +95,16 @@ class BoardLink:
     def end_tick(self) -> None:
         """The tick is over: the next one may send requests again."""
         self.open = True
+
+    def rebooted(self) -> str | None:
+        """Why the bridge restarted since the last call (None: it did not). A bridge that
+        restarted forgot the fan, core voltage and chain power it confirmed: so does this."""
+        why = getattr(self.board, "take_reboot", lambda: None)()
+        if why is not None:
+            self.chain_on = None
+            self.vcore_mv = None
+            self.fan_pct = None
+        return why
 
     def read(self, now: float) -> Any:
         """The board sample of this tick (None: none). A read that times out ends the tick's

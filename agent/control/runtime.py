@@ -318,6 +318,10 @@ class Runtime:
     def _tick(self, now: float) -> Any:
         link = self.board_link
         sample = link.read(now)
+        reboot = link.rebooted()
+        if reboot is not None:  # the chips may have been reset with it
+            log.warning("%s; re-initialising the board and the chain", reboot)
+            self.driver.abort()
         if sample is not None:
             self.sample = sample
             self._integrate_energy(now, sample)

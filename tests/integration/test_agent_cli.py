@@ -144,3 +144,81 @@ def test_agent_with_flags_only_probes_the_chain_and_reports_its_chips(emulator, 
             proc.wait()
     assert proc.returncode == 0, err[-2000:]
     assert "chain detected" in err and "6 x BM1370" in err
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("target", "governor.default_target_w: 3000 is out of range [0, 2385]"),
+        ("ca_file", "CA file"),
+        ("private_key", "operator key 'k1'"),
+        ("plain_mqtt", "plain MQTT to a non-loopback host"),
+        ("missing_key", "No such file"),
+        ("state_dir", "state folder"),
+    ],
+)
+def test_what_needs_no_hardware_is_checked_before_any_port_is_opened(tmp_path, case, message):
+    """A bad flag or file fails at once with its own message (exit 2), and the board is left as
+    it was: not a byte on either port (no probe, no chain power, no reset)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.grid.cose import private_pem, public_pem
+    from hil.hashboard import HashBoardEmulator
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "op.pem").write_bytes(private_pem(key))
+    (tmp_path / "op.pub.pem").write_bytes(public_pem(key.public_key()))
+    (tmp_path / "op.pem").chmod(0o600)
+    (tmp_path / "op.pub.pem").chmod(0o644)
+    (tmp_path / "a-file").write_text("")
+    grid = {"broker": "mqtt://127.0.0.1:1883", "key": str(tmp_path / "op.pub.pem"),
+            "state": str(tmp_path / "state")}
+    extra: list[str] = []
+    if case == "target":  # a BM1397 chain of any length the probe may find is rated lower
+        extra = ["--family", "BM1397", "--target-w", "3000"]
+    elif case == "ca_file":
+        config = tmp_path / "agent.toml"
+        config.write_text(f'[grid]\nca_file = "{tmp_path / "no-ca.pem"}"\n')
+        grid["broker"] = "mqtts://127.0.0.1:8883"
+        extra = ["--config", str(config)]
+    elif case == "private_key":
+        grid["key"] = str(tmp_path / "op.pem")
+    elif case == "plain_mqtt":
+        grid["broker"] = "mqtt://192.0.2.7:1883"
+    elif case == "missing_key":
+        grid["key"] = str(tmp_path / "gone.pub.pem")
+    elif case == "state_dir":
+        grid["state"] = str(tmp_path / "a-file" / "state")
+    with HashBoardEmulator("BM1370", 4, seed=3) as emu:
+        emu.set_ambient_c(25.0)
+        chain_powered = emu.state()["chain_powered"]
+        result = gridminer(
+            "agent", "--chain", emu.chain_path, "--board", emu.board_path,
+            "--broker", grid["broker"], "--site", "s1", "--device", "d1",
+            "--operator-key", grid["key"], "--kid", "k1", "--state-dir", grid["state"], *extra)
+        state = emu.state()
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert "Traceback" not in result.stderr
+    ports = state["ports"]
+    assert ports["chain"]["bytes_in"] == 0 and ports["board"]["bytes_in"] == 0
+    assert state["bridge"]["requests"] == 0 and state["chain_powered"] == chain_powered
+
+
+def test_an_envelope_the_bridge_would_refuse_stops_the_start_before_the_chain(tmp_path):
+    """The bridge firmware accepts core voltages up to its own cap (1500 mV): a config that
+    allows more is refused at start, after the bridge's INFO and before the chain is touched."""
+    from hil.hashboard import HashBoardEmulator
+
+    config = tmp_path / "agent.toml"
+    with HashBoardEmulator("BM1370", 4, seed=3) as emu:
+        config.write_text(
+            f'[chain]\nport = "{emu.chain_path}"\nfamily = "BM1370"\nchips = 4\n'
+            f'[board]\nport = "{emu.board_path}"\n[envelope]\nmax_vcore_mv = 1600\n')
+        result = gridminer("agent", "--config", str(config))
+        state = emu.state()
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "envelope.max_vcore_mv: 1600 mV is above the 1500 mV the bridge on" in last, last
+    assert state["ports"]["chain"]["bytes_in"] == 0 and state["bridge"]["requests"] == 1

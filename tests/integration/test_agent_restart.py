@@ -1,6 +1,9 @@
-"""The agent process killed (SIGKILL) while the chain hashes and started again: the new agent
-takes the running chain over without a reset, so the board's true power never moves faster than
-the declared ramp (grid protocol §3.4), and the chain mines on."""
+"""The agent stopped and started again. Killed (SIGKILL) while the chain hashes and started at
+once: the new agent takes the running chain over without a reset, so the board's true power never
+moves faster than the declared ramp (grid protocol §3.4), and the chain mines on. Stopped cleanly
+(the chain powered off), killed, or with the board's power cut, and started again after the
+bridge's watchdog fired: the agent brings the chain back (probing it, powered through the board,
+when the arguments leave the chain open) without waiting out the trip latched meanwhile."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from agent.config import config_from_mapping
 from hil.hashboard import HashBoardEmulator
@@ -32,6 +37,19 @@ def start_agent(emu: HashBoardEmulator, config: Path, log: Path,
             stdout=out, stderr=subprocess.STDOUT)
     finally:
         out.close()
+
+
+def stopped_cleanly(proc: subprocess.Popen) -> bool:
+    """SIGTERM (what `systemctl stop` sends): the agent idles the chain and exits 0."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=10) == 0
+
+
+def kill_left(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=5)
 
 
 def wait_for(cond, timeout_s: float) -> bool:
@@ -84,13 +102,9 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
         time.sleep(4.0)
         after = emu.state()
         assert procs[1].poll() is None, log.read_text()[-3000:]
-        procs[1].send_signal(signal.SIGTERM)
-        assert procs[1].wait(timeout=10) == 0
+        assert stopped_cleanly(procs[1])
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=5)
+        kill_left(procs)
         done.set()
         sampler.join(timeout=2)
         emu.stop()
@@ -113,3 +127,92 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
     assert worst <= bound, f"{worst:.1f} W in 1 s (bound {bound:.1f} W)"
     assert max(p for _, p in truth[killed_at:stop]) > 0.8 * TARGET_W
     assert min(p for _, p in truth[killed_at:stop]) > 0.8 * NEW_TARGET_W  # no drop to idle
+
+
+BRIDGE_TIMEOUT_MS = 1500  # the bridge's watchdog, shortened from 5 s: the gap below outlasts it
+RESTART_TARGET_W = 40.0
+
+
+def restart_args(emu: HashBoardEmulator, folder: Path, mode: str) -> list[str]:
+    """`gridminer agent` as a service runs it: flags only, without --family/--chips (the agent
+    probes the chain), or a config file that names the chain."""
+    if mode == "flags":
+        return ["--chain", emu.chain_path, "--board", emu.board_path,
+                "--nonce-difficulty", repr(DIFFICULTY), "--target-w", str(RESTART_TARGET_W)]
+    config = folder / "agent.toml"
+    config.write_text(
+        f'[chain]\nport = "{emu.chain_path}"\nfamily = "BM1370"\nchips = 4\n'
+        f"nonce_difficulty = {DIFFICULTY!r}\n"
+        f'[board]\nport = "{emu.board_path}"\n'
+        f"[governor]\ndefault_target_w = {RESTART_TARGET_W}\n[log]\nstatus_period_s = 1.0\n")
+    return ["--config", str(config)]
+
+
+def launch(args: list[str], log: Path) -> subprocess.Popen:
+    out = log.open("ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "agent", "agent", *args], stdout=out,
+                                stderr=subprocess.STDOUT)
+    finally:
+        out.close()
+
+
+def mining_at_target(emu: HashBoardEmulator, proc: subprocess.Popen) -> bool:
+    state = emu.state()
+    return proc.poll() is not None or (
+        state["chain_powered"] and abs(state["board_power_w"] - RESTART_TARGET_W) < 3.0)
+
+
+@pytest.mark.parametrize("mode", ["flags", "config"])
+@pytest.mark.parametrize("how", ["sigterm", "sigkill", "power_cut"])
+def test_the_agent_started_again_with_the_same_arguments_mines_again(tmp_path: Path, mode: str,
+                                                                     how: str) -> None:
+    """`systemctl restart` and its cousins: after a clean stop (the chain powered off), a kill,
+    or a power cut of the board, the agent started again with the same arguments brings the
+    chain back, at the ramp, without waiting out a trip the bridge latched while no agent ran
+    (its watchdog fires after the gap)."""
+    emu = HashBoardEmulator(family="BM1370", chips=4, seed=12, difficulty=DIFFICULTY,
+                            bridge_config={"heartbeat_timeout_ms": BRIDGE_TIMEOUT_MS})
+    emu.start()
+    log = tmp_path / "agent.log"
+    args = restart_args(emu, tmp_path, mode)
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(launch(args, log))
+        assert wait_for(lambda: mining_at_target(emu, procs[0]), 20.0), log.read_text()[-3000:]
+        assert procs[0].poll() is None, log.read_text()[-3000:]
+        if how == "sigterm":
+            assert stopped_cleanly(procs[0])
+            assert not emu.state()["chain_powered"]  # a clean stop powers the chain off
+        else:
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(timeout=5)
+            if how == "power_cut":
+                emu.power_cut()
+        time.sleep(BRIDGE_TIMEOUT_MS / 1000 + 1.0)
+        bridge = emu.state()["bridge"]
+        if how == "power_cut":
+            assert bridge["state"] == "idle" and emu.state()["power_cuts"] == 1
+        else:  # the watchdog fired while no agent ran
+            assert (bridge["state"], bridge["trip_reason"]) == ("tripped", "heartbeat_timeout")
+        started = len(log.read_text())
+        t0 = time.monotonic()
+        procs.append(launch(args, log))
+        assert wait_for(lambda: mining_at_target(emu, procs[1]), 15.0), \
+            log.read_text()[started:][-3000:]
+        took_s = time.monotonic() - t0
+        nonces = emu.state()["nonces_emitted"]
+        time.sleep(1.5)
+        after = emu.state()
+        assert procs[1].poll() is None, log.read_text()[started:][-3000:]
+        assert stopped_cleanly(procs[1])
+    finally:
+        kill_left(procs)
+        emu.stop()
+    text = log.read_text()[started:]
+    assert took_s < 10.0, text[-3000:]  # not a trip hold (30 s), not a probe of a dead chain
+    assert after["nonces_emitted"] > nonces and after["bridge"]["state"] == "active"
+    assert "envelope trip" not in text, text[-3000:]
+    assert "governor mode starting -> mining" in text
+    if how != "power_cut":
+        assert "the bridge latched heartbeat_timeout before this agent started" in text

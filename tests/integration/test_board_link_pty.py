@@ -93,3 +93,72 @@ def test_client_times_out_when_nobody_answers():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_board_that_restarts_is_noticed_by_its_uptime():
+    """The real bridge firmware on the emulated board: a power cut reboots it (the fan, core
+    voltage and chain power it was told are forgotten); the client says so once."""
+    from hil.hashboard import HashBoardEmulator
+
+    with HashBoardEmulator("BM1370", 2, seed=2) as emu:
+        client = BoardClient(emu.board_path, timeout_s=0.2)
+        try:
+            time.sleep(0.3)
+            client.set_fan_pct(40)
+            client.read_sample()
+            assert client.take_reboot() is None
+            emu.power_cut()
+            s = client.read_sample()
+            assert s.fan_pct is None  # forgotten
+            why = client.take_reboot()
+            assert why is not None and "restarted" in why
+            client.heartbeat()
+            assert client.take_reboot() is None and client.reboots == 1
+        finally:
+            client.close()
+
+
+def test_a_board_link_that_vanishes_is_reopened_when_it_comes_back(tmp_path, caplog):
+    """The emulator killed (the port's other side gone, as an unplugged adapter) and started
+    again behind the same path: the client reopens the port with a back-off, requests meanwhile
+    fail at once, and the log says it once rather than five times a second."""
+    from hil.hashboard import HashBoardEmulator
+
+    link_path = tmp_path / "ttyBOARD"  # a stable name, as udev gives a USB adapter
+    first = HashBoardEmulator("BM1370", 2, seed=2).start()
+    link_path.symlink_to(first.board_path)
+    client = BoardClient(str(link_path), timeout_s=0.2)
+    second = None
+    try:
+        time.sleep(0.3)
+        client.read_sample()
+        first.stop()
+        failures = 0
+        t0 = time.monotonic()
+        with caplog.at_level("INFO", logger="gridminer.board"):
+            while time.monotonic() - t0 < 3.0:  # five reads a second, the port gone
+                with pytest.raises(BoardLinkError):
+                    client.read_sample()
+                failures += 1
+                time.sleep(0.2)
+            assert client.link_down
+            second = HashBoardEmulator("BM1370", 2, seed=3).start()
+            link_path.unlink()
+            link_path.symlink_to(second.board_path)
+            t_back = time.monotonic()
+            sample = None
+            while sample is None and time.monotonic() - t_back < 10.0:
+                try:
+                    sample = client.read_sample()
+                except BoardLinkError:
+                    time.sleep(0.2)
+        assert sample is not None and not client.link_down and client.reopens == 1
+        assert client.last_sample_s is not None and client.last_sample_s >= t_back
+        assert time.monotonic() - t_back < 6.0  # the back-off is capped: back within seconds
+        lines = [r.getMessage() for r in caplog.records if r.name == "gridminer.board"]
+        assert failures >= 10 and len(lines) <= 3, lines
+    finally:
+        client.close()
+        first.stop()
+        if second is not None:
+            second.stop()

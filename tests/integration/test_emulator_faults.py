@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import struct
+import threading
 import time
 
 import pytest
 import serial
 
-from agent.chain.work import target_for
+from agent.chain.board import BoardClient
+from agent.chain.driver import ChainDriver
+from agent.chain.settings import ChainSettings
+from agent.chain.work import LocalWorkSource, target_for
+from agent.clock import SystemClock
 from agent.hashing import sha256d
 from firmware_bridge import asic, bringup
 from hil.errors import FaultPlanError
@@ -172,3 +177,95 @@ def test_dropped_and_truncated_replies():
         assert len(asic.ResponseParser("BM1370", reply_len=9).feed(data)) == 0
         counters = emu.state()["counters"]
     assert counters["frames_dropped"] == 3 and counters["frames_truncated"] == 3
+
+
+def deliver_late(emu: HashBoardEmulator, delay_s: float) -> None:
+    """The host's bytes reach the emulator `delay_s` after they were written, as they do through
+    a loaded kernel: a pty has no wire, its drain returns at once and the other side reads the
+    bytes whenever the kernel has handed them over."""
+    port = emu.port("chain")
+    real_read = port.read
+    held: list[tuple[float, bytes]] = []
+
+    def read() -> bytes:
+        now = time.monotonic()
+        data = real_read()
+        if data:
+            held.append((now, data))
+        due = [d for t, d in held if now - t >= delay_s]
+        held[:] = [(t, d) for t, d in held if now - t < delay_s]
+        return b"".join(due)
+
+    port.read = read  # type: ignore[method-assign]
+
+
+def test_a_baud_switch_after_a_drain_holds_when_the_kernel_delivers_the_bytes_late():
+    """The baud-switch frame goes out at the old rate, the host drains and switches; on a loaded
+    machine the emulator may look at the host's new rate twice before the frame reaches it. The
+    frame was sent at the old rate all the same: the chips switch and answer at the new one (a
+    garbled switch frame left them at 115 kBd and the re-initialisation failed)."""
+    with HashBoardEmulator("BM1370", 4, seed=1) as emu:
+        deliver_late(emu, 0.03)
+        clock = SystemClock()
+        board = BoardClient(emu.board_path)
+        driver = ChainDriver(serial.serial_for_url(emu.chain_path, 115200, timeout=0.05),
+                             ChainSettings(family="BM1370", chips=4, start_attempts=1), clock,
+                             LocalWorkSource(clock), board=board, wake=threading.Event())
+        try:
+            for _ in range(3):  # reset, enumerate, configure, switch, verify
+                driver.bring_up(timeout_s=5.0)
+                assert emu.state()["chain"]["baud"] > 900_000
+        finally:
+            driver.close()
+            board.close()
+
+
+def test_a_killed_board_coming_back_is_brought_up_again_through_reopened_ports(tmp_path):
+    """Both ports of the board vanish (the emulator killed) and come back behind the same paths
+    (a new emulator, as a board re-enumerating on USB): the driver's chain port and the board
+    client are opened again, and the re-initialisation, retried within seconds, hashes again."""
+    from agent.app import open_serial
+
+    paths = {name: tmp_path / f"tty{name}" for name in ("chain", "board")}
+    first = HashBoardEmulator("BM1370", 4, seed=1).start()
+    second: HashBoardEmulator | None = None
+    for name, path in paths.items():
+        path.symlink_to(first.chain_path if name == "chain" else first.board_path)
+
+    def reopen_chain():
+        return open_serial(str(paths["chain"]), "chain", 115200, 0.05)
+
+    clock = SystemClock()
+    board = BoardClient(str(paths["board"]), timeout_s=0.2)
+    driver = ChainDriver(reopen_chain(), ChainSettings(family="BM1370", chips=4,
+                                                       hung_timeout_s=1.0),
+                         clock, LocalWorkSource(clock), board=board, wake=threading.Event(),
+                         reopen=reopen_chain)
+
+    def run_until(cond, timeout_s):
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and not cond():
+            now = clock.monotonic()
+            driver.poll(now)
+            driver.wait(min(driver.next_deadline_s(now) - now, 0.05))
+        return cond()
+
+    try:
+        driver.bring_up(timeout_s=5.0)
+        first.stop()
+        assert run_until(lambda: driver.state == "failed", 10.0)  # hung, then no board
+        second = HashBoardEmulator("BM1370", 4, seed=2).start()
+        for name, path in paths.items():
+            path.unlink()
+            path.symlink_to(second.chain_path if name == "chain" else second.board_path)
+        t_back = time.monotonic()
+        assert run_until(lambda: driver.hashing, 15.0), (driver.state, driver.error)
+        assert time.monotonic() - t_back < 10.0
+        assert board.reopens == 1 and second.state()["chain"]["resets"] >= 1
+        assert run_until(lambda: second.state()["nonces_emitted"] > 0, 5.0)
+    finally:
+        driver.close()
+        board.close()
+        first.stop()
+        if second is not None:
+            second.stop()

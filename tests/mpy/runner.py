@@ -280,6 +280,17 @@ def bridge_scenarios():
           r.events)
     check("power on clears a heartbeat trip", r.request(link.T_CHAIN_POWER, b"\x01").typ == 0x85
           and r.bridge.state == link.S_ACTIVE)
+    # a restarted agent acknowledges a trip from before its start: the chain stays off
+    r.request(link.T_HEARTBEAT)
+    r.advance(1200)
+    m = r.request(link.T_CLEAR_TRIP, bytes((link.R_CHIP_TEMP,)))
+    check("clear_trip names the latched reason", m.typ == link.T_ERROR
+          and link.unpack_error(m.payload) == (link.T_CLEAR_TRIP, link.E_TRIPPED))
+    m = r.request(link.T_CLEAR_TRIP, bytes((link.R_HEARTBEAT,)))
+    st = link.unpack_status(m.payload)
+    check("clear_trip clears without power", m.typ == link.T_CLEAR_TRIP | link.REPLY
+          and st["state"] == link.S_ACTIVE and st["trip_reason"] == link.R_NONE
+          and not r.hal.chain_on, st)
     # thermal trip and resume
     r = Rig()
     r.request(link.T_CHAIN_POWER, b"\x01")

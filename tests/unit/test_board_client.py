@@ -157,3 +157,111 @@ def test_a_pyserial_url_opens_with_the_given_rate_and_timeouts():
         assert port.read(2) == b"\xaa\x55"
     finally:
         port.close()
+
+
+def test_a_latched_trip_is_acknowledged_without_powering_the_chain(rig):
+    client, port = rig
+    client.set_chain_power(True)
+    port.hal.chip_temps = [950, 500]
+    assert client.read_sample().trip_reason == "chip_over_temp"
+    with pytest.raises(BoardLinkError, match="tripped"):  # still too hot
+        client.clear_trip("chip_over_temp")
+    port.hal.chip_temps = [600, 500]
+    st = client.clear_trip("chip_over_temp")
+    assert (st.bridge_state, st.trip_reason) == ("active", None)
+    s = client.read_sample()
+    assert (s.bridge_state, s.chain_powered) == ("active", False)
+
+
+def test_an_uptime_that_goes_backwards_is_a_restarted_bridge_reported_once(rig):
+    client, port = rig
+    client.clock.advance(30.0)
+    client.heartbeat()
+    assert client.take_reboot() is None
+    port.bridge = Bridge(port.uart, port.hal, None,
+                         lambda: int(client.clock.monotonic() * 1000))  # the MCU restarted
+    client.clock.advance(1.0)
+    client.read_sample()
+    why = client.take_reboot()
+    assert why is not None and "restarted" in why and client.reboots == 1
+    assert client.take_reboot() is None
+    client.clock.advance(1.0)
+    client.heartbeat()
+    assert client.take_reboot() is None and client.reboots == 1
+
+
+def test_last_good_sample_time_is_kept(rig):
+    client, port = rig
+    assert client.last_sample_s is None
+    client.read_sample()
+    t = client.last_sample_s
+    assert t is not None and t == client.clock.monotonic()
+    port.drop = 3  # no reply: the sample time stays
+    with pytest.raises(BoardLinkError):
+        client.read_sample()
+    assert client.last_sample_s == t
+
+
+class VanishingPort(FakePort):
+    """A port whose device can vanish (every call raises, as pyserial does for an unplugged
+    adapter or a pty whose other side is gone)."""
+
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.gone = False
+        self.closed = False
+
+    def write(self, data):
+        if self.gone:
+            raise OSError(5, "Input/output error")
+        return super().write(data)
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_vanished_port_is_reopened_with_a_back_off_and_logged_once(caplog):
+    clock = FakeClock()
+    ports = [VanishingPort(clock)]
+    attempts = []
+
+    def reopen():
+        attempts.append(clock.monotonic())
+        if len(attempts) < 4:
+            raise BoardLinkError("board port /dev/ttyACM0: cannot open (No such file)")
+        ports.append(VanishingPort(clock))
+        return ports[-1]
+
+    client = BoardClient(ports[0], timeout_s=0.1, clock=clock, reopen=reopen)
+    client.heartbeat()
+    ports[0].gone = True
+    t0 = clock.monotonic()
+    with caplog.at_level("INFO", logger="gridminer.board"):
+        with pytest.raises(BoardLinkError, match="port failed"):
+            client.heartbeat()
+        assert ports[0].closed and client.link_down
+        for _ in range(300):  # five requests a second until it is back
+            clock.advance(0.2)
+            try:
+                client.read_sample()
+                break
+            except BoardLinkError as exc:
+                assert "port down" in str(exc)
+    assert len(ports) == 2 and not client.link_down and client.reopens == 1
+    # back-off 0.5, 1, 2, 4 s between the attempts, not one a request
+    gaps = [b - a for a, b in zip([t0, *attempts], attempts, strict=False)]
+    assert gaps == pytest.approx([0.5, 1.0, 2.0, 4.0], abs=0.25)
+    assert client.last_sample_s == clock.monotonic()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= 3, lines  # lost, (at most one "still down"), back
+    assert "port failed" in lines[0] and "reopened" in lines[-1]
+
+
+def test_the_client_closes_a_port_it_may_reopen():
+    clock = FakeClock()
+    port = VanishingPort(clock)
+    BoardClient(port, clock=clock, reopen=lambda: port).close()
+    assert port.closed
+    other = VanishingPort(clock)
+    BoardClient(other, clock=clock).close()  # the caller's port: the caller closes it
+    assert not other.closed

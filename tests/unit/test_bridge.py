@@ -208,3 +208,49 @@ def test_a_chain_powered_at_boot_is_protected_before_any_request():
     assert idled(rig.hal) and rig.bridge.trip_reason == link.R_SENSOR
     with pytest.raises(ValueError, match="true or false"):
         Bridge(MemoryUart(), SimHal(), {"chain_powered_at_boot": 1}, lambda: 0)
+
+
+def _trip_on_heartbeat(rig):
+    rig.power_on()
+    rig.advance(1200)
+    assert rig.bridge.state == link.S_TRIPPED and not rig.hal.chain_on
+
+
+def test_clear_trip_acknowledges_a_latched_trip_without_powering_the_chain():
+    """A restarted agent acknowledges the watchdog trip its predecessor left: the latch clears,
+    the chain stays off until the agent powers it (at its own pace)."""
+    rig = Rig({"heartbeat_timeout_ms": 1000})
+    _trip_on_heartbeat(rig)
+    calls = len(rig.hal.calls)
+    m = rig.request(link.T_CLEAR_TRIP, bytes((link.R_HEARTBEAT,)))
+    assert m.typ == link.T_CLEAR_TRIP | link.REPLY
+    st = link.unpack_status(m.payload)
+    assert (st["state"], st["trip_reason"]) == (link.S_ACTIVE, link.R_NONE)
+    assert not rig.hal.chain_on and ("set_chain_power", True) not in rig.hal.calls[calls:]
+    s = rig.sensors()
+    assert (s["state"], s["trip_reason"], s["chain_powered"]) == (link.S_ACTIVE, link.R_NONE,
+                                                                 False)
+    # not tripped: nothing to clear, the status comes back as it is
+    st = link.unpack_status(rig.request(link.T_CLEAR_TRIP, bytes((link.R_HEARTBEAT,))).payload)
+    assert st["state"] == link.S_ACTIVE
+
+
+def test_clear_trip_is_refused_while_the_cause_remains_or_for_another_reason():
+    rig = Rig({"trip_temp_dc": 900, "resume_temp_dc": 800})
+    rig.power_on()
+    rig.hal.chip_temps = [650, 905]
+    rig.advance(300)
+    assert rig.bridge.trip_reason == link.R_CHIP_TEMP
+    rig.hal.chip_temps = [650, 850]  # below the trip, above the resume limit
+    m = rig.request(link.T_CLEAR_TRIP, bytes((link.R_CHIP_TEMP,)))
+    assert link.unpack_error(m.payload) == (link.T_CLEAR_TRIP, link.E_TRIPPED)
+    rig.hal.chip_temps = [650, 700]
+    m = rig.request(link.T_CLEAR_TRIP, bytes((link.R_HEARTBEAT,)))  # not the latched one
+    assert link.unpack_error(m.payload) == (link.T_CLEAR_TRIP, link.E_TRIPPED)
+    for bad in (link.R_NONE, 0x77):
+        m = rig.request(link.T_CLEAR_TRIP, bytes((bad,)))
+        assert link.unpack_error(m.payload) == (link.T_CLEAR_TRIP, link.E_RANGE)
+    m = rig.request(link.T_CLEAR_TRIP, b"")
+    assert link.unpack_error(m.payload) == (link.T_CLEAR_TRIP, link.E_BAD_LENGTH)
+    m = rig.request(link.T_CLEAR_TRIP, bytes((link.R_CHIP_TEMP,)))
+    assert link.unpack_status(m.payload)["state"] == link.S_ACTIVE and not rig.hal.chain_on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from driver_fake import EASY, FakeBoard, FakeChainPort, sha256d
@@ -21,8 +22,8 @@ def make(chips: int = 4, family: str = "BM1370", chip_family: str | None = None,
          board: bool = True, **kw):
     clock = FakeClock()
     port = FakeChainPort(family, chips, chip_family=chip_family)
-    defaults = dict(family=family, chips=chips, nonce_difficulty=EASY, ramp_step_mhz=25.0,
-                    ramp_interval_s=0.01, dead_min_s=5.0)
+    defaults: dict[str, Any] = dict(family=family, chips=chips, nonce_difficulty=EASY,
+                                    ramp_step_mhz=25.0, ramp_interval_s=0.01, dead_min_s=5.0)
     defaults.update(kw)
     settings = ChainSettings(**defaults)
     source = LocalWorkSource(clock)
@@ -363,3 +364,47 @@ def test_a_chip_fault_reset_waits_for_the_governors_floor_or_its_time_out():
     t1 = clock.monotonic()
     run_until(drv, clock, lambda: drv.recoveries == 2)
     assert 5.0 <= clock.monotonic() - t1 < 5.5
+
+
+def test_a_chain_that_does_not_come_back_is_retried_within_a_second_then_backing_off(caplog):
+    """After a hang the re-initialisation fails a few times (nothing answers at the fast rate):
+    a grid resource down 30 s has failed its service, so the first retries come at once, and the
+    wait grows only while the failures go on."""
+    clock, port, drv = make(4, hung_timeout_s=1.0)
+    drv.bring_up()
+    real_reset = port.reset
+    resets: list[float] = []
+
+    def reset_then_deaf_at_the_fast_rate():
+        resets.append(clock.monotonic())
+        real_reset()
+        if len(resets) <= 4:
+            port.hung = True  # the chips never answer this time
+
+    port.reset = reset_then_deaf_at_the_fast_rate  # type: ignore[method-assign]
+    port.hung = True
+    run_until(drv, clock, lambda: drv.recoveries == 1)
+    run_until(drv, clock, lambda: drv.hashing, limit_s=30.0)
+    assert len(resets) == 5
+    waits = [b - a for a, b in itertools.pairwise(resets)]
+    assert waits[0] < 2.0  # not 30 s
+    assert waits == sorted(waits)  # backing off
+    assert "retrying in" in caplog.text
+
+
+def test_a_dead_chain_port_is_counted_without_filling_the_log(caplog):
+    """Every failed write is counted; the log gets the 1st, 2nd, 4th, 8th... of a run (a port
+    that died mid-job used to log each of its ~8 writes a second)."""
+    _clock, port, drv = make(4)
+    drv.bring_up()
+
+    def gone(data: bytes) -> int:
+        raise OSError(5, "Input/output error")
+
+    port.write = gone  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="gridminer.chain"):
+        for _ in range(1000):
+            drv._uart.write(b"\x55\xaa")
+    lines = [r.getMessage() for r in caplog.records if "write failed" in r.getMessage()]
+    assert drv._uart.link_errors == 1000 and len(lines) == 10  # 1, 2, 4, ... 512
+    assert lines[-1].endswith("(512 port errors in a row)")

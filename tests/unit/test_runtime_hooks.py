@@ -80,3 +80,19 @@ def test_a_burst_of_commands_does_not_hold_up_the_control_tick():
     run_for(rt, clock, 3.0)
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert max(gaps) <= 3 * rt.period_s + 1e-9, max(gaps)
+
+
+def test_a_bridge_that_restarted_makes_the_runtime_bring_board_and_chain_up_again():
+    """The board client notices a bridge whose uptime went backwards; the runtime then forgets
+    what the bridge had confirmed (it forgot it too) and re-initialises the chain."""
+    clock, _port, board, driver, rt, _lines, _closed, _cfg = make()
+    run_for(rt, clock, 5.0)
+    assert driver.hashing and rt.board_link.chain_on is True
+    board.take_reboot = lambda: "the bridge restarted (uptime 812 s -> 3 s)"
+    calls_before = len(board.calls)
+    rt.tick(clock.monotonic())
+    board.take_reboot = lambda: None
+    assert driver.state in ("down", "idle", "starting")  # aborted: brought up again as asked
+    run_for(rt, clock, 10.0)
+    assert driver.hashing
+    assert ("power", True) in board.calls[calls_before:]  # the chain power was asked for again

@@ -1,0 +1,132 @@
+"""End to end: `gridminer agent` (a process, as a user starts it) on the emulated hash board,
+mining to lab pools over loopback TCP. Every share is checked by the pool with hashlib alone:
+none is invalid, version rolling is on where granted and off where refused (the chips' 0xA4
+follows), a block change makes the old work stale at once, and when the first pool dies the
+agent fails over to the second and comes back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_bridge import asic
+from hil.hashboard import HashBoardEmulator
+from hil.pool import LabPool
+from tests.support.agent_process import stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+EMU_DIFFICULTY = 2.0**-19  # every nonce the chips send meets it
+POOL_DIFFICULTY = 2.0**-18  # about half of them are shares
+
+
+def wait(cond: Callable[[], Any], timeout_s: float, proc: subprocess.Popen[bytes],
+         what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return
+        assert proc.poll() is None, f"the agent exited ({proc.returncode}) waiting for {what}"
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def emulator() -> Iterator[HashBoardEmulator]:
+    emu = HashBoardEmulator(family="BM1370", chips=4, seed=11, difficulty=EMU_DIFFICULTY)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def pools() -> Iterator[list[LabPool]]:
+    made = [LabPool(difficulty=POOL_DIFFICULTY, name="pool-a").start(),
+            LabPool(difficulty=POOL_DIFFICULTY, configure="refuse", name="pool-b").start()]
+    try:
+        yield made
+    finally:
+        for p in made:
+            p.stop()
+
+
+def start_agent(tmp_path: Path, emu: HashBoardEmulator, *pool_args: str) -> subprocess.Popen[bytes]:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[chain]\nport = "{emu.chain_path}"\nfamily = "BM1370"\nchips = 4\n'
+        f'nonce_difficulty = {EMU_DIFFICULTY!r}\n'
+        f'[board]\nport = "{emu.board_path}"\n'
+        '[log]\nstatus_period_s = 1.0\n'
+        '[stratum]\nfailover_after_s = 1.0\nretry_min_s = 0.1\nretry_max_s = 0.5\n')
+    (tmp_path / "pool-password").write_text("s3cret\n")
+    with open(tmp_path / "agent.err", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "agent", "--config", str(config), *pool_args,
+             "--pool-user", "bc1qlab.rig1", "--pool-password-file",
+             str(tmp_path / "pool-password")],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def chip_mask_reg(emu: HashBoardEmulator) -> set[int]:
+    return {chip.regs.get(asic.REG_VERSION_ROLLING, 0) for chip in emu.chain.chips}
+
+
+def test_the_agent_mines_to_the_pools_rolls_versions_follows_blocks_and_fails_over(
+        emulator, pools, tmp_path):
+    first, second = pools
+    proc = start_agent(tmp_path, emulator, "--pool", first.url, "--pool", second.url)
+    try:
+        # 1. mining to the first pool, which grants version rolling
+        wait(lambda: first.counts["accepted"] >= 20, 60, proc, "shares at the first pool")
+        accepted = first.accepted()
+        assert {s.params for s in accepted} == {6}
+        assert sum(1 for s in accepted if s.version_bits) >= len(accepted) // 2
+        assert all(s.version_bits & ~0x1FFFE000 == 0 for s in accepted)
+        assert {s.worker for s in accepted} == {"bc1qlab.rig1"}
+        assert chip_mask_reg(emulator) == {0x9000FFFF}
+        # 2. a new block: the old job is stale at once, the chips get the new one
+        old_job = first.job.job_id
+        block = first.new_block()
+        t_block = time.monotonic()
+        wait(lambda: any(s.job_id == block.job_id for s in first.accepted()), 10, proc,
+             "a share of the new block")
+        assert time.monotonic() - t_block < 5.0
+        before = len(first.shares)
+        wait(lambda: len(first.shares) >= before + 10, 20, proc, "shares after the block")
+        assert all(s.job_id != old_job for s in first.shares[before:])
+        # the only stale shares are those already on the wire when the block changed
+        stale = [s for s in first.shares if s.outcome == "stale"]
+        assert all(s.job_id == old_job and s.at_s - t_block < 2.0 for s in stale), stale
+        assert len(stale) <= 5
+        # 3. the first pool dies: the second (no version rolling) takes over
+        first.go_down()
+        wait(lambda: second.counts["accepted"] >= 10, 30, proc, "shares at the second pool")
+        on_second = second.accepted()
+        assert {s.params for s in on_second} == {5}
+        assert all(s.version_bits == 0 for s in on_second)
+        wait(lambda: chip_mask_reg(emulator) == {0x90000000}, 5, proc, "0xA4 without rolling")
+        # 4. the first pool is back: the agent returns to it
+        count = first.counts["accepted"]
+        first.come_up()
+        wait(lambda: first.counts["accepted"] >= count + 10, 30, proc, "shares back at the first")
+        wait(lambda: chip_mask_reg(emulator) == {0x9000FFFF}, 5, proc, "0xA4 rolling again")
+        wait(lambda: not second.connected(), 10, proc, "the second pool let go")
+    finally:
+        stop_process(proc, 20)
+    err = (tmp_path / "agent.err").read_text()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    assert f"mining to {first.url}, then {second.url}" in err
+    assert "grants no version rolling" in err
+    assert first.counts["invalid"] == 0 and second.counts["invalid"] == 0, (
+        [s for s in first.shares + second.shares if s.outcome == "invalid"][:5])
+    assert first.counts["duplicate"] == second.counts["duplicate"] == 0
+    assert first.counts["unauthorized"] == second.counts["unauthorized"] == 0
+    assert "GH/s credited" in err  # the client's status line per pool
