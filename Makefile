@@ -65,3 +65,19 @@ demo: setup
 flash: setup
 	@test -n "$(PORT)" || { echo "usage: make flash PORT=/dev/ttyACM0 [FLASH_ARGS=...]" >&2; exit 2; }
 	$(VENV)/bin/gridminer flash --port $(PORT) $(FLASH_ARGS)
+
+# Coverage-guided fuzzing (atheris; not part of `make test`): each harness in tests/fuzz runs for
+# FUZZ_RUNS inputs, one after the other, and the target fails on the first crash (the input is
+# in build/fuzz/<target>/artifacts/). FUZZ_ARGS go to libFuzzer, e.g. FUZZ_ARGS=-max_total_time=600.
+# Known, unfixed bugs fail it too; FUZZ_IGNORE_KNOWN=1 goes on past them (tests/fuzz/harness.py).
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS ?= asic command config link scenario
+FUZZ_ARGS ?=
+.PHONY: fuzz
+fuzz: setup
+	@$(PY) -c "import atheris" 2>/dev/null || $(PIP) install atheris
+	@for target in $(FUZZ_TARGETS); do \
+		echo "== fuzz $$target ($(FUZZ_RUNS) runs)"; \
+		$(PY) tests/fuzz/fuzz_$$target.py -runs=$(FUZZ_RUNS) -print_final_stats=1 $(FUZZ_ARGS) \
+			|| { echo "fuzz $$target: FAILED (see build/fuzz/$$target/artifacts/)" >&2; exit 1; }; \
+	done

@@ -113,7 +113,10 @@ def _scalar(tp: type, value: Any, key: str, base_dir: Path | None, meta: Mapping
     if not isinstance(value, str) or not (value or meta.get("blank")):
         raise ConfigError(f"{key}: expected a non-empty string, got {fmt(value)}")
     if meta.get("path") and base_dir is not None:
-        return str(base_dir / Path(value).expanduser())
+        try:
+            return str(base_dir / Path(value).expanduser())
+        except (RuntimeError, ValueError) as exc:  # ~user unknown, a NUL byte
+            raise ConfigError(f"{key}: {fmt(value)} is not a usable path ({exc})") from None
     return value
 
 
@@ -234,3 +237,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: not UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deep") from None

@@ -305,7 +305,8 @@ class CommandChecker:
         if cmd.power_w is not None:
             low, high = _caps_number(caps, "min_w"), _caps_number(caps, "max_w")
             if (low is not None and cmd.power_w < low) or (high is not None and cmd.power_w > high):
-                raise _Reject("out_of_range", f"power_w outside caps [{low:g}, {high:g}]")
+                bounds = "[" + ", ".join("-" if b is None else f"{b:g}" for b in (low, high))
+                raise _Reject("out_of_range", f"power_w outside caps {bounds}]")
         if cmd.ramp_w_s is not None:
             ramp_max = _caps_number(caps, "ramp_max_w_s")
             if ramp_max is not None and cmd.ramp_w_s > ramp_max:
