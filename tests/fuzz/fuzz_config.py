@@ -116,22 +116,8 @@ def _files() -> list[tuple[str, str]]:
     return out
 
 
-_EDITS: harness.TomlEdits | None = None
-
-
 def _edits() -> harness.TomlEdits:
-    global _EDITS
-    if _EDITS is None:
-        _EDITS = harness.TomlEdits([tomllib.loads(text) for _, text in _files()], _words())
-    return _EDITS
-
-
-def _words() -> list[str]:
-    """The key names and choices of the reader's dataclasses (none if they moved)."""
-    try:
-        return harness.dataclass_words(AgentConfig)
-    except Exception:  # being refactored: the seed documents' names are enough
-        return []
+    return harness.toml_edits(tuple(text for _, text in _files()), AgentConfig)
 
 
 def seeds() -> list[tuple[str, bytes]]:
@@ -146,7 +132,7 @@ def dictionary() -> list[str]:
     words = ["[", "]", "[[", "]]", " = ", "\n", '"', "'", "{", "}", ", ", "true", "false",
              "inf", "nan", "-", "1e400", "0x", "~", "1979-05-27T07:32:00Z",
              "mqtts://", "mqtt://", "ws://", ":8883", "/dev/ttyUSB0", "keys/op.pem"]
-    words += _words()
+    words += harness.class_words(AgentConfig)
     return words
 
 

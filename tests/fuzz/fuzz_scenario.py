@@ -94,22 +94,8 @@ def _files() -> list[tuple[str, str]]:
             for p in sorted((harness.ROOT / "hil/scenarios").glob("*.toml"))]
 
 
-_EDITS: harness.TomlEdits | None = None
-
-
 def _edits() -> harness.TomlEdits:
-    global _EDITS
-    if _EDITS is None:
-        _EDITS = harness.TomlEdits([tomllib.loads(text) for _, text in _files()], _words())
-    return _EDITS
-
-
-def _words() -> list[str]:
-    """The key names and choices of the reader's dataclasses (none if they moved)."""
-    try:
-        return harness.dataclass_words(scenario.Scenario)
-    except Exception:  # being refactored: the seed documents' names are enough
-        return []
+    return harness.toml_edits(tuple(text for _, text in _files()), scenario.Scenario)
 
 
 def seeds() -> list[tuple[str, bytes]]:
@@ -129,7 +115,7 @@ def dictionary() -> list[str]:
     for name in ("SECTIONS", "GRID_OPS", "FAULT_KINDS", "LINKS", "DIRECTIONS",
                  "RESERVE_PRODUCTS", "CRITERIA"):
         words += [str(w) for w in getattr(scenario, name, ())]
-    words += _words()
+    words += harness.class_words(scenario.Scenario)
     return words
 
 

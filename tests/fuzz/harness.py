@@ -23,6 +23,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import importlib
 import os
 import shutil
@@ -262,6 +263,24 @@ def _dict_line(token: bytes) -> str:
         chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\x{b:02X}" for b in token
     )
     return f'"{body}"'
+
+
+@functools.cache
+def toml_edits(texts: tuple[str, ...], cls: Any) -> TomlEdits:
+    """The structure-aware TOML editor for seed documents `texts` read by dataclass `cls` (its
+    key names and choices as words; none if they cannot be read)."""
+    import tomllib
+
+    return TomlEdits([tomllib.loads(text) for text in texts], class_words(cls))
+
+
+def class_words(cls: Any) -> list[str]:
+    """`dataclass_words`, or none if the reader's classes cannot be read (being refactored:
+    the seed documents' names are enough)."""
+    try:
+        return dataclass_words(cls)
+    except Exception:
+        return []
 
 
 def dataclass_words(cls: Any, seen: set[Any] | None = None) -> list[str]:
