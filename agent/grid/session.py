@@ -10,6 +10,9 @@ Each inbound message is handled on its own: whatever it holds, and whatever goes
 is PUBACKed and the others are served. Commands are timed against the wall clock only while the
 device trusts it (agent.clock.WallClockTrust); once taken, a command's `nbf` and `exp` run on the
 monotonic clock. A command that takes effect supersedes the older ones of its key still waiting.
+
+Size: about 630 lines on purpose: intake, schedule, fallback and persistence are one state
+machine on one thread; the checks, replay state, trust files, telemetry and the link are apart.
 """
 
 from __future__ import annotations
