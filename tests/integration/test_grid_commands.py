@@ -201,7 +201,7 @@ def test_operator_cli_setpoint_reaches_the_device_and_prints_the_ack(setup, mosq
     key.write_bytes(cose.private_pem(OPERATOR_KEY))
     key.chmod(0o600)
     common = ["--broker", mosquitto.url, "--site", "site-a", "--key", str(key), "--kid", KID,
-              "--seq-file", str(tmp_path / "seq.json"), "--timeout", "5"]
+              "--seq-file", str(tmp_path / "seq.json"), "--timeout", "5", "--json"]
     done = run_cli("setpoint", *common, "--device", "dev-1", "--power-w", "1800", "--for", "15m",
                    "--ramp-w-s", "100")
     assert done.returncode == 0, done.stderr
@@ -212,7 +212,11 @@ def test_operator_cli_setpoint_reaches_the_device_and_prints_the_ack(setup, mosq
     assert done.returncode == 1
     assert json.loads(done.stdout.strip().splitlines()[-1])["reason"] == "out_of_range"
     done = run_cli("ping", *common, "--device", "nobody", "--timeout", "0.5")
-    assert done.returncode == 2 and '"timeout"' in done.stdout
+    assert done.returncode == 2 and '"timeout"' in done.stdout and "not online" in done.stdout
+    plain = [a for a in common if a != "--json"]
+    done = run_cli("setpoint", *plain, "--device", "dev-1", "--power-w", "99999")
+    assert done.returncode == 1
+    assert done.stdout.strip().startswith("dev-1: rejected (out_of_range)"), done.stdout
 
 
 def test_operator_cli_keygen_and_watch(setup, mosquitto, tmp_path) -> None:
