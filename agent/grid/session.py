@@ -91,6 +91,8 @@ class Link(Protocol):
 
     def set_status(self, caps: Any, mode: str | None) -> None: ...
 
+    def take_lost(self) -> int: ...  # telemetry handed to a connection that turned half-open
+
 
 @dataclass(frozen=True)
 class GridPolicy:
@@ -539,7 +541,9 @@ class GridSession:
 
     def _flush_telemetry(self) -> None:
         """Publish buffered telemetry, oldest first, at most `telemetry_batch` a call, so that the
-        backlog of a long outage does not hold up the control thread."""
+        backlog of a long outage does not hold up the control thread. Messages the link handed
+        to a connection that turned out half-open are counted in `lost`."""
+        self.telemetry.lost += self.link.take_lost()
         for _ in range(self.policy.telemetry_batch):
             if not self.link.connected:
                 return

@@ -36,6 +36,7 @@ class FakeLink:
         self.connected = True
         self.inbox: list[Inbound] = []
         self.sent: list[tuple[str, dict, int, bytes | None]] = []
+        self.lost_unconfirmed = 0
         self.acked: list[int] = []
         self.status: list[tuple[Any, Any]] = []
 
@@ -55,6 +56,10 @@ class FakeLink:
 
     def ack(self, msg: Inbound) -> None:
         self.acked.append(msg.mid)
+
+    def take_lost(self) -> int:
+        lost, self.lost_unconfirmed = self.lost_unconfirmed, 0
+        return lost
 
     def set_status(self, caps, mode) -> None:
         self.status.append((caps, mode))
@@ -323,6 +328,15 @@ def test_buffered_telemetry_is_flushed_in_bounded_batches_after_a_reconnect(tmp_
         rig.session.service()
     assert [m["seq"] for m in rig.link.telemetry()] == list(range(301))
     assert rig.session.service() > 0.0  # drained: back to the telemetry period
+
+
+def test_telemetry_lost_on_a_half_open_connection_is_counted_in_lost(tmp_path) -> None:
+    rig = Rig(tmp_path)
+    rig.tick()
+    before = rig.link.telemetry()[-1]["lost"]
+    rig.link.lost_unconfirmed = 3  # the link found three messages never confirmed
+    rig.tick(1.0)
+    assert rig.link.telemetry()[-1]["lost"] == before + 3
 
 
 # ---- abuse: one message must not take the others (or the session) down ----------------------
