@@ -30,42 +30,19 @@ REPLY_LENS = (None, 9, 11, None)
 KNOWN_BUGS: dict[str, harness.KnownBug] = {}
 
 
-class Watched:
-    """A parser whose internal errors are kept (its `_safe` swallows them)."""
+class Watched(harness.StreamWatch):
+    """A BM13xx parser run through the stream, with its accounting checked."""
 
     def __init__(self, parser: Any) -> None:
-        self.parser = parser
-        self.errors: list[BaseException] = []
-        self.fed = 0
-        hunt = parser._hunt
-
-        def watched(data: Any, final: bool) -> Any:
-            try:
-                return hunt(data, final)
-            except Exception as exc:
-                self.errors.append(exc)
-                raise
-
-        parser._hunt = watched
+        super().__init__(parser, flush=True)
 
     def run(self, stream: bytes, chunk: int) -> list[Any]:
-        p = self.parser
-        out: list[Any] = []
-        for piece in harness.chunks(stream, chunk):
-            self.fed += len(piece)
-            out += p.feed(piece)
-        out += p.flush()
-        for _ in range(len(stream) + 2):
-            if not p.pending():
-                break
-            out += p.resync()
+        out = super().run(stream, chunk)
         self.check(out)
         return out
 
     def check(self, out: list[Any]) -> None:
         p = self.parser
-        if self.errors:
-            raise AssertionError(f"{type(p).__name__} swallowed an error") from self.errors[0]
         assert p.pending() == 0, f"resync left {p.pending()} bytes"
         assert p.frames == len(out), (p.frames, len(out))
         used = sum(len(f.raw) for f in out)

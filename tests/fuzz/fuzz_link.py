@@ -30,36 +30,15 @@ UNPACKERS = (link.unpack_sensors, link.unpack_status, link.unpack_info, link.unp
              link.unpack_u16, link.unpack_error)
 
 
-class Watched:
-    """A Decoder whose internal errors are kept (its `_safe` swallows them)."""
+class Watched(harness.StreamWatch):
+    """The bridge's frame `Decoder` run through the stream, with its accounting checked."""
 
     def __init__(self) -> None:
-        self.decoder = link.Decoder()
-        self.errors: list[BaseException] = []
-        self.fed = 0
-        hunt = self.decoder._hunt
-
-        def watched(data: Any, final: bool) -> Any:
-            try:
-                return hunt(data, final)
-            except Exception as exc:
-                self.errors.append(exc)
-                raise
-
-        self.decoder._hunt = watched
+        super().__init__(link.Decoder(), flush=False)
 
     def run(self, stream: bytes, chunk: int) -> list[Any]:
-        d = self.decoder
-        out: list[Any] = []
-        for piece in harness.chunks(stream, chunk):
-            self.fed += len(piece)
-            out += d.feed(piece)
-        for _ in range(len(stream) + 2):
-            if not d.pending():
-                break
-            out += d.resync()
-        if self.errors:
-            raise AssertionError("Decoder swallowed an error") from self.errors[0]
+        out = super().run(stream, chunk)
+        d = self.parser
         assert d.pending() == 0 and d.frames == len(out), (d.pending(), d.frames, len(out))
         used = sum(link.OVERHEAD + len(m.payload) for m in out)
         assert used + d.discarded_bytes == self.fed, (used, d.discarded_bytes, self.fed)

@@ -106,6 +106,44 @@ def chunks(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
+class StreamWatch:
+    """A stream parser fed in chunks, with the errors its `_hunt` raises kept (the parser's own
+    catch-all would swallow them). `run` feeds, flushes when `flush` is set, resyncs until
+    nothing is pending, and fails on the first swallowed error."""
+
+    def __init__(self, parser: Any, flush: bool) -> None:
+        self.parser = parser
+        self.flush = flush
+        self.errors: list[BaseException] = []
+        self.fed = 0
+        hunt = parser._hunt
+
+        def watched(data: Any, final: bool) -> Any:
+            try:
+                return hunt(data, final)
+            except Exception as exc:
+                self.errors.append(exc)
+                raise
+
+        parser._hunt = watched
+
+    def run(self, stream: bytes, chunk: int) -> list[Any]:
+        p = self.parser
+        out: list[Any] = []
+        for piece in chunks(stream, chunk):
+            self.fed += len(piece)
+            out += p.feed(piece)
+        if self.flush:
+            out += p.flush()
+        for _ in range(len(stream) + 2):
+            if not p.pending():
+                break
+            out += p.resync()
+        if self.errors:
+            raise AssertionError(f"{type(p).__name__} swallowed an error") from self.errors[0]
+        return out
+
+
 # strings a key may mishandle: empty, blank, NUL, a home folder ("~user" is expanded in path
 # keys), a parent folder, a wildcard, a reserved id, long, non-ASCII
 EDGE_STRINGS = ("", " ", "\0", "~", "~fuzz-no-such-user/", "../", "/", "*", "all", "x" * 300, "é",
