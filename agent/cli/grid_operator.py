@@ -4,8 +4,9 @@
     gridminer operator setpoint|curtail|resume|standby|ping --site S (--device D | --all) ...
     gridminer operator watch --site S [--once | --count N] [--json]
 
-Exit status: 0 every addressed device accepted, 1 one rejected, 2 one did not answer in time,
-3 an error here (key, broker, arguments).
+Exit status: 0 every addressed device accepted, 1 one rejected, 2 one did not answer in time
+(watch --once/--count: no device of the site has reported), 3 an error here (key, broker,
+arguments).
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
                 count = 1 if args.once else args.count
                 printed = watch(op, args.site, args.prefix, sys.stdout, count=count,
                                 interval_s=args.interval, as_json=args.json,
-                                timeout_s=None if count is None else max(args.timeout, 1.0) * 2)
+                                timeout_s=None if count is None else max(args.timeout, 1.0) * 2,
+                                err=sys.stderr)
                 return EXIT_OK if printed or count is None else EXIT_TIMEOUT
         build = command_fields(args, time.time())
         signer = CommandSigner.from_file(args.key, args.kid, args.prefix, args.insecure_dev)

@@ -211,8 +211,7 @@ class Governor:
         if abs(applied - self._ref_w) > 1e-6:
             eta += self.gcfg.response_delay_s + self.gcfg.response_tau_s
         requested = self._requested_w if op in ("setpoint", "resume") else None
-        log.info("governor %s: requested %s W, applied %.1f W, limited by %s, eta %.1f s", op,
-                 "-" if requested is None else f"{requested:.1f}", applied, limited, eta)
+        log.info("governor %s: %s", op, _decision_text(requested, applied, limited, eta))
         return TargetDecision(op, requested, applied, limited, eta, self._cmd_ramp_w_s, self._mode)
 
     def _resolve(self, temp_c: float | None) -> tuple[float, str | None]:
@@ -492,3 +491,15 @@ class Governor:
             if self._thermal_cap_w >= self.max_power_w:
                 self._thermal_cap_w = None
                 log.info("governor: thermal derate lifted")
+
+
+def _decision_text(requested_w: float | None, applied_w: float, limited_by: str | None,
+                   eta_s: float) -> str:
+    """A decision as the log says it: `40.0 W requested, applying 35.0 W (limited by thermal),
+    eta 1.3 s`; what did not happen (no request, no limit) is left out."""
+    text = f"applying {applied_w:.1f} W"
+    if requested_w is not None:
+        text = f"{requested_w:.1f} W requested, {text}"
+    if limited_by:
+        text += f" (limited by {limited_by})"
+    return text + f", eta {eta_s:.1f} s"

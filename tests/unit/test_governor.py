@@ -201,6 +201,23 @@ def test_power_cap_clamps_and_is_reported():
     assert max(p for _, _, p, _ in loop.outs) <= 15.0 * 1.02
 
 
+def test_decisions_are_logged_without_empty_fields(caplog):
+    """The log says what was asked and what limited it, and leaves out what did not happen (no
+    `requested - W`, no `limited by None`)."""
+    caplog.set_level(logging.INFO, logger="gridminer.governor")
+    loop = Loop(make_config(max_power_w=15.0))
+    loop.settle()
+    loop.gov.set_target(40.0)
+    loop.gov.set_target(10.0)
+    loop.gov.curtail()
+    msgs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("governor ")]
+    assert msgs[-3].startswith("governor setpoint: 40.0 W requested, applying 15.0 W "
+                               "(limited by power_cap), eta ")
+    assert msgs[-2].startswith("governor setpoint: 10.0 W requested, applying 10.0 W, eta ")
+    assert msgs[-1].startswith("governor curtail: applying ")
+    assert not any("None" in m or " - W" in m for m in msgs), msgs
+
+
 def test_setpoint_below_minimum_is_raised_to_min_w():
     loop = Loop()
     loop.settle()
