@@ -6,7 +6,8 @@ implementation (a warning says so).
 
 No -march flag: the x86-64 kernels (SHA extensions, AVX2, AVX-512) carry per-function target
 attributes and are chosen at run time from CPUID, so a wheel built on one x86-64 machine runs on
-any other; other architectures compile the portable kernels only.
+any other; ARM builds likewise carry their NEON and SHA-2 kernels in functions of their own,
+chosen from the hardware capabilities (ext/README.md).
 """
 
 import os

@@ -4,6 +4,7 @@ Buffer = bytes | bytearray | memoryview
 
 COMPILED_KERNELS: tuple[str, ...]
 KERNELS: tuple[str, ...]
+OMITTED_KERNELS: dict[str, str]
 KERNEL_ENV: str
 IMPLEMENTATION: str
 

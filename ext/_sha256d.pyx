@@ -18,6 +18,7 @@ from agent import _sha256d_py as _pure
 
 
 cdef extern from "sha256d_kernels.h":
+    enum: SHA256D_CHUNK
     ctypedef struct sha256d_job:
         pass
     ctypedef size_t (*sha256d_scan_fn)(const sha256d_job *job, uint32_t start, uint64_t count,
@@ -28,11 +29,12 @@ cdef extern from "sha256d_kernels.h":
     const char *sha256d_kernel_name(int index) noexcept nogil
     int sha256d_kernel_usable(int index) noexcept nogil
     sha256d_scan_fn sha256d_kernel_fn(int index) noexcept nogil
+    const char *sha256d_kernels_omitted() noexcept nogil
 
 
 cdef uint64_t NONCE_SPACE = 1 << 32
-# nonces per GIL-free call: ~10 ms on a fast core; bounds the hit buffer and lets Ctrl-C through
-cdef uint64_t CHUNK = 1 << 18
+# nonces per GIL-free call (see sha256d_kernels.h)
+cdef uint64_t CHUNK = SHA256D_CHUNK
 
 COMPILED_KERNELS = tuple(sha256d_kernel_name(i).decode() for i in range(sha256d_kernel_count()))
 """Kernels compiled into this build, widest first."""
@@ -42,6 +44,10 @@ KERNELS = tuple(
     if sha256d_kernel_usable(i)
 )
 """Kernels the running CPU supports, widest first."""
+OMITTED_KERNELS = dict(
+    line.split(": ", 1) for line in sha256d_kernels_omitted().decode().splitlines()
+)
+"""Kernels of this CPU family that the compiler left out of this build: name -> why."""
 KERNEL_ENV = "GRIDMINER_SHA256D_KERNEL"
 
 cdef dict _FUNCTIONS = {}

@@ -1,11 +1,14 @@
 /* SHA-256d nonce scanning kernels: portable scalar C, multi-lane SIMD (SSE2/AVX2/AVX-512 on
- * x86-64, NEON on AArch64) and the SHA-256 instructions of x86-64 (SHA-NI) and ARMv8.
+ * x86-64, NEON on AArch64 and 32-bit ARM) and the SHA-256 instructions of x86-64 (SHA-NI) and
+ * ARMv8 (AArch64, and AArch32 on an ARMv8 core running a 32-bit system).
  *
  * Built without -march: every x86 kernel carries its own target attribute and is only used when
  * CPUID (and the OS, for the AVX register state) says so, so a build from one x86-64 machine runs
- * on any other. Other CPUs compile only the portable kernels (plus NEON and, where the CPU reports
- * it, the SHA-2 instructions on AArch64). -DGM_PORTABLE_ONLY gives an x86-64 build the kernels of
- * an unknown CPU (scalar only), to test that path.
+ * on any other. ARM works the same way with the hardware capabilities the kernel reports
+ * (getauxval: HWCAP_SHA2 on AArch64; HWCAP_ARM_NEON and HWCAP2_SHA2 on 32-bit ARM), so an armv7
+ * build runs on a Cortex-A9 with NEON and on a NEON-less core alike. Other CPUs compile only the
+ * scalar kernel. -DGM_PORTABLE_ONLY gives a build the kernels of an unknown CPU (scalar only), to
+ * test that path.
  */
 #include "sha256d_kernels.h"
 
@@ -22,6 +25,29 @@
 #include <arm_neon.h>
 #if defined(__linux__)
 #include <sys/auxv.h>
+#endif
+#endif
+
+/* 32-bit ARM (armv7 and ARMv8 cores in AArch32) with a hardware FPU, on Linux: NEON is optional
+ * there, so the NEON code lives in functions of its own, used only where AT_HWCAP says so. */
+#if defined(__arm__) && defined(__ARM_FP) && defined(__GNUC__) && defined(__linux__) &&          \
+    !defined(GM_PORTABLE_ONLY)
+#define GM_ARM32 1
+#if !defined(__clang__) || defined(__ARM_NEON) /* clang's arm_neon.h wants NEON in the whole build */
+#include <arm_neon.h>
+#endif
+#include <sys/auxv.h>
+#define GM_ARM32_HWCAP_NEON (1ul << 12)  /* HWCAP_ARM_NEON, Linux arch/arm uapi asm/hwcap.h */
+#define GM_ARM32_HWCAP2_SHA2 (1ul << 3)  /* HWCAP2_SHA2, same header */
+#if !defined(__clang__)
+#define GM_ARM32_NEON 1
+#define GM_ARM32_NEON_ATTR __attribute__((target("fpu=neon")))
+#elif defined(__ARM_NEON)
+#define GM_ARM32_NEON 1 /* the whole build targets NEON (then so may the scalar code) */
+#define GM_ARM32_NEON_ATTR
+#else
+/* clang has no function attribute that enables NEON code generation on 32-bit ARM */
+#define GM_OMIT_NEON "neon: clang emits NEON code on 32-bit ARM only when the whole build targets it"
 #endif
 #endif
 
@@ -144,13 +170,17 @@ static int full_check(const sha256d_job *job, uint32_t nonce)
 #undef LANES_FN
 #undef LANES_ATTR
 
-#if defined(GM_X86) || defined(GM_NEON)
+#if defined(GM_X86) || defined(GM_NEON) || defined(GM_ARM32_NEON)
 typedef uint32_t gm_v4u __attribute__((vector_size(16)));
 #define LANES_T gm_v4u
 #define LANES_N 4
 #define LANES_INDEX ((gm_v4u){0, 1, 2, 3})
 #define LANES_FN scan_simd128
+#ifdef GM_ARM32_NEON
+#define LANES_ATTR GM_ARM32_NEON_ATTR
+#else
 #define LANES_ATTR
+#endif
 #include "sha256d_lanes.h"
 #undef LANES_T
 #undef LANES_N
@@ -418,14 +448,21 @@ static int usable_avx512(void) { return (gm_cpu_features() & GM_CPU_AVX512F) != 
 #endif /* GM_X86 */
 
 
-/* ---- AArch64: ARMv8 SHA-256 instructions ---------------------------------------------------- */
+/* ---- ARMv8 SHA-256 instructions (AArch64, and AArch32 on ARMv8 cores) ----------------------- */
 
 #if defined(GM_NEON) && !defined(__clang__)
 #define GM_ARMV8_SHA2 1
 #define A8_ATTR __attribute__((target("+crypto")))
-#elif defined(GM_NEON) && defined(__ARM_FEATURE_SHA2)
+#elif defined(GM_ARM32) && !defined(__clang__)
+#define GM_ARMV8_SHA2 1
+#define A8_ATTR __attribute__((target("arch=armv8-a+crypto")))
+#elif (defined(GM_NEON) || defined(GM_ARM32)) && defined(__ARM_FEATURE_SHA2)
 #define GM_ARMV8_SHA2 1 /* clang: only where the default target has it (Apple arm64) */
 #define A8_ATTR
+#elif defined(GM_NEON) || defined(GM_ARM32)
+/* clang's arm_neon.h declares the SHA-2 intrinsics only when the whole file is built for them */
+#define GM_OMIT_SHA2 "armv8-sha2: clang declares the SHA-2 intrinsics only when the whole build " \
+                     "targets them (CFLAGS=-march=armv8-a+crypto)"
 #endif
 
 #ifdef GM_ARMV8_SHA2
@@ -516,7 +553,10 @@ A8_ATTR static size_t scan_armv8_sha2(const sha256d_job *job, uint32_t start, ui
 
 static int usable_armv8_sha2(void)
 {
-#if defined(__linux__) && defined(HWCAP_SHA2)
+#if defined(GM_ARM32)
+    return (getauxval(AT_HWCAP) & GM_ARM32_HWCAP_NEON) &&
+           (getauxval(AT_HWCAP2) & GM_ARM32_HWCAP2_SHA2);
+#elif defined(__linux__) && defined(HWCAP_SHA2)
     return (getauxval(AT_HWCAP) & HWCAP_SHA2) != 0;
 #elif defined(__APPLE__)
     return 1; /* every Apple silicon core has the SHA-256 instructions */
@@ -527,6 +567,21 @@ static int usable_armv8_sha2(void)
 #endif /* GM_ARMV8_SHA2 */
 
 static int usable_always(void) { return 1; }
+
+#ifdef GM_ARM32_NEON
+static int usable_arm32_neon(void) { return (getauxval(AT_HWCAP) & GM_ARM32_HWCAP_NEON) != 0; }
+#endif
+
+static const char OMITTED[] = ""
+#ifdef GM_OMIT_SHA2
+    GM_OMIT_SHA2 "\n"
+#endif
+#ifdef GM_OMIT_NEON
+    GM_OMIT_NEON "\n"
+#endif
+    ;
+
+const char *sha256d_kernels_omitted(void) { return OMITTED; }
 
 /* ---- kernel table, widest first: agent._sha256d times the leading ones to pick its default */
 
@@ -546,6 +601,9 @@ static const struct {
 #endif
 #ifdef GM_NEON
     {"neon", scan_simd128, usable_always},
+#endif
+#ifdef GM_ARM32_NEON
+    {"neon", scan_simd128, usable_arm32_neon},
 #endif
     {"scalar", scan_scalar, usable_always},
 };

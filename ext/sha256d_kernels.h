@@ -20,6 +20,10 @@ typedef struct sha256d_job {
     uint32_t target[8]; /* target as little-endian 32-bit words, [7] most significant */
 } sha256d_job;
 
+/* Nonces per kernel call in agent._sha256d.scan (GIL-free, ~10 ms on a fast core): bounds the hit
+ * buffer and lets Ctrl-C through. The ARM lane's harness scans in the same chunks. */
+#define SHA256D_CHUNK (1u << 18)
+
 /* Scans [start, start + count); start + count <= 2**32. `out` has room for `count` nonces.
  * Returns how many nonces were written. Never touches Python objects: callable without the GIL. */
 typedef size_t (*sha256d_scan_fn)(const sha256d_job *job, uint32_t start, uint64_t count,
@@ -32,5 +36,9 @@ int sha256d_kernel_count(void);
 const char *sha256d_kernel_name(int index);
 int sha256d_kernel_usable(int index);
 sha256d_scan_fn sha256d_kernel_fn(int index);
+
+/* Kernels this CPU family has but this compiler left out of the build, one "name: reason\n" line
+ * each ("" when none was). */
+const char *sha256d_kernels_omitted(void);
 
 #endif
