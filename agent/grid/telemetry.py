@@ -28,7 +28,8 @@ SNAPSHOT_FIELDS = (
     "energy_wh",
 )
 #: optional keys a newer agent adds when it has them (spec section 7: consumers ignore keys they
-#: do not know): the board link's state and why the mode is what it is, and the pool's figures
+#: do not know): the board link's state and why the mode is what it is, the pool's figures, and
+#: the site controller's fleet figures
 OPTIONAL_FIELDS = (
     "board",
     "mode_reason",
@@ -37,6 +38,14 @@ OPTIONAL_FIELDS = (
     "pool_rejected",
     "pool_stale",
     "pool_hashrate_ghs",
+    # a site controller's (spec section 7): devices online and known, the power it can add or
+    # shed now, and within 5 min at its ramp limit
+    "devices",
+    "devices_total",
+    "flex_up_w",
+    "flex_down_w",
+    "flex_up_5m_w",
+    "flex_down_5m_w",
 )
 
 

@@ -1,0 +1,115 @@
+"""Which device commands the site controller sends: deadband, refresh before exp, the site ramp
+shared by the moves in flight, site-wide commands; its seq across restarts; the meter."""
+
+from __future__ import annotations
+
+import random
+
+import cbor2
+import pytest
+
+from agent.site.meter import Meter, reading_w
+from agent.site.orders import OrderBook, Want
+from agent.site.sequence import SeqBlock
+
+
+def book() -> OrderBook:
+    return OrderBook(validity_s=60, refresh_s=20, deadband_frac=0.02, deadband_min_w=10,
+                     rng=random.Random(1))
+
+
+def want(share: int | None, power: float | None = None) -> Want:
+    return Want(share, power, max_w=1000, ramp_max_w_s=500)
+
+
+def test_a_share_moving_less_than_the_deadband_sends_nothing() -> None:
+    b = book()
+    assert [o.power_w for o in b.plan(0.0, {"d": want(500, 500)}, 10_000)] == [500]
+    assert b.plan(1.0, {"d": want(515, 500)}, 10_000) == []  # 2 % of 1000 W is 20 W
+    orders = b.plan(2.0, {"d": want(530, 500)}, 10_000)
+    assert [(o.device, o.op, o.power_w) for o in orders] == [("d", "setpoint", 530)]
+
+
+def test_commands_are_bounded_and_refreshed_before_they_lapse() -> None:
+    b = book()
+    first = b.plan(0.0, {"d": want(500, 500)}, 10_000)[0]
+    assert 51 <= first.validity_s <= 60
+    assert b.plan(first.validity_s - 21, {"d": want(500, 500)}, 10_000) == []
+    again = b.plan(first.validity_s - 19, {"d": want(500, 500)}, 10_000)
+    assert [(o.op, o.power_w) for o in again] == [("setpoint", 500)]
+
+
+def test_switching_off_is_a_standby_command() -> None:
+    b = book()
+    b.plan(0.0, {"d": want(500, 500)}, 10_000)
+    orders = b.plan(1.0, {"d": want(None, 500)}, 10_000)
+    assert [(o.op, o.power_w) for o in orders] == [("standby", None)]
+    assert b.is_on("d") is False and b.switched_s["d"] == 1.0
+
+
+def test_the_moves_in_flight_never_ramp_faster_than_the_site() -> None:
+    b = book()
+    wants = {"a": want(900, 100), "b": want(500, 100), "c": want(100, 100)}
+    orders = {o.device: o for o in b.plan(0.0, wants, 600)}
+    # 800 W and 400 W to move with 600 W/s: shared in proportion, both end after 2 s
+    assert orders["a"].ramp_w_s == 400 and orders["b"].ramp_w_s == 200
+    assert orders["c"].ramp_w_s == 1  # no move: the least ramp a command can carry
+    assert orders["a"].ramp_w_s + orders["b"].ramp_w_s <= 600
+    # while they are under way the site's ramp is used up: a new move waits
+    later = b.plan(1.0, {**wants, "c": want(600, 100)}, 600)
+    assert later == [] and b.deferred == 1
+    after = b.plan(2.5, {**wants, "c": want(600, 100)}, 600)
+    assert [(o.device, o.ramp_w_s) for o in after] == [("c", 500)]  # its own limit
+
+
+def test_a_site_wide_command_goes_once_and_curtail_is_refreshed() -> None:
+    b = book()
+    b.plan(0.0, {"d": want(500, 500)}, 10_000)
+    order = b.plan_site(1.0, "curtail", 50)
+    assert order is not None and order.device is None and order.ramp_w_s == 50
+    assert b.plan_site(2.0, "curtail", 50) is None
+    assert b.plan_site(order.validity_s - 18, "curtail", 50) is not None  # refreshed
+    assert b.plan_site(100.0, "resume", 50) is not None
+    assert b.plan_site(500.0, "resume", 50) is None  # a lapsed resume is a resume
+    # back to shares: every device is addressed afresh
+    assert [o.device for o in b.plan(600.0, {"d": want(500, 500)}, 10_000)] == ["d"]
+
+
+def test_the_seq_survives_a_restart_without_a_write_per_command(tmp_path) -> None:
+    path = tmp_path / "seq.json"
+    seq = SeqBlock(path, b"k", block=100)
+    values = [seq.next() for _ in range(150)]
+    assert values == sorted(set(values))
+    writes = path.stat().st_mtime_ns
+    seq.next()
+    assert path.stat().st_mtime_ns == writes  # inside the reserved block
+    again = SeqBlock(path, b"k", block=100)  # a kill -9 and a restart
+    assert again.next() > values[-1]
+
+
+def test_an_unreadable_seq_state_is_refused(tmp_path) -> None:
+    path = tmp_path / "seq.json"
+    path.write_text("{nonsense")
+    with pytest.raises(Exception, match="seq state"):
+        SeqBlock(path, b"k")
+
+
+@pytest.mark.parametrize(("payload", "expected"), [
+    (cbor2.dumps({"power_w": 1234.5}), 1234.5),
+    (b'{"power_w": 99}', 99.0),
+    (b"1500000", 1500000.0),
+    (b"-3", None),
+    (b"nan", None),
+    (cbor2.dumps({"power_w": True}), None),
+    (b"\xff\x00", None),
+])
+def test_meter_readings(payload: bytes, expected: float | None) -> None:
+    assert reading_w(payload) == expected
+
+
+def test_a_stale_meter_reads_nothing() -> None:
+    meter = Meter("m", stale_s=3.0)
+    meter.update(b"100", 10.0)
+    meter.update(b"garbage", 11.0)
+    assert meter.value_w(12.0) == 100.0 and meter.ignored == 1
+    assert meter.value_w(13.5) is None
