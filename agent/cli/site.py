@@ -9,7 +9,10 @@ PREFIX/S/site/cmd); the site's private key and kid sign the commands it sends it
 trust that key. Once it has learned the fleet it prints one line on stdout,
 `site S online as PREFIX/S/site: N devices, max W W, ramp R W/s`, and logs on stderr. A bad
 flag or file is one line on stderr and exit status 2; SIGINT/SIGTERM publish the site's offline
-status and exit 0 (the devices hold their commands until these lapse).
+status and exit 0 (the devices hold their commands until these lapse). When the grid link gives
+up for good (another client holds device `site`), the controller stops dispatching, says why in
+one line on stderr and exits 3, as the device agent does, so that a supervisor restarts it; the
+devices hold their last commands until these lapse, then move to their own defaults.
 """
 
 from __future__ import annotations
@@ -129,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
         controller.wake.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def on_online(summary: dict[str, Any]) -> None:
         print(f"site {args.site} online as {args.prefix}/{args.site}/site: "
@@ -138,7 +140,17 @@ def run(args: argparse.Namespace) -> int:
               f"ramp {summary['ramp_max_w_s']} W/s", flush=True)
 
     controller.on_online = on_online
-    controller.run(stop)
+    try:
+        controller.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if controller.fatal is not None:
+        from agent.app import EXIT_DEVICE_ID_TAKEN
+
+        print(f"gridminer site: {controller.fatal}; stopped dispatching, the devices hold their "
+              "commands until these lapse", file=sys.stderr, flush=True)
+        return EXIT_DEVICE_ID_TAKEN
     return 0
 
 

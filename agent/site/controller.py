@@ -11,6 +11,22 @@ One thread runs `step()`: it never blocks on the network. It first learns the fl
 target from the measured power, so it continues without a step larger than the ramp.
 `state()` gives the site as plain data (targets, roster, flexibility) for a dashboard or a
 demand-response bridge, from any thread.
+
+Start-ups: spec section 7 has `curtail`, `standby` and `resume` of the site go to every device.
+Curtail and standby go as one message on the site-wide topic `all` (shedding at once is what the
+grid wants). Resume (and the site's default: no command yet, a lapsed command, a `default_now`
+fallback) reaches every device too, but as device commands: it is the site target max_w, approached
+at the site's ramp and split by the allocator like a setpoint, so devices in standby are started at
+most `max_starts` a tick (a chain's power-on is a step of its device's min_w) and the site never
+re-energises in one step. A one-message `resume` on `all` would power every chain at once.
+
+A fatal grid link (another client holds device `site`, the link gave up): the controller stops
+dispatching at once, sends its devices nothing more (another controller may hold the site now;
+a command from this one would fight it) and `run()` returns with `fatal` set; the command line
+exits non-zero so that a supervisor restarts it. The devices hold their last commands until
+these lapse (`exp`: at most `validity_s`, spread by its jitter), then each moves to its own
+default target at its own ramp limit (spec section 3.4), unless a controller holding the site
+commands them first.
 """
 
 from __future__ import annotations
@@ -148,6 +164,8 @@ class SiteController:
         self._state: dict[str, Any] = {"phase": "learning", "site": settings.site}
         self._next_state_s = 0.0
         self._next_log_s = 0.0
+        self.standby_w: dict[str, float] = {}  # device -> least draw measured in standby
+        self.fatal: str | None = None  # why the controller stopped for good
         self.wake = threading.Event()
         self.on_online: Callable[[dict[str, Any]], None] | None = None  # once, when online
 
@@ -161,17 +179,27 @@ class SiteController:
         self.fleet.start()
 
     def stop(self) -> None:
-        """Offline status for the site (its Will otherwise), and both connections closed. The
-        devices hold their commands until these lapse, then fall back to their defaults."""
+        """Offline status for the site (its Will otherwise; none after a fatal link: the site's
+        status is another client's now), and both connections closed. The devices hold their
+        commands until these lapse, then fall back to their defaults."""
         if self.session is not None:
             self.link.stop()
         self.fleet.close()
 
+    def fail(self, text: str) -> None:
+        """Stop for good (any thread): no dispatch from now on, `run()` returns. The first
+        reason is the one kept."""
+        if self.fatal is None:
+            self.fatal = text
+            log.error("site %s stops dispatching: %s; the devices hold their commands until "
+                      "these lapse, then move to their own defaults", self.settings.site, text)
+        self.wake.set()
+
     def run(self, stop: threading.Event) -> None:
-        """Step until `stop` is set."""
+        """Step until `stop` is set or the controller fails (`fatal`)."""
         self.start()
         try:
-            while not stop.is_set():
+            while not stop.is_set() and self.fatal is None:
                 wait_s = self.step()
                 self.wake.wait(max(0.0, min(wait_s, self.settings.tick_s)))
                 self.wake.clear()
@@ -188,6 +216,7 @@ class SiteController:
         self.session = GridSession(_SiteLink(self.link), self.target, self.keys, self.state_dir,
                                    snapshot=self.snapshot, policy=policy, clock=self.clock)
         self.link.on_inbound = self.wake.set
+        self.link.on_fatal = lambda text: self.fail(f"grid link: {text}")
         self.link.start()
         self.session.start(hot=True)  # the fleet's load is on: continue from it, no spread
         caps = self.target.current_caps
@@ -204,6 +233,8 @@ class SiteController:
     def step(self, now_s: float | None = None) -> float:
         """One pass; returns the seconds until the next is due."""
         now_s = self.clock.monotonic() if now_s is None else now_s
+        if self.fatal is not None:
+            return self.settings.tick_s  # dispatching blind is worse than not at all
         self._take_messages(now_s)
         if self.session is None:
             if self._learn_until_s is None and self.fleet.connected:
@@ -231,8 +262,14 @@ class SiteController:
                 self.meter.update(payload, now_s)
             elif topic.endswith("/ack"):
                 self._take_ack(topic, payload, now_s)
-            else:
-                self.roster.update(topic, payload, now_s)
+            elif self.roster.update(topic, payload, now_s) == "telemetry":
+                self._note_standby(topic.split("/")[2])
+
+    def _note_standby(self, device: str) -> None:
+        """A device's standby draw (board, fans): the least its telemetry read in standby."""
+        rec = self.roster.devices.get(device)
+        if rec is not None and rec.mode == "standby" and rec.power_w is not None:
+            self.standby_w[device] = min(rec.power_w, self.standby_w.get(device, math.inf))
 
     def _take_ack(self, topic: str, payload: bytes, now_s: float) -> None:
         device = topic.split("/")[2] if topic.count("/") == 3 else None
@@ -250,7 +287,7 @@ class SiteController:
         self.book.forget(device)
 
     def _caps(self) -> SiteCaps:
-        return SiteCaps.of(self.roster.online(), self.settings.ramp_w_s)
+        return SiteCaps.of(self.roster.online(), self.settings.ramp_w_s, self.standby_w)
 
     def _measured(self, now_s: float) -> float | None:
         if self.meter is not None:
@@ -266,11 +303,11 @@ class SiteController:
     def _dispatch(self, now_s: float) -> None:
         target_w = self.target.advance(now_s, self.measured_w)
         op = self.target.op
-        if op != "setpoint" or target_w is None:
+        if not self.target.tracking or target_w is None:
             self.trim.reset()
             self.trim_w = 0.0
             self.shares_w = {}
-            if op in ("curtail", "standby", "resume"):
+            if op in ("curtail", "standby"):
                 order = self.book.plan_site(now_s, op, self._site_wide_ramp())
                 if order is not None and not self._publish(order):
                     self.book.site = None
@@ -438,7 +475,8 @@ class SiteController:
         answering = [r for r in self.roster.answering(now_s, self.settings.stale_s)
                      if r.mode != "tripped"]
         up = sum(max(0.0, r.max_w - (r.power_w or 0.0)) for r in answering)
-        down = sum(r.power_w or 0.0 for r in answering)
+        down = sum(max(0.0, (r.power_w or 0.0) - self.standby_w.get(r.device, 0.0))
+                   for r in answering)
         reach = self.target.ramp_w_s * FIVE_MIN_S
         return {"flex_up_w": round(up, 1), "flex_down_w": round(down, 1),
                 "flex_up_5m_w": round(min(up, reach), 1),

@@ -11,8 +11,10 @@ signing), so the rules are tested alone.
   ramps of the moves in flight never add up to more than the site's. A batch shares the site's
   ramp in proportion to each move (so the moves of a batch end together), capped by each
   device's own limit; a move the ramps still in flight leave no room for waits.
-* Site-wide commands (curtail, standby, resume) go once on the `all` topic; curtail and standby
-  are refreshed before they lapse. After one, every device is addressed afresh.
+* Site-wide commands (curtail, standby) go on the `all` topic, refreshed before they lapse: one
+  message sheds every device at once. After one, every device is addressed afresh. The site's
+  `resume` is no site-wide command: it is a target (`agent.site.target`) reached with device
+  commands, so that the start-ups are spread.
 """
 
 from __future__ import annotations
@@ -111,21 +113,22 @@ class OrderBook:
                 changes[device] = abs(target_w - start_w)
             elif last is not None and last.exp_s - now_s <= self.refresh_s:
                 refreshes.append(device)
-        spare_w_s = site_ramp_w_s - self.in_flight_w_s(now_s, set(changes))
+        # every move under way counts until a new command to its device replaces it (a move
+        # held back goes on at its ramp)
+        spare_w_s = site_ramp_w_s - self.in_flight_w_s(now_s)
         total_w = sum(changes.values())
         orders = [self._refresh(device, now_s) for device in refreshes]
         self.deferred = 0
         for device, move_w in changes.items():
             want = wants[device]
+            last = self.sent.get(device)
+            freed_w_s = (last.ramp_w_s or 0) if last is not None and last.move_end_s > now_s else 0
             share_w_s = site_ramp_w_s * move_w / total_w if total_w > 0 else want.ramp_max_w_s
             ramp = int(max(1.0, min(want.ramp_max_w_s, math.floor(share_w_s))))
-            if ramp > spare_w_s and move_w >= 1.0:  # no move at all needs no room
+            if ramp > spare_w_s + freed_w_s and move_w >= 1.0:  # no move at all needs no room
                 self.deferred += 1
-                last = self.sent.get(device)
-                if last is not None and last.move_end_s > now_s:
-                    spare_w_s -= last.ramp_w_s or 0  # its earlier move goes on
                 continue
-            spare_w_s -= ramp if move_w >= 1.0 else 0
+            spare_w_s += freed_w_s - (ramp if move_w >= 1.0 else 0)
             orders.append(self._send(device, want, ramp, move_w, now_s))
         return orders
 
@@ -157,10 +160,11 @@ class OrderBook:
         return Order(device, last.op, power_w, last.ramp_w_s, validity_s)
 
     def plan_site(self, now_s: float, op: str, ramp_w_s: int) -> Order | None:
-        """The site-wide command for `op` (curtail, standby, resume) if one is due now."""
+        """The site-wide command for `op` (curtail, standby) if one is due now."""
+        if op not in ("curtail", "standby"):
+            raise ValueError(f"{op!r} is no site-wide command")
         last = self.site
-        due = last is None or last.op != op or (
-            op != "resume" and last.exp_s - now_s <= self.refresh_s)
+        due = last is None or last.op != op or last.exp_s - now_s <= self.refresh_s
         if not due:
             return None
         if last is None or last.op != op:

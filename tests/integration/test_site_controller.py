@@ -6,6 +6,7 @@ telemetry tracking the target; and what the devices do with the site's signed co
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -229,6 +230,71 @@ def test_a_killed_site_controller_continues_from_where_the_fleet_is(site_rig) ->
     out = _setpoint(site_rig["broker"].url, keys, 1200)
     assert out.startswith("site: accepted, 1200 W")
     _tracks(obs, 1200, 12, hold=2, timeout_s=20)
+
+
+def test_a_site_whose_grid_link_gives_up_stops_dispatching_and_exits_3(
+        site_rig, tmp_path, monkeypatch, capsys) -> None:
+    """Another client keeps taking the site's client id (device `site`): the grid link gives up,
+    and the controller, instead of dispatching a site the grid operator can no longer reach,
+    exits 3 with one line naming the cause (a supervisor restarts it); the devices hold their
+    last commands (bounded exp) meanwhile. `gridminer site` runs in this process (its signal
+    handlers need the main thread) with the link's takeover back-off cut from 30 s to 1 s."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    import agent.cli.site as site_cli
+    from agent.cli import main
+
+    broker, obs, fleet, keys = site_rig["broker"], site_rig["obs"], site_rig["fleet"], \
+        site_rig["keys"]
+    build = site_cli.build
+
+    def quick_to_give_up(args: Any) -> Any:
+        controller = build(args)
+        controller.link.settings.takeover_backoff_s = 1.0
+        return controller
+
+    monkeypatch.setattr(site_cli, "build", quick_to_give_up)
+    intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="site", protocol=mqtt.MQTTv5)
+    intruder.reconnect_delay_set(0.1, 0.2)  # type: ignore[arg-type]
+    returned = threading.Event()
+    errors: list[BaseException] = []
+
+    def operator_then_intruder() -> None:
+        try:
+            obs.wait_for(lambda t, m, r: t.endswith("site/status") and m.get("state") == "online",
+                         timeout_s=15)
+            _setpoint(broker.url, keys, 2000)
+            _tracks(obs, 2000, 20, hold=2, timeout_s=20)
+            intruder.connect_async("127.0.0.1", broker.port)
+            intruder.loop_start()
+            if not returned.wait(30):
+                raise AssertionError("the site controller did not give up")
+        except BaseException as exc:  # reported by the test; SIGTERM ends the controller
+            errors.append(exc)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=operator_then_intruder, daemon=True)
+    driver.start()
+    try:
+        code = main(["site", "--broker", broker.url, "--site", SITE,
+                     "--operator-key", str(keys["grid_pub"]), "--kid", KID,
+                     "--key", str(keys["site"]), "--key-kid", SITE_KID,
+                     "--state-dir", str(tmp_path / "site-state"), "--ramp-w-s", "1500"])
+    finally:
+        returned.set()
+        driver.join(10)
+        intruder.loop_stop()
+        intruder.disconnect()
+    assert errors == []
+    assert code == 3
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("gridminer site: grid link: another client holds device id "
+                               "'site'") for line in err), err
+    # the devices hold the last commands the site sent them
+    sinks = [d.sink for d in fleet.devices.values()]
+    assert sum(s.target_w for s in sinks) == pytest.approx(2000, abs=100)
+    assert all(s.ops[-1][0] in ("setpoint", "standby") for s in sinks)
 
 
 def test_the_site_dispatches_the_fleet_emulator(site_rig, tmp_path) -> None:

@@ -5,6 +5,7 @@ link, the operator's signed commands and the site's acks, status and telemetry) 
 from __future__ import annotations
 
 import itertools
+import threading
 
 import cbor2
 import pytest
@@ -28,8 +29,9 @@ def test_it_learns_the_fleet_before_it_goes_online_with_the_site_caps(tmp_path) 
     assert tele["flex_up_w"] == 0 and tele["flex_down_w"] == 4000
     assert tele["flex_down_5m_w"] == 4000
     assert "temp_c" not in tele and "freq_mhz" not in tele
-    # no command yet: the site's default, every device at its own (one site-wide resume)
-    assert [(c["dev"], c["op"]) for c in rig.fleet.commands] == [("*", "resume")]
+    # no command yet: the site's default, its max_w, reached with a command to each device
+    assert sorted((c["dev"], c["op"], c["power_w"]) for c in rig.fleet.commands) == [
+        (f"d{i}", "setpoint", 1000) for i in range(4)]
 
 
 def test_the_site_checks_commands_like_a_device(tmp_path) -> None:
@@ -153,7 +155,7 @@ def test_start_ups_are_spread(tmp_path) -> None:
     assert max(steps) <= 2000 * TICK_S + 1
 
 
-def test_curtail_standby_and_resume_go_on_the_site_topic(tmp_path) -> None:
+def test_curtail_and_standby_go_on_the_site_topic_and_resume_to_every_device(tmp_path) -> None:
     rig = SiteSim(tmp_path).online()
     rig.send("curtail")
     rig.run(5.0)
@@ -161,9 +163,57 @@ def test_curtail_standby_and_resume_go_on_the_site_topic(tmp_path) -> None:
     assert rig.fleet.commands[-1]["ramp_w_s"] == 250  # the site's 1000 W/s over four devices
     assert rig.fleet.power_w == pytest.approx(400)
     assert rig.link.status[-1][1] == "curtailed"
+    sent = len(rig.fleet.commands)
     rig.send("resume")
+    rig.run(TICK_S)
+    ack = rig.last_ack()
+    assert ack["applied_w"] == 4000 and ack["eta_ms"] == pytest.approx(3600, abs=300)
     rig.run(5.0)
-    assert rig.fleet.commands[-1]["op"] == "resume" and rig.fleet.power_w == 4000
+    assert rig.fleet.power_w == 4000
+    resumed = rig.fleet.commands[sent:]
+    assert {c["dev"] for c in resumed} == {"d0", "d1", "d2", "d3"}  # every device, by name
+    steps = [abs(b - a) for a, b in itertools.pairwise(rig.powers)]
+    assert max(steps) <= 1000 * TICK_S + 1
+
+
+def _standing_by(n: int = 12) -> dict[str, SimDevice]:
+    """`n` devices of 400..1000 W in standby (a chain's power-on is a step of 400 W)."""
+    return {f"d{i:02d}": SimDevice(400, 1000, 500, 20 + i, 0.0, 0.0, mode="standby")
+            for i in range(n)}
+
+
+def _starts_per_tick(rig: SiteSim, seconds: float) -> list[int]:
+    """Devices switched on in each tick (their chain powered: target above 0)."""
+    on = [sum(1 for d in rig.fleet.devices.values() if d.target_w > 0)]
+    for _ in range(round(seconds / TICK_S)):
+        rig.run(TICK_S)
+        on.append(sum(1 for d in rig.fleet.devices.values() if d.target_w > 0))
+    return [b - a for a, b in itertools.pairwise(on)]
+
+
+@pytest.mark.parametrize("how", ["default", "resume", "lapsed", "default_now"])
+def test_the_site_s_default_starts_the_fleet_a_batch_at_a_time(tmp_path, how: str) -> None:
+    """No command yet, a resume, a lapsed command, a `default_now` fallback: the site moves to
+    its default (max_w) at its ramp and never re-energises in one step: 2000 W/s x 0.25 s over
+    400 W minimums is one start-up a tick."""
+    rig = SiteSim(tmp_path, _standing_by(), ramp_w_s=2000.0)
+    if how != "default":
+        rig.online()
+        rig.send("standby", validity_s=6.0 if how == "lapsed" else 900.0,
+                 fallback="default_now" if how == "default_now" else None)
+        rig.run(TICK_S)
+        assert rig.fleet.commands[-1]["dev"] == "*" and rig.fleet.commands[-1]["op"] == "standby"
+        if how == "resume":
+            rig.send("resume")
+        elif how == "default_now":
+            rig.link.connected = False  # the site's link to the grid operator is lost
+    starts = _starts_per_tick(rig, 12.0)
+    assert max(starts) == 1 and sum(starts) == 12
+    assert all(c["dev"] != "*" for c in rig.fleet.commands if c["op"] != "standby")
+    rig.run(2.0)
+    assert rig.fleet.power_w == 12_000
+    steps = [b - a for a, b in itertools.pairwise(rig.powers)]
+    assert max(steps) <= 2000 * TICK_S + 1
 
 
 def test_a_restart_continues_from_the_fleet_and_the_active_command(tmp_path) -> None:
@@ -248,3 +298,50 @@ def test_devices_whose_efficiency_moves_with_load_do_not_trade_places(tmp_path) 
     rig.run(30.0)
     assert rig.fleet.published - before <= 3  # the refreshes, no trading of places
     assert rig.fleet.power_w == pytest.approx(1600, abs=25)
+
+
+def test_a_fatal_grid_link_stops_the_dispatch_and_the_run(tmp_path) -> None:
+    """The site's link gave up (another client holds device `site`): no command to the fleet
+    from then on, whatever the controller is told or sees, and `run()` returns."""
+    rig = SiteSim(tmp_path).online()
+    rig.send(power_w=2000)
+    rig.run(8.0)
+    sent = len(rig.fleet.commands)
+    rig.link.on_fatal("another client holds device id 'site'")
+    assert rig.controller.fatal == "grid link: another client holds device id 'site'"
+    rig.send(power_w=3000)  # what a still-queued command would ask
+    rig.fleet.devices["d0"].online = False  # and a device lost: nothing is redistributed
+    rig.fleet.status("d0")
+    rig.run(60.0)  # past the refreshes and the exp of the device commands
+    assert len(rig.fleet.commands) == sent
+    stop = threading.Event()
+    runner = threading.Thread(target=rig.controller.run, args=(stop,), daemon=True)
+    runner.start()
+    runner.join(5)
+    assert not runner.is_alive() and not rig.link.started  # it stopped by itself
+
+
+def test_the_site_s_min_w_is_the_standby_draw_its_devices_measured(tmp_path) -> None:
+    """A device in standby still draws (board, fans): the site's min_w is what its devices
+    drew in standby, not 0, and a setpoint below it is refused as a device's would be."""
+    class StandbyDraw(FakeFleet):
+        def advance(self, dt_s: float) -> None:
+            super().advance(dt_s)
+            for dev in self.devices.values():
+                if dev.mode == "standby":
+                    dev.power_w = max(dev.power_w, 12.5)
+
+    rig = SiteSim(tmp_path, fleet=StandbyDraw(four_devices())).online()
+    assert rig.link.status[-1][0]["min_w"] == 0  # none seen in standby yet: a lower bound
+    rig.send("standby")
+    rig.run(8.0)
+    assert rig.fleet.power_w == 50.0
+    assert rig.link.status[-1][0]["min_w"] == 50
+    assert rig.link.telemetry()[-1]["flex_down_w"] == 0  # nothing left to shed
+    rig.send(power_w=20)
+    rig.run(TICK_S)
+    assert rig.last_ack()["reason"] == "out_of_range"
+    rig.send(power_w=1500)
+    rig.run(8.0)
+    assert rig.fleet.power_w == pytest.approx(1500, abs=25)
+    assert rig.link.status[-1][0]["min_w"] == 50  # learned: it holds while they mine

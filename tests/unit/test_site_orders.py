@@ -62,6 +62,20 @@ def test_the_moves_in_flight_never_ramp_faster_than_the_site() -> None:
     assert [(o.device, o.ramp_w_s) for o in after] == [("c", 500)]  # its own limit
 
 
+def test_a_move_held_back_keeps_its_share_of_the_site_ramp() -> None:
+    """A device whose new share must wait goes on with its earlier move: another device's move
+    may not take that ramp (else the site moves faster than its limit)."""
+    b = book()
+    first = b.plan(0.0, {"a": want(600, 0), "c": want(600, 0)}, 600)
+    assert sorted(o.ramp_w_s for o in first) == [300, 300]  # both under way for 2 s
+    later = b.plan(0.5, {"b": want(500, 400), "a": want(1000, 150)}, 600)
+    assert later == [] and b.deferred == 2  # the site's ramp is in use till 2.0
+    assert b.in_flight_w_s(0.5) <= 600
+    after = b.plan(2.5, {"b": want(500, 400), "a": want(1000, 600)}, 600)
+    assert sorted(o.device for o in after) == ["a", "b"]
+    assert sum(o.ramp_w_s or 0 for o in after) <= 600
+
+
 def test_a_site_wide_command_goes_once_and_curtail_is_refreshed() -> None:
     b = book()
     b.plan(0.0, {"d": want(500, 500)}, 10_000)
@@ -69,10 +83,11 @@ def test_a_site_wide_command_goes_once_and_curtail_is_refreshed() -> None:
     assert order is not None and order.device is None and order.ramp_w_s == 50
     assert b.plan_site(2.0, "curtail", 50) is None
     assert b.plan_site(order.validity_s - 18, "curtail", 50) is not None  # refreshed
-    assert b.plan_site(100.0, "resume", 50) is not None
-    assert b.plan_site(500.0, "resume", 50) is None  # a lapsed resume is a resume
+    assert b.plan_site(100.0, "standby", 50) is not None  # another op goes at once
     # back to shares: every device is addressed afresh
     assert [o.device for o in b.plan(600.0, {"d": want(500, 500)}, 10_000)] == ["d"]
+    with pytest.raises(ValueError, match="no site-wide command"):
+        b.plan_site(700.0, "resume", 50)  # the site's resume is a target, reached device by device
 
 
 def test_the_seq_survives_a_restart_without_a_write_per_command(tmp_path) -> None:
