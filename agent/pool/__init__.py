@@ -13,7 +13,7 @@ Device side: this package imports neither the operator side nor the command line
 
 from agent.pool.client import PoolClient, PoolState, PoolTiming
 from agent.pool.endpoint import PoolEndpoint
-from agent.pool.source import PoolMining, PoolWork, PoolWorkSource, work_source
+from agent.pool.source import PoolMining, PoolWork, PoolWorkSource, pool_endpoints, work_source
 
 __all__ = ["PoolClient", "PoolEndpoint", "PoolMining", "PoolState", "PoolTiming", "PoolWork",
-           "PoolWorkSource", "work_source"]
+           "PoolWorkSource", "pool_endpoints", "work_source"]

@@ -53,13 +53,16 @@ READ_BYTES = 65536
 #: a pool that does not read what we write (its buffer here grows past this) is dropped
 MAX_WRITE_BUFFER = 1 << 20
 KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+#: Linux: acknowledge what was read at once. A pool that leaves Nagle on holds its next line
+#: (a new block's notify) until our ACK of its last one, which Linux delays up to 40 ms.
+QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
 @dataclass(frozen=True)
 class PoolTiming:
     """How the client connects, fails over, comes back and gives up on a silent pool."""
 
-    failover_after_s: float = 60.0  # a pool without work this long: the next one is tried
+    failover_after_s: float = 3.0  # a pool without work this long: the next one is tried
     retry_min_s: float = 1.0  # reconnect backoff: doubles from this ...
     retry_max_s: float = 30.0  # ... up to this, each delay jittered to 50-100 %
     connect_timeout_s: float = 10.0  # TCP + TLS; the handshake gets three times this
@@ -95,13 +98,24 @@ class _Link:
         self.skip_configure = False  # the pool hung up on mining.configure before
 
 
-def _tls_context(endpoint: PoolEndpoint) -> ssl.SSLContext | None:
+def tls_context(endpoint: PoolEndpoint) -> ssl.SSLContext | None:
+    """The TLS context of a stratum+ssl endpoint (None for plain TCP); ConfigError when its
+    CA file cannot be loaded."""
     if not endpoint.tls:
         return None
     try:
         return ssl.create_default_context(cafile=endpoint.ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"pool {endpoint.url}: ca_file {endpoint.ca_file}: {exc}") from None
+
+
+def _quickack(writer: asyncio.StreamWriter) -> None:
+    """Send the ACK of what was just read now, not delayed (see QUICKACK; not permanent, so
+    after every read)."""
+    sock = writer.get_extra_info("socket")
+    if QUICKACK is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
 
 
 def _tune(writer: asyncio.StreamWriter) -> None:
@@ -132,7 +146,7 @@ class PoolClient:
         self._on_state = on_state
         self._rng = rng or random.Random()
         self._links = [_Link(i, e) for i, e in enumerate(endpoints)]
-        self._tls = [_tls_context(e) for e in endpoints]
+        self._tls = [tls_context(e) for e in endpoints]
         self._serials = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -310,6 +324,7 @@ class PoolClient:
                      writer: asyncio.StreamWriter) -> str:
         while True:
             data = await reader.read(READ_BYTES)
+            _quickack(writer)
             if not data:
                 if session.sent_configure and not session.configure_answered \
                         and not session.subscribed:

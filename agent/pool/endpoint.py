@@ -33,6 +33,44 @@ def parse_url(url: str, where: str = "pool.url") -> tuple[str, int, bool]:
     return m.group(2).strip("[]"), port, SCHEMES[m.group(1)]
 
 
+def _no_controls(value: str, where: str, what: str) -> None:
+    """A worker name or password goes to the pool as it is: refuse one with a control character
+    (a stray newline from a file or a shell); ConfigError naming `where`."""
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise ConfigError(f"{where}: the {what} holds the control character {bad!r}")
+
+
+def check_worker(user: str, where: str) -> None:
+    """Refuse a worker name that is empty, has blanks around it or control characters in it;
+    ConfigError naming `where`."""
+    if not user.strip():
+        raise ConfigError(f"{where}: the worker name is empty; give the one the pool knows you "
+                          "by (often ADDRESS.WORKER)")
+    if user != user.strip():
+        raise ConfigError(f"{where}: the worker name {user!r} has blanks around it; remove them")
+    _no_controls(user, where, "worker name")
+
+
+def read_password(path: str, where: str) -> str:
+    """The password in file `path`: its one line, without the line end. ConfigError naming
+    `where` when the file cannot be read, is empty or holds more than one line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read {path}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"{where}: {path} is empty (leave password_file out to send the "
+                          f"default password {DEFAULT_PASSWORD!r})")
+    if "\n" in password:
+        raise ConfigError(f"{where}: {path} holds more than one line; the password is its "
+                          "only line")
+    _no_controls(password, where, "password")
+    return password
+
+
 @dataclass(frozen=True)
 class PoolEndpoint:
     """One pool of the ordered list: address, worker, password and options."""
@@ -55,15 +93,14 @@ class PoolEndpoint:
 
     @classmethod
     def from_config(cls, pool: Any, where: str = "pool") -> PoolEndpoint:
-        """From a `[[pool]]` entry (agent.config.PoolConfig); reads its password file
-        (ConfigError when it cannot)."""
+        """From a `[[pool]]` entry (agent.config.PoolConfig): its URL and worker checked, its
+        password file read. ConfigError naming `where` and the key when one is unusable."""
+        check_worker(pool.user, f"{where}.user")
         password = pool.password
         if pool.password_file is not None:
-            try:
-                password = Path(pool.password_file).read_text(encoding="utf-8").strip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{where}.password_file: cannot read {pool.password_file}: "
-                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+            password = read_password(pool.password_file, f"{where}.password_file")
+        elif password is not None:
+            _no_controls(password, f"{where}.password", "password")
         return cls.from_url(pool.url, pool.user,
                             password=DEFAULT_PASSWORD if password is None else password,
                             ca_file=pool.ca_file, version_rolling=pool.version_rolling,

@@ -29,7 +29,7 @@ class LinkState:
 class Failover:
     """The failover state of `count` pools (index = priority, 0 first)."""
 
-    def __init__(self, count: int, now_s: float, failover_after_s: float = 60.0,
+    def __init__(self, count: int, now_s: float, failover_after_s: float = 3.0,
                  retry_min_s: float = 1.0, retry_max_s: float = 30.0,
                  rng: random.Random | None = None) -> None:
         if count < 1:

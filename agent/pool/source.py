@@ -25,7 +25,7 @@ from typing import Any
 
 from agent.chain.work import LocalWorkSource, Share, Work, WorkSource
 from agent.clock import Clock
-from agent.pool.client import PoolClient, PoolState, PoolTiming
+from agent.pool.client import PoolClient, PoolState, PoolTiming, tls_context
 from agent.pool.endpoint import PoolEndpoint
 from agent.pool.header import extranonce2_bytes
 from agent.pool.session import ShareRequest
@@ -183,18 +183,28 @@ class PoolMining:
         self.client.stop()
 
 
+def pool_endpoints(config: Any) -> list[PoolEndpoint]:
+    """The `[[pool]]` entries of `config` as endpoints, every setting checked that needs no
+    network: the URL, the worker name, the password (its file read), the TLS CA file.
+    ConfigError naming the entry and the key (`agent.app.preflight` runs this before any port
+    is opened)."""
+    endpoints = [PoolEndpoint.from_config(p, f"pool[{i}]")
+                 for i, p in enumerate(getattr(config, "pools", ()))]
+    for endpoint in endpoints:
+        tls_context(endpoint)
+    return endpoints
+
+
 def work_source(config: Any, clock: Clock,
                 wake: threading.Event | None = None) -> tuple[WorkSource, Callable[[], None]]:
     """The chain's work source for `config` and what stops it: the pools of `[[pool]]` (the
-    client started), or local work without any. ConfigError when a password file or a TLS CA
-    file cannot be read."""
+    client started), or local work without any. ConfigError as `pool_endpoints`."""
     from agent import __version__
 
-    pools = getattr(config, "pools", ())
-    if not pools:
+    endpoints = pool_endpoints(config)
+    if not endpoints:
         log.info("no [[pool]] configured: mining local work (shares are checked, not sent)")
         return LocalWorkSource(clock), lambda: None
-    endpoints = [PoolEndpoint.from_config(p, f"pool[{i}]") for i, p in enumerate(pools)]
     st = config.stratum
     timing = PoolTiming(st.failover_after_s, st.retry_min_s, st.retry_max_s,
                         st.connect_timeout_s, st.silence_timeout_s, config.log.status_period_s)

@@ -14,12 +14,15 @@ notify; a new job of the same block has new branch hashes and the time of now.
 
 Cues: `new_block()`, `new_job()`, `set_difficulty(d)`, `set_version_mask(m)`,
 `set_extranonce()`, `reconnect(...)`, `show_message(...)`, `ping()`, `send_raw(line)`,
-`drop_connections()`, `go_down()` (refuses connections: the port is closed) and `come_up()`.
+`drop_connections()`, `go_down()` (refuses connections: the port is closed), `come_up()`,
+`reject_shares(code, reason)` (valid shares answered with an error: a rejected burst) and
+`accept_shares()`.
 Version rolling is granted (`version_mask`), refused (`configure="refuse"`), answered with an
 error, ignored, or the connection dropped on it.
 
-Figures: `counts` (accepted, invalid, stale, duplicate, unauthorized, malformed, ...) and
-`shares`, one `ShareCheck` per submit, with the reason when it was not accepted. An invalid share
+Figures: `counts` (accepted, invalid, stale, duplicate, unauthorized, rejected, malformed, ...)
+and `shares`, one `ShareCheck` per submit, with the reason when it was not accepted and whether
+the verdict reached the miner (`answered`: what the miner's own counts can show). An invalid share
 is one whose header does not hash under its target, or whose fields cannot be part of a valid
 header (version bits outside the mask, ntime out of range, extranonce2 of the wrong size).
 

@@ -64,6 +64,7 @@ class Miner:
     replies: list[Any] = field(default_factory=list)  # results of the pool's own requests
     lock: threading.Lock = field(default_factory=threading.Lock)
     open: bool = True
+    mining_since_s: float | None = None  # monotonic time of its first job
 
 
 class LabPool:
@@ -91,10 +92,12 @@ class LabPool:
         self.name = name
         self.counts: Counter[str] = Counter()
         self.shares: list[ShareCheck] = []
+        self.rejecting: tuple[int, str] | None = None  # (code, reason) for every valid share
         self.accepted_difficulty = 0.0
         self.miners: list[Miner] = []
         self._lock = threading.RLock()
         self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._job_ids = itertools.count(1)
@@ -140,20 +143,26 @@ class LabPool:
         sock.listen(16)
         self.port = sock.getsockname()[1]
         self._listener = sock
-        self._spawn(self._accept_loop, sock)
+        self._acceptor = self._spawn(self._accept_loop, sock)
 
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
+    def _spawn(self, target: Callable[..., None], *args: Any) -> threading.Thread:
         t = threading.Thread(target=target, args=args, name=f"{self.name}-{target.__name__}",
                              daemon=True)
         self._threads = [x for x in self._threads if x.is_alive()] + [t]
         t.start()
+        return t
 
     def go_down(self) -> None:
         """Close the port (connections are refused) and drop every miner."""
         with self._lock:
             listener, self._listener = self._listener, None
         if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept loop at once
             listener.close()
+            acceptor = self._acceptor
+            if acceptor is not None and acceptor is not threading.current_thread():
+                acceptor.join(1.0)  # the port is free once it has let go (`come_up`)
         self.drop_connections()
 
     def come_up(self) -> None:
@@ -170,7 +179,8 @@ class LabPool:
             return [m for m in self.miners if m.open]
 
     def _hang_up(self, miner: Miner) -> None:
-        miner.open = False
+        with miner.lock:  # a reply being written goes out whole first
+            miner.open = False
         with contextlib.suppress(OSError):
             miner.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
@@ -190,6 +200,10 @@ class LabPool:
     # -- one miner ------------------------------------------------------------------------------
 
     def _serve(self, sock: socket.socket, peer: str) -> None:
+        # every line goes out at once: with Nagle a notify would wait for the miner's ACK of
+        # the previous reply, which Linux delays up to 40 ms
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             try:
                 sock.settimeout(5.0)
@@ -225,15 +239,18 @@ class LabPool:
         finally:
             self._hang_up(miner)
 
-    def _send(self, miner: Miner, obj: dict[str, Any]) -> None:
+    def _send(self, miner: Miner, obj: dict[str, Any]) -> bool:
+        """Write one line to `miner`; False when it could not (the connection is gone)."""
         data = (json.dumps(obj) + "\n").encode()
         with miner.lock:
             if not miner.open:
-                return
+                return False
             try:
                 miner.sock.sendall(data)
             except OSError:
                 miner.open = False
+                return False
+            return True
 
     def _reply(self, miner: Miner, req_id: Any, result: Any, error: Any = None) -> None:
         self._send(miner, {"id": req_id, "result": result, "error": error})
@@ -332,6 +349,7 @@ class LabPool:
             self._send(miner, {"id": None, "method": "mining.set_difficulty",
                                "params": [miner.difficulty]})
             self._notify(miner, self.job, True)
+            miner.mining_since_s = time.monotonic()
 
     def _notify(self, miner: Miner, job: PoolJob, clean: bool) -> None:
         with self._lock:
@@ -347,18 +365,26 @@ class LabPool:
 
     def _on_mining_submit(self, miner: Miner, params: list[Any], req_id: Any) -> None:
         check = self._check(miner, params)
+        rejecting = self.rejecting
+        if check.outcome == "accepted" and rejecting is not None:
+            check.outcome, check.reason = "rejected", rejecting[1]
+        if check.outcome == "accepted":
+            reply: dict[str, Any] = {"id": req_id, "result": True, "error": None}
+        else:
+            code = {"stale": 21, "duplicate": 22, "unauthorized": 24}.get(check.outcome, 20)
+            if check.reason == "Above target":
+                code = 23
+            if check.outcome == "rejected" and rejecting is not None:
+                code = rejecting[0]
+            reply = {"id": req_id, "result": None, "error": [code, check.reason, None]}
+        check.answered = self._send(miner, reply)
         with self._lock:
             self.shares.append(check)
             self.counts[check.outcome] += 1
+            if not check.answered:
+                self.counts["unanswered"] += 1
             if check.outcome == "accepted":
                 self.accepted_difficulty += check.required
-        if check.outcome == "accepted":
-            self._reply(miner, req_id, True)
-            return
-        code = {"stale": 21, "duplicate": 22, "unauthorized": 24}.get(check.outcome, 20)
-        if check.reason == "Above target":
-            code = 23
-        self._reply(miner, req_id, None, [code, check.reason, None])
 
     def _check(self, miner: Miner, params: list[Any]) -> ShareCheck:
         worker = str(params[0]) if params else ""
@@ -503,6 +529,19 @@ class LabPool:
         for miner in self.connected():
             with miner.lock, contextlib.suppress(OSError):
                 miner.sock.sendall(data)
+
+    def reject_shares(self, code: int = 23, reason: str = "Rejected by the lab pool") -> None:
+        """From now on every valid share is answered with error `code` (a rejected burst)."""
+        self.rejecting = (code, reason)
+
+    def accept_shares(self) -> None:
+        """Valid shares are accepted again."""
+        self.rejecting = None
+
+    def answered(self, outcome: str) -> int:
+        """Shares of `outcome` whose verdict reached the miner (what its own counts can show)."""
+        with self._lock:
+            return sum(1 for s in self.shares if s.outcome == outcome and s.answered)
 
     def accepted(self, miner: int | None = None) -> list[ShareCheck]:
         with self._lock:

@@ -105,8 +105,9 @@ class ShareCheck:
     version_bits: int
     required: float  # the difficulty the share had to meet
     difficulty: float  # the share's own (0 when it could not be hashed)
-    outcome: str  # accepted, invalid, stale, duplicate, unauthorized
+    outcome: str  # accepted, invalid, stale, duplicate, unauthorized, rejected (a cue)
     reason: str = ""
     at_s: float = field(default_factory=time.monotonic)  # when it came
+    answered: bool = False  # the verdict was written to the miner
 
 

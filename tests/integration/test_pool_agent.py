@@ -130,3 +130,46 @@ def test_the_agent_mines_to_the_pools_rolls_versions_follows_blocks_and_fails_ov
     assert first.counts["duplicate"] == second.counts["duplicate"] == 0
     assert first.counts["unauthorized"] == second.counts["unauthorized"] == 0
     assert "GH/s credited" in err  # the client's status line per pool
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("url", "pool[0].url: 'stratum://pool.example:3333' is not stratum+tcp://HOST:PORT"),
+    ("user", "pool[0].user: the worker name ' bc1qlab.rig1' has blanks around it"),
+    ("missing_password_file", "pool[0].password_file: cannot read"),
+    ("empty_password_file", "pool[0].password_file:"),
+    ("ca_file", "ca_file"),
+])
+def test_bad_pool_settings_fail_before_any_port_is_opened(tmp_path, case, message):
+    """A pool setting that cannot work fails the start at once, with one line naming the entry
+    and the key (exit 2), before the agent touches the board: not a byte on either port."""
+    (tmp_path / "empty").write_text("\n")
+    url, user, extra = "stratum+tcp://127.0.0.1:3333", "bc1qlab.rig1", []
+    if case == "url":
+        url = "stratum://pool.example:3333"
+    elif case == "user":
+        user = " bc1qlab.rig1"
+    elif case == "missing_password_file":
+        extra = ["--pool-password-file", str(tmp_path / "no-such-file")]
+    elif case == "empty_password_file":
+        extra = ["--pool-password-file", str(tmp_path / "empty")]
+    with HashBoardEmulator("BM1370", 4, seed=3) as emu:
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[chain]\nport = "{emu.chain_path}"\n[board]\nport = "{emu.board_path}"\n')
+        if case == "ca_file":
+            with config.open("a") as f:
+                f.write(f'[[pool]]\nurl = "stratum+ssl://127.0.0.1:3334"\nuser = "{user}"\n'
+                        f'ca_file = "{tmp_path / "no-ca.pem"}"\n')
+            pool_args = []
+        else:
+            pool_args = ["--pool", url, "--pool-user", user, *extra]
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", "agent", "--config", str(config), *pool_args],
+            capture_output=True, text=True, timeout=30, cwd=ROOT)
+        state = emu.state()
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gridminer agent:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert state["ports"]["chain"]["bytes_in"] == 0 and state["ports"]["board"]["bytes_in"] == 0
+    assert state["bridge"]["requests"] == 0

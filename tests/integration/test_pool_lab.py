@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,3 +133,25 @@ def test_without_version_rolling_a_sixth_param_with_bits_is_invalid():
             miner.close()
     assert pool.counts["auth_refused"] == 1
     assert (pool.counts["accepted"], pool.counts["invalid"]) == (1, 1)
+
+
+def test_a_rejected_burst_answers_valid_shares_with_its_code_and_every_verdict_is_counted(
+        pool, miner):
+    """The `reject` cue of a scenario: while it is on, a valid share gets the cue's error code
+    (the agent counts it rejected); every verdict the pool wrote is marked answered, so the
+    rig can compare the pool's counts with the agent's."""
+    miner.call("mining.subscribe", ["raw/1"])
+    miner.call("mining.authorize", ["w1", "x"])
+    job_id = miner.until("mining.notify")["params"][0]
+    pool.reject_shares(23, "Low difficulty share")
+    assert submit(miner, job_id)["error"][:2] == [23, "Low difficulty share"]
+    assert submit(miner, job_id, nonce="0a029ed2")["error"][:2] == [23, "Above target"]
+    pool.accept_shares()
+    assert submit(miner, job_id, extranonce2="0200000000000000")["error"][0] == 23  # not a share
+    deadline = time.monotonic() + 5  # the pool counts a verdict once it is written
+    while len(pool.shares) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (pool.counts["rejected"], pool.counts["invalid"], pool.counts["accepted"]) == (1, 2, 0)
+    assert pool.answered("rejected") == 1 and pool.answered("invalid") == 2
+    assert pool.accepted_difficulty == 0.0
+

@@ -11,7 +11,7 @@ from test_config import BASE, error_of
 
 from agent.config import add_arguments, config_from_args, config_from_mapping, load_config
 from agent.errors import ConfigError
-from agent.pool import PoolEndpoint
+from agent.pool import PoolEndpoint, pool_endpoints
 
 
 def with_pools(*pools: dict) -> dict:
@@ -20,7 +20,7 @@ def with_pools(*pools: dict) -> dict:
 
 def test_no_pool_is_local_work():
     cfg = config_from_mapping(BASE)
-    assert cfg.pools == () and cfg.stratum.failover_after_s == 60.0
+    assert cfg.pools == () and cfg.stratum.failover_after_s == 3.0
 
 
 def test_pools_in_priority_order_with_their_options(tmp_path: Path):
@@ -124,3 +124,41 @@ def test_an_unreadable_password_file_is_a_config_error(tmp_path: Path):
                                           "password_file": str(tmp_path / "missing")}))
     with pytest.raises(ConfigError, match=r"pool\.password_file: cannot read"):
         PoolEndpoint.from_config(cfg.pools[0])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("\n", "is empty (leave password_file out"),
+    ("one\ntwo\n", "holds more than one line"),
+    ("pa\x07ss\n", "holds the control character"),
+])
+def test_a_password_file_the_pool_could_not_use_is_refused(tmp_path: Path, text, message):
+    (tmp_path / "pw").write_text(text)
+    cfg = config_from_mapping(with_pools({"url": "stratum+tcp://a:1", "user": "u",
+                                          "password_file": str(tmp_path / "pw")}))
+    with pytest.raises(ConfigError, match=r"pool\[0\]\.password_file: ") as exc:
+        pool_endpoints(cfg)
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(("user", "message"), [
+    ("  ", "pool[0].user: the worker name is empty"),
+    ("addr.rig ", "has blanks around it"),
+    ("addr\trig", "control character"),
+])
+def test_a_worker_name_the_pool_could_not_use_is_refused(user, message):
+    cfg = config_from_mapping(with_pools({"url": "stratum+tcp://a:1", "user": user}))
+    with pytest.raises(ConfigError) as exc:
+        pool_endpoints(cfg)
+    assert message in str(exc.value)
+
+
+def test_the_pool_endpoints_keep_the_order_and_a_tls_pool_needs_a_readable_ca(tmp_path: Path):
+    cfg = config_from_mapping(with_pools(
+        {"url": "stratum+tcp://a:1", "user": "u", "password": "p w"},
+        {"url": "stratum+ssl://b:2", "user": "u"}))
+    assert [(e.host, e.tls, e.password) for e in pool_endpoints(cfg)] == [
+        ("a", False, "p w"), ("b", True, "x")]
+    bad = config_from_mapping(with_pools({"url": "stratum+ssl://b:2", "user": "u",
+                                          "ca_file": str(tmp_path / "none.pem")}))
+    with pytest.raises(ConfigError, match="ca_file"):
+        pool_endpoints(bad)
