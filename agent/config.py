@@ -161,7 +161,7 @@ class PoolConfig:
 class StratumConfig:
     """[stratum]: how the pool client fails over between the [[pool]] entries and reconnects."""
 
-    failover_after_s: float = key(60.0, lo=0.1, hi=86400.0)
+    failover_after_s: float = key(3.0, lo=0.1, hi=86400.0)
     retry_min_s: float = key(1.0, lo=0.01, hi=3600.0)
     retry_max_s: float = key(30.0, lo=0.01, hi=3600.0)
     connect_timeout_s: float = key(10.0, lo=0.1, hi=300.0)
@@ -177,6 +177,50 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """[http]: the optional read-only HTTP listener (AxeOS-compatible API, Prometheus metrics;
+    semantics: agent/surface)."""
+
+    listen: str | None = key(None)  # HOST:PORT, or PORT on loopback; absent: no listener
+
+
+@dataclass(frozen=True)
+class HomeConfig:
+    """[home]: the home's MQTT broker (Home Assistant's): discovery, state, the owner's local
+    control (semantics: agent/home)."""
+
+    broker_url: str | None = key(None)  # mqtt://homeassistant.local:1883; absent: none
+    username: str | None = key(None)
+    password_file: str | None = key(None, path=True)
+    ca_file: str | None = key(None, path=True)
+    device_id: str = key("gridminer")  # [A-Za-z0-9_-]: unique ids and topics
+    name: str = key("gridminer")  # the device's name in Home Assistant
+    discovery: bool = key(True)  # false: the device is removed from Home Assistant
+    discovery_prefix: str = key("homeassistant")
+    base_topic: str | None = key(None)  # default: gridminer/<device_id>
+    state_period_s: float = key(5.0, lo=0.2, hi=3600.0)
+    # unsigned commands from the home broker (power limit, mining on/off), inside the envelope
+    # and never over a signed grid command: the owner's trust decision, off by default
+    local_control: bool = key(False)
+
+
+@dataclass(frozen=True)
+class SurplusConfig:
+    """[surplus]: hold the load at the home meter's export minus a margin (semantics:
+    agent/home/surplus.py); the meter is read from the [home] broker."""
+
+    meter_topic: str | None = key(None)  # absent: no surplus following
+    meter_field: str | None = key(None)  # dotted JSON path (ENERGY.Power); absent: a number
+    meter_positive: str = key("import", choices=("import", "export"))
+    meter_scale: float = key(1.0, lo=1e-6, hi=1e6)  # reading x scale = W (1000 for kW)
+    margin_w: float = key(10.0, lo=0.0, hi=100_000.0)
+    rise_tau_s: float = key(30.0, lo=0.0, hi=3600.0)
+    fall_tau_s: float = key(2.0, lo=0.0, hi=3600.0)
+    stale_s: float = key(30.0, lo=1.0, hi=3600.0)
+    dwell_s: float = key(60.0, lo=0.0, hi=86400.0)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """The whole configuration; every derived default is filled in."""
 
@@ -187,6 +231,9 @@ class AgentConfig:
     grid: GridConfig
     log: LogConfig
     stratum: StratumConfig = field(default_factory=StratumConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    home: HomeConfig = field(default_factory=HomeConfig)
+    surplus: SurplusConfig = field(default_factory=SurplusConfig)
     pools: tuple[PoolConfig, ...] = ()  # [[pool]], in priority order; none: local work
     source: str = "<args>"  # file the config came from
     #: [chain] keys the config leaves out ("family", "chips"): the agent probes the chain and
@@ -204,6 +251,9 @@ _SECTIONS: dict[str, type] = {
     "grid": GridConfig,
     "log": LogConfig,
     "stratum": StratumConfig,
+    "http": HttpConfig,
+    "home": HomeConfig,
+    "surplus": SurplusConfig,
 }
 
 
@@ -317,6 +367,11 @@ def _derive(cfg: AgentConfig) -> AgentConfig:
                           env.max_chip_temp_soft_c, "below envelope.max_chip_temp_soft_c")
     _check_grid(cfg.grid)
     _check_pools(cfg)
+    if cfg.http.listen is not None:
+        from agent.surface.listen import parse_listen
+
+        parse_listen(cfg.http.listen)
+    _check_home(cfg)
     return dataclasses.replace(cfg, envelope=env, governor=gov)
 
 
@@ -330,6 +385,31 @@ def _check_pools(cfg: AgentConfig) -> None:
     if cfg.stratum.retry_max_s < cfg.stratum.retry_min_s:
         raise range_error("stratum.retry_max_s", cfg.stratum.retry_max_s,
                           cfg.stratum.retry_min_s, 3600, "at least retry_min_s")
+
+
+def _check_home(cfg: AgentConfig) -> None:
+    home, surplus = cfg.home, cfg.surplus
+    if not _NAME_RE.match(home.device_id):
+        raise ConfigError(f"home.device_id: {home.device_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+    for name in ("discovery_prefix", "base_topic"):
+        value = getattr(home, name)
+        if value is not None and (not value or any(c in value for c in "+#\0")
+                                  or value.startswith("/") or value.endswith("/")):
+            raise ConfigError(f"home.{name}: {value!r} is not a topic prefix")
+    if surplus.meter_topic is not None:
+        if home.broker_url is None:
+            raise ConfigError("surplus.meter_topic: needs home.broker_url (the broker the "
+                              "meter publishes to)")
+        if not surplus.meter_topic or any(c in surplus.meter_topic for c in "+#\0"):
+            raise ConfigError(f"surplus.meter_topic: {surplus.meter_topic!r} is not a topic")
+    if home.broker_url is not None:
+        from agent.errors import GridLinkError
+        from agent.grid.broker import parse_broker_url
+
+        try:
+            parse_broker_url(home.broker_url)
+        except GridLinkError as exc:
+            raise ConfigError(f"home.broker_url: {exc}") from None
 
 
 def _check_grid(grid: GridConfig) -> None:
@@ -433,6 +513,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure-dev", action="store_true", default=None,
                         help="development only: run without an operator key (every command is "
                              "rejected) and accept secret files others can read")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="serve the read-only AxeOS-compatible API and /metrics here (a "
+                             "bare PORT: loopback; another host is reachable beyond this "
+                             "machine)")
     parser.add_argument("--pool", metavar="URL", action="append",
                         help="Stratum V1 pool, stratum+tcp://HOST:PORT or stratum+ssl://..."
                              " (repeat for failover pools, in priority order; replaces the "
@@ -473,6 +557,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     put("grid", "insecure_no_tls", getattr(args, "insecure_no_tls", None))
     put("grid", "insecure_dev", getattr(args, "insecure_dev", None))
     put("grid", "restart_spread_s", getattr(args, "restart_spread_s", None))
+    put("http", "listen", getattr(args, "http", None))
     state_dir = getattr(args, "state_dir", None)
     put("grid", "state_dir", str(Path(state_dir).resolve()) if state_dir else None)
     keys = list(getattr(args, "operator_key", None) or [])

@@ -34,6 +34,15 @@ at_s = 90
 kind = "broker_outage"
 duration_s = 8
 
+[pool]                # the agent mines to lab pools (hil.pool) the rig starts
+count = 2             # the second one is the failover pool
+refuse_version_rolling = [1]
+
+[[pool.event]]        # cues: drop, down, blocks (a clean_jobs storm), reject
+at_s = 60
+kind = "down"
+duration_s = 30
+
 [criteria]            # upper bounds on figures of the summary
 tracking_rms_pct = 2.0
 cap_violations = 0
@@ -103,7 +112,19 @@ CRITERIA: dict[str, float | None] = {
     "reserve_failures": 0,
     "agent_crashes": 0,
     "faults_missed": 0,  # faults the agent must answer with a safety trip (a stuck sensor)
+    # [pool] runs (hil.report.summary's pool figures); the first two are 0 by default there
+    "pool_invalid_shares": None,  # shares the lab pool found invalid (hashlib, on its own)
+    "pool_count_mismatch": None,  # |agent's accepted - pool's| + |agent's rejected - pool's|
+    "pool_stale_pct": None,  # stale shares, % of those submitted
+    "pool_failover_s": None,  # the longest a pool's death left the chips without pool work
+    "pool_failback_s": None,  # the longest from the first pool's return to its work again
+    "pool_hashrate_error_pct": None,  # |pool-credited - true hashrate|, % of true
+    # [home] runs (hil.report.home)
+    "home_grid_pct": None,  # the miner's energy taken from the grid, % of the miner's energy
+    "home_silent_w": None,  # the miner's most true power in the last quarter of a silent meter
 }
+#: the bounds every scenario with a [pool] part gets unless it sets them
+POOL_CRITERIA = {"pool_invalid_shares": 0.0, "pool_count_mismatch": 0.0}
 
 
 class ScenarioError(ConfigError):
@@ -249,6 +270,57 @@ class Short:
     criteria: dict[str, float] = field(default_factory=dict)
 
 
+POOL_EVENT_KINDS = ("drop", "down", "blocks", "reject")
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """A cue to lab pool `pool` (0: the first of the agent's list) at `at_s`: `drop` its
+    connections (the agent reconnects), go `down` (connections refused) for `duration_s`, a
+    `blocks` storm (a clean_jobs notify every `interval_s` for `duration_s`), or `reject`
+    every share with error `code` for `duration_s`."""
+
+    at_s: float = key(lo=0.0)
+    kind: str = key(choices=POOL_EVENT_KINDS)
+    pool: int = key(0, lo=0, hi=1)
+    duration_s: float | None = key(None, lo=0.1)
+    interval_s: float = key(2.0, lo=0.1, hi=3600.0)
+    code: int = key(23, lo=20, hi=25)
+    label: str = key("")
+
+    def end_s(self) -> float:
+        return self.at_s + (self.duration_s or 0.0)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """[pool]: the lab pools (hil.pool) the rig starts and the agent mines to, in its priority
+    order; their difficulty makes about `share_pct` % of the chips' nonces shares; a new job
+    every `job_interval_s`, a new block (clean_jobs) every `block_interval_s`."""
+
+    count: int = key(1, lo=1, hi=2)
+    refuse_version_rolling: tuple[int, ...] = key(())  # pools (by index) answering "false"
+    share_pct: float = key(25.0, lo=0.01, hi=100.0)
+    job_interval_s: float = key(30.0, lo=0.1, hi=86400.0)
+    block_interval_s: float = key(120.0, lo=0.1, hi=86400.0)
+    events: tuple[PoolEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class HomeSpec:
+    """[home]: a home with a roof and a meter at its grid connection, over the whole run (the
+    day from `day_start_h` to `day_end_h`): the roof's solar bell with cloud dips (`solar_pct`
+    of the miner's rated power at its peak, `clouds`), the house's own load (`demand_pct`), and
+    the meter (house + miner - roof, import positive, as a Shelly Pro EM's `total_act_power`)
+    published on the rig's broker every `meter_interval_s`, silent for `silent_s` from
+    `silent_at_s`. The agent follows the surplus on its own; no grid command is sent."""
+
+    meter_interval_s: float = key(2.0, lo=0.1, hi=600.0)
+    silent_at_s: float | None = key(None, lo=0.0)
+    silent_s: float = key(0.0, lo=0.0, hi=86400.0)
+    day: SurplusSpec = field(default_factory=SurplusSpec)  # the roof and the house
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A parsed, validated scenario. Lists are sorted by time."""
@@ -267,7 +339,8 @@ class Scenario:
     criteria: dict[str, float] = field(default_factory=dict)
     measure: Measure = field(default_factory=Measure)
     short: Short = field(default_factory=Short)
-
+    pool: PoolSpec | None = None  # [pool]: mine to the rig's lab pools (None: local work)
+    home: HomeSpec | None = None  # [home]: the agent follows a home's solar surplus
 
     def shortened(self) -> Scenario:
         """The short version tests/hil plays: events after `short.until_s` dropped, the short
@@ -282,6 +355,8 @@ class Scenario:
         )
         faults = tuple(f for f in self.faults if f.at_s < until_s)
         ambient = tuple(a for a in self.ambient if a.at_s <= until_s)
+        pool = self.pool and replace(self.pool, events=tuple(
+            e for e in self.pool.events if e.at_s < until_s))
         return replace(
             self,
             duration_s=min(self.duration_s, until_s),
@@ -289,6 +364,7 @@ class Scenario:
             faults=faults,
             ambient=ambient,
             criteria={**self.criteria, **self.short.criteria},
+            pool=pool,
         )
 
     def ambient_at(self, t_s: float) -> float:
@@ -309,7 +385,8 @@ class Scenario:
 
 # --------------------------------------------------------------------------- parsing
 
-SECTIONS = ("scenario", "device", "grid", "ambient", "fault", "criteria", "measure", "short")
+SECTIONS = ("scenario", "device", "grid", "ambient", "fault", "criteria", "measure", "short",
+            "pool", "home")
 _HEAD_KEYS = ("name", "duration_s", "description", "warmup_s", "initial_pct", "validity_s")
 _GRID_KEYS = ("at_s", "op", "label", "ramp_w_s", "validity_s", "fallback")
 _SURPLUS_KEYS = tuple(f.name for f in fields(SurplusSpec))
@@ -401,6 +478,52 @@ def _fault(where: str, table: Mapping[str, Any], duration_s: float) -> Fault:
     return build(Fault, where, table, keys=keys, allow=allow, overrides=overrides)
 
 
+_POOL_EVENT_KEYS: dict[str, tuple[str, ...]] = {
+    "drop": (),
+    "down": ("duration_s",),
+    "blocks": ("duration_s", "interval_s"),
+    "reject": ("duration_s", "code"),
+}
+
+
+def _pool(raw: Any, duration_s: float) -> PoolSpec:
+    """[pool] and its [[pool.event]] cues, by time; a cue names a pool of `count`."""
+    table = convert(dict[str, Any], raw, "pool")
+    keys = tuple(f.name for f in fields(PoolSpec) if f.name != "events")
+    spec = build(PoolSpec, "pool", table, keys=keys, allow=(*keys, "event"))
+    for i, index in enumerate(spec.refuse_version_rolling):
+        if not 0 <= index < spec.count:
+            raise ConfigError(f"pool.refuse_version_rolling[{i}]: {index} is not a pool "
+                              f"(0..{spec.count - 1})")
+    events = []
+    items = convert(tuple[dict[str, Any], ...], table.get("event", ()), "pool.event")
+    for i, t in enumerate(items):
+        where = f"pool.event[{i}]"
+        kind, own = _variant(t, "kind", _POOL_EVENT_KEYS, POOL_EVENT_KINDS)
+        allow = ("at_s", "kind", "pool", "label", *own)
+        needs = {"duration_s": {"default": REQUIRED}} if kind not in (None, "drop") else {}
+        event = build(PoolEvent, where, t, keys=allow if kind is not None else allow[:4],
+                      allow=allow, overrides={"at_s": {"hi": duration_s}, **needs})
+        if event.pool >= spec.count:
+            raise ConfigError(f"{where}.pool: {event.pool} is not a pool (0..{spec.count - 1})")
+        events.append(event)
+    return replace(spec, events=tuple(sorted(events, key=lambda e: e.at_s)))
+
+
+_HOME_KEYS = ("meter_interval_s", "silent_at_s", "silent_s")
+_HOME_DAY_KEYS = ("day_start_h", "day_end_h", "sunrise_h", "sunset_h", "solar_pct", "demand_pct",
+                  "clouds")
+
+
+def _home(raw: Any, duration_s: float) -> HomeSpec:
+    """[home]: the meter's keys and the day's (a `surplus` curve's, without wind)."""
+    table = convert(dict[str, Any], raw, "home")
+    allow = (*_HOME_KEYS, *_HOME_DAY_KEYS)
+    spec = build(HomeSpec, "home", table, keys=_HOME_KEYS, allow=allow,
+                 overrides={"silent_at_s": {"hi": duration_s}})
+    return replace(spec, day=replace(_surplus("home", table, allow), wind_pct=0.0))
+
+
 def _criteria(where: str, raw: Any) -> dict[str, float]:
     """Upper bounds on figures of the summary, by name (CRITERIA)."""
     table = convert(dict[str, Any], raw, where)
@@ -430,11 +553,15 @@ def _scenario(data: Any, path: Path | None) -> Scenario:
     faults = sorted((_fault(where, t, duration_s) for where, t in _tables(data, "fault")),
                     key=lambda f: f.at_s)
     criteria = {k: v for k, v in CRITERIA.items() if v is not None}
+    pool = _pool(data["pool"], duration_s) if "pool" in data else None
+    home = _home(data["home"], duration_s) if "home" in data else None
+    if pool is not None:
+        criteria.update(POOL_CRITERIA)
     criteria.update(_criteria("criteria", data.get("criteria", {})))
     return Scenario(**head, path=path, device=device, grid=grid, ambient=tuple(ambient),
                     faults=tuple(faults), criteria=criteria,
                     measure=build(Measure, "measure", data.get("measure", {})),
-                    short=_short(data.get("short", {}), duration_s))
+                    short=_short(data.get("short", {}), duration_s), pool=pool, home=home)
 
 
 def parse(data: dict[str, Any], source: str = "<scenario>", path: Path | None = None) -> Scenario:

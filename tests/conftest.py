@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-LANES = ("unit", "integration", "hil", "mpy")
+LANES = ("unit", "integration", "hil", "mpy", "arm")
 TESTS_DIR = Path(__file__).parent
 
 

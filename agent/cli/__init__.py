@@ -16,9 +16,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("agent.cli.probe", "list the chips on a chain (family, count, addresses)"),
     "bench": ("agent.cli.bench", "measure the SHA-256d kernels (MH/s, one thread and all cores)"),
     "flash": ("agent.cli.flash", "deploy the bridge firmware onto a MicroPython board (mpremote)"),
+    "service": ("agent.cli.service", "install the agent as a systemd service (notify, watchdog)"),
     "emulate": ("hil.emulate", "software hash board (ASIC chain + board link) on two ptys"),
     "operator": ("agent.cli.grid_operator", "grid operator: signed commands, acks, watch a site"),
+    "site": ("agent.cli.site", "site controller: dispatch a site's devices as one grid resource"),
     "hil": ("hil.hil_cmd", "lab rig: play a grid scenario on broker + emulator + agent, report"),
+    "fleet": ("hil.fleet.cli", "lab: many virtual devices (grid code + governor on a plant model)"),
 }
 
 

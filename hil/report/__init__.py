@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hil.report.home import plot_home
 from hil.report.metrics import (
     ACCEPTED,
     Step,
@@ -32,7 +33,7 @@ from hil.report.metrics import (
     window_changes,
 )
 from hil.report.plot import plot
-from hil.report.recording import Recording, Series, read_recording, write_recording
+from hil.report.recording import Recording, Series, day_clock, read_recording, write_recording
 from hil.report.summary import check_criteria, figure, markdown, summarize, write_summary
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "agent_energy_wh",
     "cap_violations",
     "check_criteria",
+    "day_clock",
     "energy_wh",
     "exempt_windows",
     "expected_trips",
@@ -76,6 +78,7 @@ def write_report(rec: Recording, out_dir: Path) -> dict[str, Any]:
     write_summary(summary, out_dir)
     try:
         plot(rec, summary, out_dir / "report.png")
+        plot_home(rec, summary, out_dir / "home.png")  # a [home] run's roof and miner
     except ImportError as exc:  # the agent's own install has no matplotlib: figures still count
         print(f"gridminer hil: no plot ({exc}); install matplotlib (pip install "
               "'gridminer[report]') for report.png", file=sys.stderr)

@@ -20,6 +20,11 @@ Definitions (rated power = the device's declared `caps.max_w`):
   beyond `ramp_tolerance_pct` plus 1 % of rated for sensor noise), temp (hottest true chip
   temperature above the agent's hard limit).
 * telemetry gaps: missing `seq` numbers within one agent process (a restart starts a new run).
+* reserve test: requested = the product's amount (a share of rated power); offered = the step the
+  rig commanded, which is less when the time-scaled response window or the device's range cannot
+  take all of it (`offered_why`); delivered = the mean true power over the hold window less the
+  power when the test began. Passed: within 2 % of rated + 10 % of the step of the target
+  inside the response window, and held there for the whole hold window.
 """
 
 from __future__ import annotations
@@ -366,13 +371,17 @@ def reserve_results(rec: Recording) -> list[dict[str, Any]]:
         hold_wall = float(test["hold_s"]) / rec.speed
         target = float(test["target_w"])
         start = rec.truth_power_w.at(t)
+        offered = float(test.get("offered_w", abs(target - float(test.get("baseline_w",
+                                                                           start or target)))))
         res: dict[str, Any] = {
             "product": test["product"], "direction": test["direction"], "t_s": t,
             "baseline_w": start, "target_w": target, "requested_w": test["requested_w"],
+            "offered_w": offered, "offered_why": _offered_why(rec, test, offered),
+            "delivered_w": _delivered_w(rec, test, start, t + response_wall, hold_wall),
             "response_window_s": response_wall, "hold_s": hold_wall,
             "acked": c.get("result") in ACCEPTED,
         }
-        if float(test.get("offered_w", rec.rated_w)) < 0.02 * rec.rated_w:
+        if offered < 0.02 * rec.rated_w:
             # nothing deliverable within the (time-scaled) response time at this speed
             res.update(skipped=True, passed=None, reached_s=None, hold_max_dev_w=None)
             out.append(res)
@@ -386,8 +395,38 @@ def reserve_results(rec: Recording) -> list[dict[str, Any]]:
         held = [abs(p - target) for _, p in
                 rec.truth_power_w.points(t + response_wall, t + response_wall + hold_wall)]
         res["reached_s"] = reached
+        res["band_w"] = band
         res["hold_max_dev_w"] = max(held) if held else None
         res["passed"] = bool(res["acked"] and reached is not None and reached <= response_wall
                              and held and max(held) <= band)
         out.append(res)
     return out
+
+
+def _delivered_w(rec: Recording, test: dict[str, Any], start_w: float | None, t0: float,
+                 hold_s: float) -> float | None:
+    """The change the board held: its mean true power over the hold window less its power when
+    the test began, counted in the test's direction."""
+    held = [p for _, p in rec.truth_power_w.points(t0, t0 + hold_s)]
+    if not held or start_w is None:
+        return None
+    sign = -1.0 if test["direction"] == "decrease" else 1.0
+    return sign * (sum(held) / len(held) - start_w)
+
+
+def _offered_why(rec: Recording, test: dict[str, Any], offered_w: float) -> str | None:
+    """Why less was offered than the product asks for (None when it was all offered): the
+    time-scaled response window at this speed, or the device's declared range."""
+    requested = float(test["requested_w"])
+    if offered_w >= requested - 0.05:
+        return None
+    window_s = float(test["response_s"]) / rec.speed
+    target = float(test["target_w"])
+    if min(abs(target - rec.rated_w), abs(target - rec.min_w)) < 0.05:
+        edge = "rated power" if abs(target - rec.rated_w) < 0.05 else "minimum"
+        return (f"the device's {edge} ({target:.0f} W) leaves room for {offered_w:.1f} W from "
+                f"the baseline")
+    return (f"the test's {float(test['response_s']):g} s response time (scenario seconds) lasts "
+            f"{window_s:.3g} s when played at {rec.speed:g}x, and at the declared ramp of "
+            f"{rec.ramp_max_w_s:g} W/s, after the command's latency, the board can move "
+            f"{offered_w:.1f} W in it")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hil.scenario import Measure
+from hil.scenario import Measure, Scenario
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Recording:
     truth_hashrate_ghs: Series = field(default_factory=Series)
     truth_freq_mhz: Series = field(default_factory=Series)
     ambient_c: Series = field(default_factory=Series)
+    wall_power_w: Series = field(default_factory=Series)  # at the wall, through the PSU model
     telemetry: list[dict[str, Any]] = field(default_factory=list)  # t_s, epoch + telemetry map
     commands: list[dict[str, Any]] = field(default_factory=list)  # SentCommand.as_dict()
     faults: list[dict[str, Any]] = field(default_factory=list)  # t_s, end_s, kind, label, exempt
@@ -79,6 +80,9 @@ class Recording:
     measure: Measure = field(default_factory=Measure)
     criteria: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the compressed day: (rig s, hour of day) points, linear between and beyond (empty: none)
+    day_clock: list[tuple[float, float]] = field(default_factory=list)
+    pool: dict[str, Any] = field(default_factory=dict)  # the lab pools' side (hil.rig.pools)
 
     def telemetry_series(self, key: str) -> Series:
         s = Series()
@@ -97,9 +101,10 @@ class Recording:
     def from_json(cls, d: dict[str, Any]) -> Recording:
         d = dict(d)
         for key in ("truth_power_w", "truth_temp_c", "truth_hashrate_ghs", "truth_freq_mhz",
-                    "ambient_c"):
+                    "ambient_c", "wall_power_w"):
             d[key] = Series(**d.get(key, {}))
         d["measure"] = Measure(**d.get("measure", {}))
+        d["day_clock"] = [(float(t), float(h)) for t, h in d.get("day_clock", [])]
         return cls(**d)
 
 
@@ -114,3 +119,25 @@ def read_recording(path: Path) -> Recording:
     """A recording written by `write_recording`."""
     return Recording.from_json(json.loads(path.read_text(encoding="utf-8")))
 
+
+
+def day_clock(scenario: Scenario, speed: float) -> list[tuple[float, float]]:
+    """The hour of day a scenario plays, as (rig s, hour) points: the start and end of each
+    `surplus` event's day (`day_start_h`, `day_end_h`); empty when it names no hours."""
+    points: list[tuple[float, float]] = []
+    for event in scenario.grid:
+        if event.surplus is None or event.until_s is None:
+            continue
+        points += [(event.at_s / speed, event.surplus.day_start_h),
+                   (event.until_s / speed, event.surplus.day_end_h)]
+    return sorted(points)
+
+
+def hour_at(clock: list[tuple[float, float]], t_s: float) -> float:
+    """The hour of day at rig time `t_s`: linear between the clock's points, and beyond them at
+    the rate of the nearest two."""
+    if len(clock) < 2:
+        raise ValueError("a day clock needs two points")
+    i = min(max(bisect.bisect_right([p[0] for p in clock], t_s), 1), len(clock) - 1)
+    (ta, ha), (tb, hb) = clock[i - 1], clock[i]
+    return ha + (hb - ha) * (t_s - ta) / (tb - ta) if tb > ta else hb

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hil.report.home import home_figures, home_section, home_summary
 from hil.report.metrics import (
     ACCEPTED,
     Step,
@@ -27,6 +29,7 @@ from hil.report.metrics import (
     temp_violations,
     tracking,
 )
+from hil.report.pools import pool_figures, pool_section, pool_summary
 from hil.report.recording import Recording
 from hil.scenario import CRITERIA
 
@@ -51,6 +54,7 @@ def summarize(rec: Recording) -> dict[str, Any]:
         "min_w": rec.min_w,
         "ramp_max_w_s": rec.ramp_max_w_s,
         "temp_max_c": rec.temp_max_c,
+        "measure": asdict(rec.measure),
         "tracking_rms_pct": _r(track["rms_pct"], 3),
         "tracking_max_pct": _r(track["max_pct"], 2),
         "tracking_max_at_s": _r(track["max_at_s"], 1),
@@ -75,6 +79,8 @@ def summarize(rec: Recording) -> dict[str, Any]:
     }
     if "energy_wh_wall_incl_psu" in rec.meta:
         summary["energy_wh_wall_incl_psu"] = rec.meta["energy_wh_wall_incl_psu"]
+    summary["pool"] = pool_summary(rec)
+    summary["home"] = home_summary(rec)
     summary["criteria"] = check_criteria(summary, rec.criteria)
     summary["passed"] = all(c["ok"] for c in summary["criteria"])
     return summary
@@ -158,6 +164,8 @@ def figure(summary: dict[str, Any], name: str) -> float | None:
         "reserve_failures": summary["reserve_failures"],
         "agent_crashes": summary["agent_crashes"],
         "faults_missed": summary["faults_missed"],
+        **pool_figures(summary),
+        **home_figures(summary),
     }
     assert set(table) == set(CRITERIA), "every criterion needs a figure"
     return table[name]
@@ -195,17 +203,21 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         *_figure_table(s),
         "",
-        *_reserve_section(s["reserve"]),
+        *_reserve_section(s["reserve"], s["rated_w"]),
         *_fault_section(s["faults"]),
+        *pool_section(s, as_text),
+        *home_section(s, as_text),
     ]
     if s.get("skipped"):
         lines += ["## Not played on this rig", ""]
         lines += [f"* {x}" for x in s["skipped"]]
         lines.append("")
-    lines += ["## Criteria", "", "| criterion | value | bound | |", "|---|---|---|---|"]
+    lines += ["## Criteria", "",
+              "| criterion | value | bound | | what counts |", "|---|---|---|---|---|"]
+    counted = _counted_as(s)
     for cr in s["criteria"]:
         lines.append(f"| {cr['name']} | {as_text(cr['value'])} | <= {cr['bound']:g} | "
-                     f"{'ok' if cr['ok'] else 'FAIL'} |")
+                     f"{'ok' if cr['ok'] else 'FAIL'} | {counted.get(cr['name'], '')} |")
     if s["commands"]["rejections"]:
         lines += ["", "## Rejected commands", ""]
         lines += [f"* {x['label']}: {x['reason']} {x.get('detail') or ''}".rstrip()
@@ -220,14 +232,17 @@ def _figure_table(s: dict[str, Any]) -> list[str]:
     return [
         "| figure | value |",
         "|---|---|",
-        f"| tracking error RMS | {as_text(s['tracking_rms_pct'], ' %')} of rated "
-        f"(over {s['tracked_s']:.0f} s) |",
+        f"| tracking error RMS | {as_text(s['tracking_rms_pct'], ' %')} of rated, over "
+        f"{s['tracked_s']:.0f} s of the {s['duration_s']:.0f} s (the steady windows: see "
+        "Criteria) |",
         f"| tracking error max | {as_text(s['tracking_max_pct'], ' %')} of rated |",
         f"| response to 90 % of a step (p50 / p90 / max) | {as_text(r['p50'])} / "
         f"{as_text(r['p90'])} / {as_text(r['max'], ' s')} over {r['steps']} steps "
         f"({r['late']} late) |",
         f"| violations cap / ramp / temp | {v['cap']} / {v['ramp']} / {v['temp']} |",
-        f"| fastest ramp seen | {as_text(s['fastest_ramp_w_s'], ' W/s')} |",
+        f"| fastest ramp seen | {as_text(s['fastest_ramp_w_s'], ' W/s')} (declared "
+        f"{s['ramp_max_w_s']:.3g} W/s; a violation moves more than {_ramp_allowed_w(s):.1f} W "
+        f"in {s['measure']['ramp_window_s']:g} s) |",
         f"| max power / max chip temperature | {as_text(s['max_power_w'], ' W')} / "
         f"{as_text(s['max_chip_temp_c'], ' °C')} |",
         f"| commands sent / acked / rejected | {c['sent']} / {c['acked']} / {c['rejected']} |",
@@ -241,19 +256,88 @@ def _figure_table(s: dict[str, Any]) -> list[str]:
     ]
 
 
-def _reserve_section(reserve: list[dict[str, Any]]) -> list[str]:
+def _reserve_section(reserve: list[dict[str, Any]], rated_w: float) -> list[str]:
+    """Each reserve test: what the product asks for, what the rig offered, what the board
+    delivered, and why they differ."""
     if not reserve:
         return []
     lines = ["## Reserve tests", "",
-             "| product | direction | target | reached | window | held (max dev) | result |",
-             "|---|---|---|---|---|---|---|"]
+             "| product | direction | requested | offered | delivered | target | reached | "
+             "window | held (max dev) | result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for t in reserve:
         lines.append(
-            f"| {t['product']} | {t['direction']} | {t['target_w']:.0f} W | "
-            f"{as_text(t['reached_s'], ' s')} | {t['response_window_s']:.3g} s | "
+            f"| {t['product']} | {t['direction']} | {t['requested_w']:.1f} W | "
+            f"{_watts(t.get('offered_w'))} | {_watts(t.get('delivered_w'))} | "
+            f"{t['target_w']:.1f} W | {as_text(t['reached_s'], ' s')} | "
+            f"{t['response_window_s']:.3g} s | "
             f"{t['hold_s']:.3g} s ({as_text(t['hold_max_dev_w'], ' W')}) | "
             f"{_verdict_word(t['passed'])} |")
-    return [*lines, ""]
+        notes.append(_reserve_note(t, rated_w))
+    return [*lines, "", *notes, ""]
+
+
+def _watts(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f} W"
+
+
+def _reserve_note(t: dict[str, Any], rated_w: float) -> str:
+    """Requested versus offered versus delivered, in a sentence."""
+    text = (f"* {t['product']} at {t['t_s']:.1f} s: requested {t['requested_w']:.1f} W "
+            f"({100.0 * t['requested_w'] / rated_w:.0f} % of the {rated_w:.0f} W rating)")
+    if t.get("offered_why"):
+        text += f"; offered {t['offered_w']:.1f} W, because {t['offered_why']}"
+    if t.get("delivered_w") is not None and t.get("baseline_w") is not None:
+        text += (f"; delivered {t['delivered_w']:+.1f} W (the mean over the "
+                 f"{t['hold_s']:.3g} s hold, from {t['baseline_w']:.1f} W)")
+    if t.get("band_w") is not None:
+        text += (f"; it passes when it is within {t['band_w']:.1f} W of the "
+                 f"{t['target_w']:.1f} W target (2 % of rated + 10 % of the step) by the end of "
+                 f"the {t['response_window_s']:.3g} s window and stays there through the hold")
+    return text + "."
+
+
+def _ramp_allowed_w(s: dict[str, Any]) -> float:
+    """The largest change of true power over the ramp window that is no ramp violation (the
+    rule of `hil.report.metrics.ramp_violations`)."""
+    m = s["measure"]
+    return (s["ramp_max_w_s"] * m["ramp_window_s"] * (1.0 + m["ramp_tolerance_pct"] / 100.0)
+            + 0.01 * s["rated_w"])
+
+
+def _counted_as(s: dict[str, Any]) -> dict[str, str]:
+    """Each criterion's rule and tolerance, written beside its verdict."""
+    m = s["measure"]
+    rated = s["rated_w"]
+    steady = (f"true power against the setpoint in the steady windows: from each step's allowed "
+              f"response ({m['settle_s']:g} s + step / ramp) to the next command; "
+              f"{s['tracked_s']:.0f} s of the {s['duration_s']:.0f} s (the ramps between are "
+              "judged by the response and ramp criteria; standby and fault exemptions are not)")
+    responses = (f"from the command to 90 % of each step of {m['min_step_pct']:g} % of rated "
+                 "or more")
+    return {
+        "tracking_rms_pct": steady + ", time-weighted, in % of rated",
+        "tracking_max_pct": "the largest error in the same windows, in % of rated",
+        "response_p50_s": responses,
+        "response_p90_s": responses,
+        "response_max_s": responses,
+        "responses_late": f"steps not at 90 % within {m['settle_s']:g} s + step / ramp",
+        "cap_violations": (f"true power averaged over 1 s above {rated:.0f} W + "
+                           f"{m['cap_tolerance_pct']:g} % = "
+                           f"{rated * (1 + m['cap_tolerance_pct'] / 100):.1f} W"),
+        "ramp_violations": (f"true power moving more than {s['ramp_max_w_s']:.3g} W/s x "
+                            f"{m['ramp_window_s']:g} s + {m['ramp_tolerance_pct']:g} % + 1 % of "
+                            f"rated (sensor noise) = {_ramp_allowed_w(s):.1f} W between any two "
+                            f"moments {m['ramp_window_s']:g} s apart"),
+        "temp_violations": f"hottest true chip above {s['temp_max_c']:.0f} °C",
+        "commands_unacked": "commands without an ack at the end of the run",
+        "commands_rejected": "acks that say rejected",
+        "telemetry_gaps": "missing telemetry seq numbers within one agent run",
+        "reserve_failures": "reserve tests not reached in their window or not held (see above)",
+        "agent_crashes": "agent exits the rig did not ask for",
+        "faults_missed": "faults that expect a safety trip and got none",
+    }
 
 
 def _fault_section(faults: list[dict[str, Any]]) -> list[str]:

@@ -3,7 +3,7 @@
 `run_scenario(RigOptions(...))` (`Rig(options).run()`) does, in order:
 
 1. a private Mosquitto on a free loopback port (`hil.broker.Mosquitto`) unless a broker URL is
-   given; an operator key pair for the run;
+   given; an operator key pair for the run; the lab pools of the scenario's `[pool]` part;
 2. the emulated hash board as its own process (`python -m agent emulate`, status file and
    control socket in the run folder) unless a real target is given (`RigTarget`);
 3. the agent as its own process, exactly as a user runs it
@@ -20,7 +20,8 @@ cannot be injected (they are skipped and listed), and the "true" state is the ag
 telemetry, so violations are only as trustworthy as the agent's sensors.
 
 Modules: `options` (options, target, errors, names, clock), `process` (emulator and agent
-processes), `cutter` (the broker link cut), `agentconfig` (the agent's config file),
+processes), `cutter` (the broker link cut), `pools` (the lab pools and their cues),
+`agentconfig` (the agent's config file),
 `operator` (the rig as the grid operator on MQTT), `injection` (faults), `status` (console),
 `runner` (the run phases).
 """

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from hil.rig.home import METER_FIELD, METER_TOPIC
 from hil.rig.options import DEVICE, KID, PREFIX, SITE
 from hil.scenario import Scenario
 
@@ -38,21 +39,26 @@ def _toml_value(value: Any) -> str:
 
 
 def dump_toml(data: dict[str, Any]) -> str:
-    """A two-level TOML writer (sections of scalars, lists and inline tables)."""
+    """A two-level TOML writer (sections of scalars, lists and inline tables; a list of tables
+    is an array of tables, [[section]])."""
     lines = []
-    for section, table in data.items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
+    for section, tables in data.items():
+        array = isinstance(tables, list)
+        for table in tables if array else [tables]:
+            lines.append(f"[[{section}]]" if array else f"[{section}]")
+            for key, value in table.items():
+                lines.append(f"{key} = {_toml_value(value)}")
+            lines.append("")
     text = "\n".join(lines)
     tomllib.loads(text)  # what we write must read back
     return text
 
 
 def write_agent_config(scenario: Scenario, work: Path, *, broker_url: str, pub: Path, chain: str,
-                       board: str, nonce_difficulty: float | None, log_level: str) -> Path:
-    """WORK/agent.toml for the agent of this run: its links, the broker, the operator key."""
+                       board: str, nonce_difficulty: float | None, log_level: str,
+                       pools: list[dict[str, Any]] | None = None) -> Path:
+    """WORK/agent.toml for the agent of this run: its links, the broker, the operator key, and
+    the lab pools to mine to (`pools`, [[pool]] entries)."""
     dev = scenario.device
     cfg: dict[str, Any] = {
         "chain": {"port": chain, "family": dev.family, "chips": dev.chips},
@@ -67,7 +73,12 @@ def write_agent_config(scenario: Scenario, work: Path, *, broker_url: str, pub: 
     }
     if nonce_difficulty is not None:
         cfg["chain"]["nonce_difficulty"] = nonce_difficulty
+    if scenario.home is not None:  # the home's broker is the rig's; its meter a Shelly's
+        cfg["home"] = {"broker_url": broker_url, "device_id": "hil_home", "state_period_s": 1.0}
+        cfg["surplus"] = {"meter_topic": METER_TOPIC, "meter_field": METER_FIELD}
     cfg = deep_merge(cfg, dev.agent)
+    if pools:
+        cfg["pool"] = pools
     path = work / "agent.toml"
     path.write_text("# written by `gridminer hil run` for this run\n" + dump_toml(cfg),
                     encoding="utf-8")

@@ -12,17 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from hil.gridsim import Caps, GridSimulator, PlannedCommand, SentCommand, plan
-from hil.report import Recording, Series, energy_wh, write_report
+from hil.report import Recording, Series, day_clock, energy_wh, write_report
 from hil.rig.agentconfig import write_agent_config
 from hil.rig.cutter import LinkCutter
+from hil.rig.home import HomeMeter
 from hil.rig.injection import FaultInjector
 from hil.rig.operator import Listener, Live, OperatorSender, connect, operator_key, subscribe
 from hil.rig.options import TRUTH_PERIOD_S, RigClock, RigError, RigOptions
+from hil.rig.pools import RigPools
 from hil.rig.process import AgentProcess, EmulatorProcess, log_tail
 from hil.rig.status import StatusLine
 
 #: an agent that keeps exiting by itself is a verdict, not something to restart forever
 MAX_AGENT_CRASHES = 5
+#: after the lab pools close, the agent's telemetry this much later carries its final counts
+POOL_COUNTS_AFTER_S = 1.5
+POOL_COUNTS_WAIT_S = 6.0
 
 
 class Rig:
@@ -34,6 +39,7 @@ class Rig:
         self.out = options.out_dir.resolve()  # the children run in the run folder
         self.work = self.out / "rig"
         self.clock = RigClock()
+        self.started_s = time.monotonic()  # the console's clock: it never restarts
         self.live = Live()
         self.status = StatusLine(options.progress)
         self.broker: Any = None
@@ -44,6 +50,8 @@ class Rig:
         self.listener: Listener | None = None
         self.sim: GridSimulator | None = None
         self.injector: FaultInjector | None = None
+        self.pools: RigPools | None = None  # the scenario's [pool] part
+        self.home: HomeMeter | None = None  # the scenario's [home]: roof, house and meter
         self.events: list[dict[str, Any]] = []
         self.skipped: list[str] = []
         self.crashes = 0
@@ -58,7 +66,11 @@ class Rig:
 
     def note(self, text: str) -> None:
         self.events.append({"t_s": round(self.now(), 2), "text": text})
-        self.status.print(f"[{self.now():7.1f} s] {text}", line=True)
+        self.status.print(f"[{self.elapsed():7.1f} s] {text}", line=True)
+
+    def elapsed(self) -> float:
+        """Seconds since the rig started (warm-up included), as the console shows them."""
+        return time.monotonic() - self.started_s
 
     @property
     def faults(self) -> list[dict[str, Any]]:
@@ -88,6 +100,8 @@ class Rig:
         self.note(f"agent started: {' '.join(self.agent.command[1:])}")
 
         caps = self._wait_for_caps(cfg)
+        if s.home is not None:
+            self.home = HomeMeter(s.home, s.duration_s, o.speed, caps.max_w, broker_url)
         self.sim = GridSimulator(plan(s, caps, speed=o.speed), sender, speed=o.speed,
                                  default_validity_s=s.validity_s)
         rec = Recording(
@@ -96,7 +110,7 @@ class Rig:
             or cfg.envelope.max_chip_temp_hard_c, end_s=0.0,
             default_w=float(cfg.governor.default_target_w or caps.max_w),
             truth_source="emulator" if self.emulator else "telemetry", measure=s.measure,
-            criteria=dict(s.criteria),
+            criteria=dict(s.criteria), day_clock=day_clock(s, o.speed),
         )
         self.rec = rec
         self.injector = FaultInjector(
@@ -139,10 +153,14 @@ class Rig:
         else:
             chain, board = o.target.chain, o.target.board
             self.note(f"real target: chain {chain}, board {board}")
+        nonce_difficulty = self.emulator.difficulty if self.emulator is not None else None
+        if s.pool is not None:
+            self.pools = RigPools.for_scenario(s, nonce_difficulty, self.now, self.note)
+            self.pools.start()  # (stopped by the teardown, whatever happens next)
         config_path = write_agent_config(
             s, self.work, broker_url=agent_url, pub=pub, chain=chain, board=board,
-            nonce_difficulty=self.emulator.difficulty if self.emulator is not None else None,
-            log_level=o.agent_log_level)
+            nonce_difficulty=nonce_difficulty, log_level=o.agent_log_level,
+            pools=self.pools.agent_entries() if self.pools is not None else None)
         cfg = load_config(config_path)  # the agent would refuse it the same way
         self.agent_cfg = cfg
         return cfg, config_path
@@ -201,6 +219,10 @@ class Rig:
         """Initial setpoint, then wait (at most warmup_s) until the board holds it."""
         assert self.sim is not None
         s = self.s
+        if s.home is not None:  # the agent follows the home's meter: no grid command
+            self.note("warm-up: none; the agent follows the home's meter from the start")
+            self._start_scenario_clock(rec, None)
+            return
         if s.initial_pct is None:
             return
         target = caps.watts(s.initial_pct)
@@ -224,14 +246,14 @@ class Rig:
                     break
             else:
                 steady_since = None
-            self._progress(rec, "warm-up", target)
+            self._progress(rec, "warm-up")
             time.sleep(TRUTH_PERIOD_S)
         else:
             self.note(f"warm-up: the board did not settle at {target:.0f} W within "
                       f"{s.warmup_s:g} s; playing anyway")
         self._start_scenario_clock(rec, sent)
 
-    def _start_scenario_clock(self, rec: Recording, sent: SentCommand) -> None:
+    def _start_scenario_clock(self, rec: Recording, sent: SentCommand | None) -> None:
         """The scenario starts now: shift every time recorded so far."""
         with self.live.lock:
             shift = self.now()
@@ -243,7 +265,8 @@ class Rig:
         for series in (rec.truth_power_w, rec.truth_temp_c, rec.truth_hashrate_ghs,
                        rec.truth_freq_mhz, rec.ambient_c, self._wall_w):
             series.t_s = [round(t - shift, 3) for t in series.t_s]
-        sent.t_s -= shift
+        if sent is not None:
+            sent.t_s -= shift
         for e in self.events:
             e["t_s"] = round(e["t_s"] - shift, 2)
         self.note(f"scenario {self.s.name} starts ({self.s.duration_s / self.o.speed:.0f} s at "
@@ -264,12 +287,17 @@ class Rig:
                     self.note(f"command {cmd.label} not sent: {cmd.error}")
             self._ambient(t_sc)
             self.injector.step(t_sc)
+            if self.pools is not None:
+                self.pools.step(t_sc)
             if self.injector.restart_due(t):
                 self._restart_agent()
                 self.note("agent restarted")
             self._check_agent_alive()
             self._sample_truth(rec)
-            self._progress(rec, "play", None)
+            if self.home is not None:
+                self.home.step(t, t_sc, rec.truth_power_w.v[-1] if rec.truth_power_w.v
+                               else None)
+            self._progress(rec, "play")
             next_tick += TRUTH_PERIOD_S
             time.sleep(max(0.0, next_tick - time.monotonic()))
         self.injector.finish()
@@ -286,7 +314,7 @@ class Rig:
             if reply.get("ok"):
                 self._last_ambient = temp
 
-    def _progress(self, rec: Recording, phase: str, target: float | None) -> None:
+    def _progress(self, rec: Recording, phase: str) -> None:
         if not self.status.due():
             return
         with self.live.lock:
@@ -300,9 +328,9 @@ class Rig:
         if phase == "play":
             pct = min(100.0, 100.0 * t / end)
             bar = "#" * int(pct / 5) + "-" * (20 - int(pct / 5))
-            head = f"[{bar}] {pct:3.0f}% {t:6.1f}/{end:.0f} s"
+            head = f"[{self.elapsed():7.1f} s] [{bar}] {pct:3.0f}% of {end:.0f} s"
         else:
-            head = f"[warm-up] target {target:.0f} W" if target else "[warm-up]"
+            head = f"[{self.elapsed():7.1f} s] [warm-up]"
         active = [f["label"] for f in self.faults
                   if f["end_s"] is None or f["t_s"] <= t <= f["end_s"]]
         self.status.show(head, last, power, temp, acks, sent, active)
@@ -339,6 +367,8 @@ class Rig:
     def _finish(self, rec: Recording) -> None:
         """Wait for outstanding acks, then fold everything into the recording."""
         assert self.sim is not None
+        if self.pools is not None:
+            self._close_pools(rec)
         deadline = time.monotonic() + self.o.ack_grace_s / max(1.0, self.o.speed) + 2.0
         while time.monotonic() < deadline:
             with self.live.lock:
@@ -366,15 +396,36 @@ class Rig:
             "scenario_file": str(self.s.path) if self.s.path else None,
             "status": self.live.status,
         }
+        rec.wall_power_w = self._wall_w
+        if self.home is not None:
+            rec.meta["home"] = self.home.report()
         if self._wall_w.t_s:
             rec.meta["energy_wh_wall_incl_psu"] = round(energy_wh(self._wall_w, 0.0, rec.end_s), 4)
         self.status.print("", line=False)
+
+    def _close_pools(self, rec: Recording) -> None:
+        """Close the lab pools, wait for the agent's telemetry to show its final share counts,
+        and record what the pools saw."""
+        assert self.pools is not None
+        self.pools.finish()
+        closed = self.now()
+        deadline = time.monotonic() + POOL_COUNTS_WAIT_S
+        while time.monotonic() < deadline:
+            with self.live.lock:
+                last = self.live.telemetry[-1] if self.live.telemetry else {}
+            if last.get("rx_s", -1.0) >= closed + POOL_COUNTS_AFTER_S:
+                break
+            time.sleep(0.1)
+        st = self.emulator.state() if self.emulator is not None else None
+        chips = (st or {}).get("chain", {}).get("chip") or [{}]
+        rec.pool = self.pools.report(chips[0].get("ticket_difficulty"))
 
     def _teardown(self) -> None:
         if self.listener is not None:
             self.listener.stop()
         parts = [(self.agent, "stop"), (self.emulator, "stop"), (self.operator, "close"),
-                 (self.cutter, "close"), (self.broker, "close")]
+                 (self.cutter, "close"), (self.broker, "close"), (self.pools, "stop"),
+                 (self.home, "close")]
         for part, method in parts:
             if part is None:
                 continue

@@ -38,6 +38,22 @@ def test_written_agent_config_reads_back_and_scenario_overrides_merge():
     assert parsed.chain.chips == 4
 
 
+def test_the_lab_pools_reach_the_agent_as_pool_tables_in_priority_order(tmp_path):
+    from agent.config import load_config
+    from hil.rig import write_agent_config
+    from hil.scenario import load
+
+    pools = [{"url": "stratum+tcp://127.0.0.1:3333", "user": "lab.rig0"},
+             {"url": "stratum+tcp://127.0.0.1:3334", "user": "lab.rig0"}]
+    path = write_agent_config(load("pool_faults"), tmp_path, broker_url="mqtt://127.0.0.1:1883",
+                              pub=tmp_path / "op.pub.pem", chain="/dev/pts/9",
+                              board="/dev/pts/10", nonce_difficulty=2.0**-24,
+                              log_level="INFO", pools=pools)
+    cfg = load_config(path)
+    assert [(p.url, p.user) for p in cfg.pools] == [(p["url"], p["user"]) for p in pools]
+    assert cfg.stratum.retry_max_s == 4.0  # the scenario's [device.agent.stratum]
+
+
 def _echo_server() -> tuple[socket.socket, threading.Event]:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -156,3 +172,47 @@ def test_a_terminated_run_takes_its_children_with_it(tmp_path, sig) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_rig_pools_change_work_on_the_scenario_clock_and_play_the_cues():
+    """hil.rig.pools without an agent: a block every block_interval_s, a job in between, the
+    cues at their scenario times (an outage closes the port and opens it again, a storm makes a
+    block every interval_s, a rejected burst is on for its duration), and the report."""
+    from hil.rig.pools import RigPools
+    from hil.scenario import parse
+
+    scenario = parse({"scenario": {"name": "x", "duration_s": 60}, "pool": {
+        "count": 2, "refuse_version_rolling": [1], "share_pct": 50, "job_interval_s": 4,
+        "block_interval_s": 10, "event": [
+            {"at_s": 12, "kind": "blocks", "duration_s": 3, "interval_s": 1},
+            {"at_s": 20, "kind": "reject", "duration_s": 5, "code": 21},
+            {"at_s": 30, "kind": "down", "duration_s": 10}]}})
+    clock = {"t": 0.0}
+    notes: list[str] = []
+    pools = RigPools.for_scenario(scenario, 2.0**-24, lambda: clock["t"], notes.append)
+    pools.start()
+    first, second = pools.pools
+    try:
+        assert pools.difficulty == 2.0**-23 and second.configure == "refuse"
+        assert pools.agent_entries() == [{"url": p.url, "user": "bc1qlabrig.rig0"}
+                                         for p in (first, second)]
+        seen: dict[float, tuple[int, bool, bool]] = {}
+        for step in range(0, 451):
+            clock["t"] = t = step / 10
+            pools.step(t)
+            seen[t] = (first.job.height, first.rejecting is not None, first._listener is None)
+        # blocks at 10, 20, 30, 40; the storm's at 12, 13, 14
+        assert seen[9.9][0] == 791433 and seen[10.0][0] == 791434
+        assert seen[12.0][0] == 791435 and seen[14.0][0] == 791437 and seen[15.0][0] == 791437
+        assert seen[20.0][1] and seen[24.9][1] and not seen[25.0][1]
+        assert seen[30.0][2] and seen[39.9][2] and not seen[40.0][2]
+        pools.finish()
+        report = pools.report(256.0)
+    finally:
+        pools.stop()
+    assert [(c["kind"], c["t_s"], c["end_s"]) for c in report["cues"]] == [
+        ("blocks", 12.0, 15.0), ("reject", 20.0, 25.0), ("down", 30.0, 40.0)]
+    down = report["cues"][2]
+    assert down["without_work_s"] is None and down["back_after_s"] is None  # no agent
+    assert [p["version_rolling"] for p in report["pools"]] == [True, False]
+    assert any("pool cue" in n for n in notes)

@@ -42,6 +42,9 @@ def test_default_scenario_short_through_the_cli(tmp_path: Path, request: pytest.
     assert summary["response_s"]["steps"] >= 3
     assert summary["tracked_s"] > 3.0
     assert summary["violations"] == {"cap": 0, "ramp": 0, "temp": 0}
+    pool = summary["pool"]  # the demo mines to the rig's lab pool, which checks every share
+    assert pool["accepted"] > 50 and pool["invalid"] == 0 and pool["count_mismatch"] == 0
+    assert f"pool shares accepted/rejected/invalid {pool['accepted']}/" in proc.stdout
 
     # the same run judged against a bound it cannot meet: `hil report` exits 1
     rec_path = out / "recording.json"
