@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test bench lint
 
-setup: $(SETUP_STAMP) $(TYPINGS)/.stamp mosquitto
+setup: $(SETUP_STAMP) $(TYPINGS)/.stamp mosquitto arm-toolchain
 
 $(SETUP_STAMP): pyproject.toml setup.py $(EXT_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,33 @@ mosquitto:
 
 .PHONY: mosquitto
 
-# Every lane CI runs: unit, integration, hil (short scenarios), mpy (MicroPython). Soaks are `slow`.
+# The ARM lane's cross compilers, clang and qemu-user (tests/arm: the C kernels under qemu-user).
+ARM_PACKAGES := gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross clang qemu-user
+arm-toolchain:
+	@if command -v aarch64-linux-gnu-gcc arm-linux-gnueabihf-gcc clang qemu-aarch64 qemu-arm >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(ARM_PACKAGES) >/dev/null; \
+	elif command -v sudo >/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(ARM_PACKAGES) >/dev/null; \
+	else echo "WARNING: the ARM toolchain is missing and cannot be installed; the ARM lane will skip" >&2; fi
+
+# The whole ARM lane: every CPU model (make test runs two an architecture).
+test-arm: setup
+	GRIDMINER_ARM_LANE=full $(PY) -m pytest tests/arm $(PYTEST_ARGS)
+
+.PHONY: arm-toolchain test-arm
+
+# Every lane CI runs: unit, integration, hil (short scenarios), mpy (MicroPython), arm (reduced).
+# Soaks are `slow`.
 test: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The soak (`slow`, not in `make test`): the agent on the emulator through broker and agent
+# restarts, board trips, link loss and chain faults for SOAK_S seconds (tests/soak).
+SOAK_S ?= 7200
+.PHONY: soak
+soak: setup
+	GRIDMINER_SOAK_S=$(SOAK_S) $(PY) -m pytest -m slow tests/soak -s $(PYTEST_ARGS)
 
 # Benchmarks print figures (they are not timed tests): the SHA-256d kernels, then every script
 # in tests/bench (reply parser, emulator, governor, agent on the emulator, MQTT latency).
@@ -58,6 +82,14 @@ DEMO_OUT ?= out/demo
 .PHONY: demo
 demo: setup
 	@$(PY) -m agent hil run solar_surplus --speed $(DEMO_SPEED) --out $(DEMO_OUT)
+
+# The site demo: 1,300 virtual devices (1.5 MW) behind `gridminer site`, side by side with an
+# equal fleet under today's fleet tools, playing site_surplus's short version (10x, ~4 minutes
+# plus start-up); writes the report to $(DEMO_SITE_OUT).
+DEMO_SITE_OUT ?= out/demo-site
+.PHONY: demo-site
+demo-site: setup
+	@$(PY) -m agent hil run site_surplus --short --out $(DEMO_SITE_OUT)
 
 # Deploy the bridge firmware onto a MicroPython board with mpremote (precompiled .mpy, main.py,
 # bridge.json): make flash PORT=/dev/ttyACM0 [FLASH_ARGS="--config bridge.json --family BM1366"]

@@ -1,18 +1,20 @@
 """The running agent, wired: ports, board link, chain detection and take-over, driver, governor,
-runtime and the optional grid link, in the order a start on a hash board needs them.
+runtime, the optional grid link, HTTP listener and home broker, in the order a start on a hash
+board needs them.
 
 `run_agent(config)` is what `gridminer agent` runs; its pieces (`preflight`, `open_serial`,
 `read_bridge`, `acknowledge_old_trip`, `find_running_chain`, `detect_chain`, `take_over`,
-`build_grid`, `wind_down_for`) are the seams the tests and benchmarks use. Nothing here parses
+`build_grid`, `wind_down_for`, `start_surface`, `view_publisher`, `build_home`) are the seams
+the tests and benchmarks use. Nothing here parses
 arguments or prints: errors are raised (`ConfigError`, `GridLinkError`, `ChainError`,
 `BoardLinkError`) and the command line turns them into messages and exit codes.
 
 The start, in order: every check that needs no hardware (`preflight`: the power target, the
-state folder, the broker URL and TLS files, the operator keys), before any port is opened; the
-bridge's limits (INFO) against the envelope; a trip the bridge latched before this agent started
-acknowledged (it is history, not an ongoing fault); a chain found hashing taken over, else one
-the config leaves open probed, its power brought up through the board first when a stop or a
-trip cut it (and cut again if the start fails after all).
+pools' settings, the state folder, the broker URL and TLS files, the operator keys), before any
+port is opened; the bridge's limits (INFO) against the envelope; a trip the bridge latched
+before this agent started acknowledged (it is history, not an ongoing fault); a chain found
+hashing taken over, else one the config leaves open probed, its power brought up through the
+board first when a stop or a trip cut it (and cut again if the start fails after all).
 """
 
 from __future__ import annotations
@@ -108,9 +110,13 @@ def check_target(config: Any) -> None:
 def preflight(config: Any, clock: Any = None) -> GridParts | None:
     """Every check that needs no hardware, before any port is opened, so that a bad flag or
     file fails at once with its own message and leaves the board untouched: the power target
-    (`check_target`), then the grid link's (`prepare_grid`). Returns the grid's pieces (None
+    (`check_target`), the pools' settings (`agent.pool.pool_endpoints`: URL, worker, password
+    file, CA file), then the grid link's (`prepare_grid`). Returns the grid's pieces (None
     without [grid] broker_url). ConfigError / GridLinkError."""
+    from agent.pool import pool_endpoints
+
     check_target(config)
+    pool_endpoints(config)
     if not config.grid.broker_url:
         return None
     return prepare_grid(config, clock)
@@ -135,6 +141,75 @@ def build_grid(config: Any, runtime: Any, clock: Any,
     parts.link.on_inbound = runtime.notify_grid
     parts.link.on_fatal = lambda text: runtime.fail(f"grid: {text}", EXIT_DEVICE_ID_TAKEN)
     return session, parts.link
+
+
+def start_surface(config: Any) -> Any:
+    """The [http] listener (`agent.surface.server.SurfaceServer`), bound and serving before the
+    board or the chain is touched, so that a busy or forbidden address fails at once
+    (ConfigError); it answers "starting" until it is given the runtime's view (`latest`).
+    None without [http] listen."""
+    if config.http.listen is None:
+        return None
+    from agent.surface.listen import parse_listen
+    from agent.surface.server import SurfaceServer
+
+    host, port = parse_listen(config.http.listen)
+    return SurfaceServer(host, port, lambda: None).start()
+
+
+def view_publisher(config: Any, runtime: Any) -> Any:
+    """The runtime's figures as the outward surfaces show them: a view published after the
+    control ticks (`agent.surface.view.ViewPublisher`)."""
+    from agent.surface.view import Identity, ViewPublisher
+
+    publisher = ViewPublisher(runtime, Identity.from_config(config))
+    runtime.on_tick.append(publisher.refresh)
+    return publisher
+
+
+def build_home(config: Any, runtime: Any, publisher: Any, clock: Any) -> tuple[Any, Any]:
+    """(HomeSession, HomeLink) from the [home] and [surplus] sections, the session serviced
+    after every control tick (after `publisher`'s); the link is not started. ConfigError when
+    the broker URL or its files are unusable."""
+    from agent.home.discovery import Topics
+    from agent.home.link import HomeLink
+    from agent.home.meter import MeterReader
+    from agent.home.session import HomeSession, HomeSettings
+    from agent.home.surplus import SurplusFollower, SurplusSettings
+    from agent.home.target import LocalTarget, grid_in_charge
+
+    home, surplus = config.home, config.surplus
+    topics = Topics.for_device(home.discovery_prefix, home.device_id,
+                               home.base_topic or f"gridminer/{home.device_id}")
+    subscriptions = [topics.birth]
+    if home.local_control:
+        subscriptions += [topics.set_power, topics.set_mining]
+        log.warning("local control from the home broker is on (home.local_control): unsigned "
+                    "commands set the power limit and mining, inside the envelope and never "
+                    "over a signed grid command")
+    if surplus.meter_topic is not None:
+        subscriptions.append(surplus.meter_topic)
+    link = HomeLink(home.broker_url, f"gridminer-{home.device_id}", topics.availability,
+                    tuple(subscriptions), home.username, home.password_file, home.ca_file)
+    caps = runtime.governor.caps()
+    follower = None
+    if surplus.meter_topic is not None:
+        follower = SurplusFollower(
+            SurplusSettings(margin_w=surplus.margin_w, rise_tau_s=surplus.rise_tau_s,
+                            fall_tau_s=surplus.fall_tau_s, stale_s=surplus.stale_s,
+                            dwell_s=surplus.dwell_s),
+            float(caps["min_w"]), float(caps["max_w"]))
+    target = LocalTarget(runtime.governor, config.governor.default_target_w, follower,
+                         grid_in_charge(runtime))
+    session = HomeSession(
+        link, HomeSettings(device_id=home.device_id, name=home.name, topics=topics,
+                           discovery=home.discovery, local_control=home.local_control,
+                           meter_topic=surplus.meter_topic,
+                           state_period_s=home.state_period_s),
+        publisher.latest, target, clock,
+        MeterReader(surplus.meter_field, surplus.meter_positive, surplus.meter_scale))
+    runtime.on_tick.append(session.service)
+    return session, link
 
 
 def check_bridge(config: Any, info: dict[str, Any], port: str = "") -> None:
@@ -389,12 +464,14 @@ def wind_down_for(governor: Any) -> Any:
 
 def run_agent(config: Any) -> int:
     """Run the agent until SIGINT/SIGTERM (0) or a fatal runtime error (its exit status)."""
+    from agent import hashing
     from agent.chain.driver import ChainDriver
     from agent.chain.settings import ChainSettings
     from agent.clock import SystemClock
     from agent.control.governor import Governor
     from agent.control.runtime import Runtime
     from agent.pool import work_source
+    from agent.service import notify
 
     clock = SystemClock()
     wake = threading.Event()
@@ -414,6 +491,9 @@ def run_agent(config: Any) -> int:
     chain_port = reopen_chain()
     closers.append(chain_port.close)
     try:
+        surface = start_surface(config)
+        if surface is not None:
+            closers.append(surface.stop)
         from agent.chain.board import BoardClient
 
         board = BoardClient(reopen_board(), psu_efficiency=config.board.psu_efficiency,
@@ -426,6 +506,10 @@ def run_agent(config: Any) -> int:
         settings = ChainSettings.from_config(config.chain, config.envelope)
         work, stop_work = work_source(config, clock, wake)  # [[pool]]s, else local work
         closers.append(stop_work)
+        if hashing.COMPILED:
+            log.info("%s", hashing.describe())
+        else:  # the agent still keeps up (hashlib verifies each nonce), but the board is slower
+            log.warning("COMPILED SHA-256d KERNEL NOT LOADED: %s", hashing.describe())
         driver = ChainDriver(chain_port, settings, clock, work, board=board, wake=wake,
                              reopen=reopen_chain)
         governor = Governor(config, clock)
@@ -437,6 +521,15 @@ def run_agent(config: Any) -> int:
         if running is not None:
             take_over(config, running, sample, chain_port, board, clock, driver, governor,
                       runtime)
+        if surface is not None or config.home.broker_url is not None:
+            publisher = view_publisher(config, runtime)
+            if surface is not None:
+                surface.latest = publisher.latest
+                runtime.on_stop.insert(0, surface.stop)
+            if config.home.broker_url is not None:
+                _home, home_link = build_home(config, runtime, publisher, clock)
+                runtime.on_stop.insert(0, home_link.stop)
+                home_link.start()
         if grid is not None:
             session, link = build_grid(config, runtime, clock, grid)
             runtime.grid = session
@@ -446,9 +539,13 @@ def run_agent(config: Any) -> int:
         for close in reversed(closers):
             close()
         raise
+    # a service manager's readiness and watchdog (Type=notify), pinged from the control loop
+    service = notify.attach(runtime, hashing.describe())
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)
+        if service is not None:
+            service.stopping()
         runtime.request_stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

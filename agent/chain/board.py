@@ -2,7 +2,9 @@
 
 Request/response with a sequence number, a per-attempt timeout and retries (the bridge answers a
 retried request without acting twice). Timeouts, error replies and closed ports raise
-`agent.errors.BoardLinkError`. The wire format is firmware_bridge/PROTOCOL.md.
+`agent.errors.BoardLinkError`. The wire format is firmware_bridge/PROTOCOL.md. The control loop
+reads its samples with `probe_sample` (one attempt: a board that does not answer costs one
+time-out per tick); retries are for where waiting is fine (start-up, tools) and for writes.
 
 A port that fails (a USB adapter unplugged, the emulator killed) is closed and, when the client
 knows how to open it again (`reopen`, or a path it opened itself), reopened on a later request
@@ -186,18 +188,23 @@ class BoardClient:
 
     # ---- requests ----------------------------------------------------------------------------
 
-    def request(self, typ: int, payload: bytes = b"") -> link.Message:
-        """Send one request and return its reply; BoardLinkError on timeout or an error reply."""
+    def request(self, typ: int, payload: bytes = b"", attempts: int | None = None,
+                timeout_s: float | None = None) -> link.Message:
+        """Send one request and return its reply; BoardLinkError on timeout or an error reply.
+        `attempts` (default: 1 + `retries`) bounds the tries, each waiting up to `timeout_s`
+        (default and at most the client's)."""
         name = link.REQUEST_NAMES.get(typ, f"type 0x{typ:02X}")
+        tries = self.retries + 1 if attempts is None else max(1, int(attempts))
+        wait_s = self.timeout_s if timeout_s is None else min(float(timeout_s), self.timeout_s)
         with self._lock:
             port = self._usable_port(name)
             self._seq = (self._seq % 255) + 1  # 1..255; seq 0 is for unsolicited events
             seq = self._seq
             frame = link.encode(seq, typ, payload)
-            for _attempt in range(self.retries + 1):
+            for _attempt in range(tries):
                 try:
                     port.write(frame)
-                    reply = self._wait(port, seq, typ)
+                    reply = self._wait(port, seq, typ, wait_s)
                 except (OSError, ValueError) as exc:  # pyserial raises SerialException(OSError)
                     self._port_failed(port, exc)
                     raise BoardLinkError(f"board link {name}: port failed: {exc}") from exc
@@ -214,7 +221,7 @@ class BoardClient:
                         f"board link {name}: bridge error {link.ERROR_NAMES.get(code, code)}")
                 return reply
             raise BoardLinkError(
-                f"board link {name}: no reply in {self.retries + 1} x {self.timeout_s:.2f} s")
+                f"board link {name}: no reply in {tries} x {wait_s:.2f} s")
 
     def _usable_port(self, name: str) -> SerialPort:
         """The open port, reopened when a failed one is due to be tried again; BoardLinkError
@@ -268,8 +275,9 @@ class BoardClient:
         except Exception as close_exc:  # a vanished device may not even close cleanly
             log.debug("board link: closing the failed port: %s", close_exc)
 
-    def _wait(self, port: SerialPort, seq: int, typ: int) -> link.Message | None:
-        deadline = self.clock.monotonic() + self.timeout_s
+    def _wait(self, port: SerialPort, seq: int, typ: int,
+              timeout_s: float) -> link.Message | None:
+        deadline = self.clock.monotonic() + timeout_s
         while True:
             data = port.read(max(1, getattr(port, "in_waiting", 0) or 0))
             if data:
@@ -281,7 +289,7 @@ class BoardClient:
                         return msg
             elif self.clock.monotonic() >= deadline:
                 return None
-            if self.clock.monotonic() >= deadline + self.timeout_s:  # a chatty line
+            if self.clock.monotonic() >= deadline + timeout_s:  # a chatty line
                 return None
 
     def _event(self, msg: link.Message) -> None:
@@ -318,7 +326,16 @@ class BoardClient:
     # ---- the API the agent uses --------------------------------------------------------------
 
     def read_sample(self) -> BoardSample:
-        reply = self.request(link.T_READ_SENSORS)
+        """The sensors, retried as every request is (where waiting is fine: start-up, tools)."""
+        return self._sample(self.request(link.T_READ_SENSORS))
+
+    def probe_sample(self, timeout_s: float | None = None) -> BoardSample:
+        """The sensors in one attempt, no retry, waiting up to `timeout_s` (at most the client's
+        own): the control loop's read, which a board that does not answer must hold up for
+        one short time-out only (the next tick reads again)."""
+        return self._sample(self.request(link.T_READ_SENSORS, attempts=1, timeout_s=timeout_s))
+
+    def _sample(self, reply: link.Message) -> BoardSample:
         now = self.clock.monotonic()
         try:
             sample = sample_from_payload(reply.payload, now, self.psu_efficiency)

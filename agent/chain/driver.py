@@ -4,8 +4,9 @@
 one reader thread per port moves received bytes into a queue (`agent.chain.uart`). Bring-up
 (`agent.chain.bringup`), frequency ramps (`agent.chain.ramp`) and recovery
 (`agent.chain.recovery`) are state machines that send their next frame when its time has come, and
-`next_deadline_s()` tells the caller when that is. Nothing waits but the wind-down from the
-governor's floor to the reset clock before a chip-fault reset (a short one, at the ramp limit).
+`next_deadline_s()` tells the caller when that is. Nothing waits: before a chip-fault reset the
+clock steps down from the governor's floor to the reset clock at the ramp limit in state
+`winding` (`agent.chain.ramp.descent_plan`), while the control loop ticks on.
 
 While hashing it sends jobs at the family's cadence (spec §5.3), verifies every nonce against the
 job it was found for, and reads a counter register every second. A chain that answers nothing for
@@ -24,12 +25,12 @@ from typing import Any
 
 from agent.chain.bringup import BringUp
 from agent.chain.port import SerialPort
-from agent.chain.ramp import FrequencyRamp
+from agent.chain.ramp import FrequencyRamp, descent_plan
 from agent.chain.recovery import Recovery, WindDown
 from agent.chain.script import FrameScript
 from agent.chain.settings import ChainSettings, job_interval_s
 from agent.chain.stats import ChainStatistics, ChainStats
-from agent.chain.takeover import ChainReset, RunningChain, wind_down
+from agent.chain.takeover import ChainReset, RunningChain
 from agent.chain.uart import ChainUart
 from agent.chain.work import (
     DEFAULT_VERSION_MASK,
@@ -48,9 +49,10 @@ from firmware_bridge.chips import profile
 log = logging.getLogger("gridminer.chain")
 
 # driver states (ChainStats.state)
-DOWN, STARTING, RAMPING, MINING, STOPPING, IDLE, FAILED = (
-    "down", "starting", "ramping", "mining", "stopping", "idle", "failed")
+DOWN, STARTING, RAMPING, MINING, STOPPING, IDLE, FAILED, WINDING = (
+    "down", "starting", "ramping", "mining", "stopping", "idle", "failed", "winding")
 HASHING = (RAMPING, MINING)
+TAKES_NONCES = (RAMPING, MINING, STOPPING, WINDING)  # the chips still hash their last jobs
 
 
 class ChainDriver:
@@ -129,12 +131,13 @@ class ChainDriver:
 
     def set_frequency(self, freq_mhz: float) -> None:
         """Ask for a hash clock; the driver ramps there in steps and then rewrites the HCN.
-        Kept across recoveries; ignored while stopping."""
-        self._ramp.request(freq_mhz, retarget=self.state != STOPPING)
+        Kept across recoveries; ignored while stopping or winding down to a reset."""
+        self._ramp.request(freq_mhz, retarget=self.state not in (STOPPING, WINDING))
 
     def stop(self, now: float) -> None:
-        """Stop hashing: no more jobs, ramp to the minimum frequency, rewrite HCN, then IDLE."""
-        if self.state in HASHING:
+        """Stop hashing: no more jobs, ramp to the minimum frequency, rewrite HCN, then IDLE
+        (a wind-down to a reset goes on at its pace, and ends IDLE instead)."""
+        if self.state in (*HASHING, WINDING):
             self.state = STOPPING
             self._ramp.stop(now)
         elif self.state != STOPPING:
@@ -225,10 +228,10 @@ class ChainDriver:
             t = min(t, self._script.due_s)
         if self.state == STARTING:
             t = min(t, self._bringup.deadline_s)
-        elif self.state in (RAMPING, MINING, STOPPING):
+        elif self.state in (RAMPING, MINING, STOPPING, WINDING):
             if self._ramp.pending:
                 t = min(t, self._ramp.next_step_s)
-            if self.state != STOPPING:
+            if self.state in HASHING:
                 t = min(t, self._next_job_s, self._next_counter_s, self._next_health_s)
         elif self.state == FAILED and self._recovery.retry_at_s is not None:
             t = min(t, self._recovery.retry_at_s)
@@ -260,6 +263,11 @@ class ChainDriver:
             if not self._ramp.pending:
                 self.state = IDLE
                 log.info("%s idle at %.2f MHz", self.name, self.freq_mhz)
+        elif state == WINDING:
+            self._ramp.poll(now, len(self.addresses))
+            if not self._ramp.pending:
+                log.info("%s: wound down to %.2f MHz", self.name, self.freq_mhz)
+                self._reinitialise(now)
         elif (state == FAILED and self._recovery.retry_at_s is not None
               and now >= self._recovery.retry_at_s):
             log.info("%s: retrying initialisation", self.name)
@@ -308,7 +316,7 @@ class ChainDriver:
             self.stats_.record_reply(chip.index, now)
 
     def _on_nonce(self, reply: Any, now: float) -> None:
-        if self.state not in (RAMPING, MINING, STOPPING):
+        if self.state not in TAKES_NONCES:
             return
         stats = self.stats_
         chip = stats.chip_index(reply.chip_addr_field)
@@ -434,11 +442,18 @@ class ChainDriver:
         wd = rec.wind_down
         if wd is not None and rec.reset_pending is not None:
             # the chips still take commands: from the governor's floor on down to the reset
-            # at the ramp limit too (a short wait), paced as if all of the measured power were
-            # clock-bound (the slowest pace; a model is least sure down here)
+            # at the ramp limit too (state WINDING, a step per poll), paced as if all of the
+            # measured power were clock-bound (the slowest pace; a model is least sure down here)
             measured_w, f0 = wd.measured_w(), self.freq_mhz
             power_w = wd.power_w if measured_w is None else (lambda f: measured_w * f / f0)
-            wind_down(self._uart.port, self.clock, self.family, f0, power_w, wd.ramp_w_s,
-                      tick=getattr(self.board, "heartbeat", None))
+            self.state = WINDING
+            self._ramp.descend(now, descent_plan(f0, power_w, wd.ramp_w_s,
+                                                 self.settings.ramp_interval_s,
+                                                 self.settings.ramp_step_mhz))
+            return
+        self._reinitialise(now)
+
+    def _reinitialise(self, now: float) -> None:
+        """Reset the chain and bring it up again."""
         self._uart.new_parser()
         self.start(now)

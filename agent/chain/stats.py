@@ -47,7 +47,8 @@ class ChainStats:
     """What the driver tells the governor, the status line and telemetry."""
 
     ts_s: float
-    state: str  # driver: "down", "starting", "ramping", "mining", "stopping", "idle", "failed"
+    state: str  # driver: "down", "starting", "ramping", "mining", "stopping", "idle", "failed",
+    # "winding" (down to the reset clock before a chip-fault reset)
     family: str
     freq_mhz: float  # the frequency the chips run now
     target_freq_mhz: float  # where the ramp is going

@@ -5,7 +5,8 @@ is already hashing (an agent restart) and take it over, probe one that is not, w
 reset answers at 115200 only); `ChainDriver.adopt` then goes on hashing at the clock read back,
 re-sending only `takeover_frames` (safe without a reset), then the HCN and jobs. `wind_down`
 steps a running chain that cannot be taken over down to 50 MHz within a power ramp before the
-reset. `probe_chain` enumerates a chain without configuring it (`gridminer probe`, and the
+reset (before the control loop starts; a chip fault's wind-down is a state of the driver).
+`probe_chain` enumerates a chain without configuring it (`gridminer probe`, and the
 agent's detection of the family and chip count the config leaves out).
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.chain.port import SerialPort
+from agent.chain.ramp import descent_plan, pll_frames
 from agent.chain.settings import INITIAL_BAUD, START_FREQ_MHZ
 from agent.clock import Clock
 from agent.errors import BoardLinkError, ChainError
@@ -129,36 +131,19 @@ def wind_down(
     power_w: Callable[[float], float], ramp_w_s: float, tick: Callable[[], None] | None = None,
     period_s: float = 0.1, step_mhz: float = 6.25,
 ) -> float:
-    """Bring a hashing chain's clock from `freq_mhz` down to 50 MHz with broadcast PLL0 writes,
-    at most 90 % of `ramp_w_s` of modelled power (`power_w(freq_mhz)`) per period: the safe way
-    to a reset (a running chain that cannot be taken over, a chip fault). Each step waits before
-    it as long as its drop needs, and so does the reset after it (its drop taken as all of the
-    power at 50 MHz), so the moves before and after stay within the ramp too. `tick` runs every
-    period (the board heartbeat). Returns the seconds it took."""
+    """Bring a hashing chain that cannot be taken over from `freq_mhz` down to 50 MHz along
+    `descent_plan` (at most 90 % of `ramp_w_s` of modelled power per period), waiting, before the
+    agent's control loop runs: the safe way to the cold bring-up's reset. `tick` runs before every
+    wait (the board heartbeat). Returns the seconds it took. (A chip fault's wind-down is the
+    driver's, without waiting: `ChainDriver`, state "winding".)"""
     start = clock.monotonic()
-    f = freq_mhz
-    budget = 0.9 * ramp_w_s * period_s
-
-    def pay(drop_w: float) -> None:
+    for wait_s, freq in descent_plan(freq_mhz, power_w, ramp_w_s, period_s, step_mhz):
         if tick is not None:
             with contextlib.suppress(Exception):
                 tick()
-        clock.sleep(period_s * max(1.0, drop_w / budget if budget > 0 else 1.0))
-
-    steps = asic.ramp_steps(f, START_FREQ_MHZ, step_mhz) if f > START_FREQ_MHZ else []
-    i = 0
-    while i < len(steps):
-        # the lowest next step whose power is within the budget (at least one step)
-        j = i
-        while j + 1 < len(steps) and power_w(f) - power_w(steps[j + 1]) <= budget:
-            j += 1
-        pay(power_w(f) - power_w(steps[j]))
-        f = steps[j]
-        i = j + 1
-        if family == "BM1397":
-            port.write(asic.cmd_write(asic.REG_PLL0_DIVIDER, 0x0F0F0F00))
-        port.write(asic.cmd_write(asic.REG_PLL0, asic.pll_value(family, f)))
-    pay(power_w(f))  # room for the reset that follows
+        clock.sleep(wait_s)
+        for frame in pll_frames(family, freq) if freq is not None else []:
+            port.write(frame)
     log.info("wound the chain down from %.2f MHz in %.1f s", freq_mhz, clock.monotonic() - start)
     return clock.monotonic() - start
 

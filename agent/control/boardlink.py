@@ -25,12 +25,16 @@ LINK_PROBE_S = 1.0  # while the board link is down, one sample read probes it af
 LINK_PROBE_MAX_S = 5.0  # ... the wait doubling up to this
 LINK_DOWN_LOG_S = 60.0  # ... and a reminder this often that it still is
 SLOW_FAILURE_SHARE = 0.5  # a board request failing after this share of a period timed out
+PROBE_WAIT_PERIODS = 1.5  # the tick's sample read waits this many periods for its reply,
+PROBE_WAIT_MIN_S = 0.05  # ... at least this long (a bridge at 115200 baud answers in ~5 ms)
 
 
 class Board(Protocol):
     """The board link as the runtime uses it (agent.chain.board.BoardClient)."""
 
     def read_sample(self) -> Any: ...
+
+    def probe_sample(self, timeout_s: float | None = None) -> Any: ...  # one try, no retry
 
     def heartbeat(self) -> Any: ...
 
@@ -64,7 +68,9 @@ def _error_text(exc: Exception) -> str:
 
 class BoardLink:
     """The control thread's board requests: the tick's sample, confirmed writes, the link's
-    health. `open` says whether requests may still go out in this tick (`end_tick` opens it)."""
+    health. `open` says whether requests may still go out in this tick (`end_tick` opens it). The
+tick's sample is read in one attempt that waits at most `PROBE_WAIT_PERIODS` periods
+(`Board.probe_sample`): a board that stopped answering holds a tick up that long, no more."""
 
     def __init__(self, board: Board, clock: Clock, counters: LinkCounters, alerts: AlertLog,
                  *, period_s: float, stale_s: float) -> None:
@@ -115,7 +121,8 @@ class BoardLink:
             return None
         t0 = self.clock.monotonic()
         try:
-            sample = self.board.read_sample()
+            sample = self.board.probe_sample(
+                max(PROBE_WAIT_MIN_S, PROBE_WAIT_PERIODS * self.period_s))
         except Exception as exc:
             self.counters.board_errors += 1
             slow = self._timed_out(t0)

@@ -54,7 +54,9 @@ BOTTOM_MARGIN = 0.02
 TRIP_CAP_CUT = 0.2  # after a thermal trip, return capped this share of max power below the trip
 RAMP_SHARE = 0.95  # the reference ramps a little under the limit: room for model error
 CAP_MARGIN_SHARE = 0.01  # the reference stays this share of max power under the cap
-HASHING_STATES = ("ramping", "mining")  # driver states (ChainStats.state) with the chips hashing
+# driver states (ChainStats.state) with the chips hashing; "winding": down to the reset clock
+# before a chip-fault reset, the governor holding its floor (it starts over at the reset)
+HASHING_STATES = ("ramping", "mining", "winding")
 EXPLORE_MARGIN_SHARE = 0.1  # above the highest steady load + this share of max power ...
 EXPLORE_RAMP_SHARE_S = 0.4  # ... the reference rises at most this share of max power per second
 CAP_APPROACH_SHARE_S = 0.15  # ... and this near the cap

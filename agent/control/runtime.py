@@ -146,6 +146,9 @@ class Runtime:
         self.wake = wake or threading.Event()
         self.status_out = status_out or (lambda line: print(line, flush=True))
         self.on_stop = on_stop or []  # closers run at the end (grid link, ports)
+        #: called with the time after every control tick, on the control thread (the outward
+        #: surfaces read the figures here); a hook that fails is logged and the loop goes on
+        self.on_tick: list[Callable[[float], None]] = []
         self.counters = RuntimeCounters()
         self.sample_stale_s = float(governor.sensor_stale_s)
         self._alerts = AlertLog(log, clock)
@@ -272,6 +275,11 @@ class Runtime:
         if now - self._next_tick_s > self.period_s:
             self.counters.overruns += 1
         act = self.tick(now)
+        for hook in self.on_tick:
+            try:
+                hook(now)
+            except Exception:
+                self._alerts.warn("tick_hook", "a tick hook failed")
         self._next_tick_s += self.period_s
         if self._next_tick_s <= now:
             self._next_tick_s = now + self.period_s
@@ -438,10 +446,9 @@ class Runtime:
         drv = self.driver
         now = self.clock.monotonic()
         try:
-            hashing = drv.hashing
-            drv.stop(now)
+            drv.stop(now)  # STOPPING only when the chips run (hashing or winding down)
             end = now + STOP_RAMP_TIMEOUT_S
-            while hashing and drv.state == STOPPING and now < end:  # the ramp to the minimum
+            while drv.state == STOPPING and now < end:  # the ramp to the minimum
                 drv.poll(now)
                 self.clock.sleep(max(0.0, min(drv.next_deadline_s(now) - now, 0.05)))
                 now = self.clock.monotonic()

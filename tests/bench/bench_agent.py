@@ -22,7 +22,9 @@ Run: `.venv/bin/python tests/bench/bench_agent.py [--only NAME ...]`.
 * gaps: the longest gap between two control ticks (wall ms and control periods; goal: no gap
   over 3 periods) while the agent, with its grid link on a real Mosquitto, takes a storm of
   signed setpoints (on this disk, and with every persisted state write slowed to an SD card's
-  20 ms), and while it recovers a hung chain (`chain_hang` on the emulator).
+  20 ms), while it recovers a hung chain (`chain_hang` on the emulator) and a dead chip (the
+  wind-down to the reset clock at the ramp, the reset, the bring-up), and while the board
+  answers nothing for 3 s.
 """
 
 from __future__ import annotations
@@ -289,7 +291,7 @@ class AgentRig:
     holds the emulator's true state (emulated seconds, board input power, hottest chip)."""
 
     def __init__(self, chips: int = 4, raw: dict[str, Any] | None = None, speed: float = 1.0,
-                 ambient_c: float = 25.0) -> None:
+                 ambient_c: float = 25.0, **driver_settings: Any) -> None:
         from agent.app import open_serial
         from agent.chain.board import BoardClient
         from agent.config import config_from_mapping
@@ -314,7 +316,8 @@ class AgentRig:
         chain_port = open_serial(self.config.chain.port, "chain", 115200, 0.05)
         self.board_port = open_serial(self.config.board.port, "board", 115200, 0.02)
         self.board = BoardClient(self.board_port)
-        settings = ChainSettings.from_config(self.config.chain, self.config.envelope)
+        settings = ChainSettings.from_config(self.config.chain, self.config.envelope,
+                                             **driver_settings)
         self.driver = ChainDriver(chain_port, settings, self.clock, LocalWorkSource(self.clock),
                                   board=self.board, wake=wake)
         self.governor = Governor(self.config, self.clock)
@@ -586,7 +589,9 @@ def bench_gaps(commands: int = 300) -> None:
         rig = AgentRig(4, raw={"grid": {
             "broker_url": broker.url, "site": "site-a", "device": "dev-1",
             "operator_keys": [{"kid": "bench", "path": str(pem)}],
-            "state_dir": str(Path(tmp) / "state"), "restart_spread_s": 0.0}})
+            "state_dir": str(Path(tmp) / "state"), "restart_spread_s": 0.0},
+            "envelope": {"ramp_max_w_s": DEAD_CHIP_RAMP_W_S}},
+            dead_min_s=2.0, recover_backoff_s=1.0)  # a dead chip is reset within seconds
         session, link = build_grid(rig.config, rig.runtime, rig.clock)
         rig.runtime.grid = session
         rig.runtime.on_stop.insert(0, link.stop)
@@ -648,6 +653,8 @@ def bench_gaps(commands: int = 300) -> None:
             ok = rig.driver.recoveries > resets and rig.driver.state == "mining"
             t2 = time.monotonic()
             hang = gaps.longest_s(t1, t2)
+            dead = recover_dead_chip(rig, gaps)
+            silent = board_silent(rig, gaps)
             print(f"gaps     longest gap between two control ticks (period {period * 1000:.0f} "
                   f"ms; goal: no gap over 3 periods)")
             print(f"           storm of {commands} signed setpoints: {fast}")
@@ -656,9 +663,53 @@ def bench_gaps(commands: int = 300) -> None:
             print(f"           chain hang, reset and bring-up ("
                   f"{'back to mining' if ok else 'NOT back to mining'} after {t2 - t1:.1f} s): "
                   f"{hang * 1000:.0f} ms = {hang / period:.1f} periods")
+            print(f"           dead chip, wind-down, reset and bring-up: {dead}")
+            print(f"           board silent for {BOARD_SILENT_S:g} s (every reply lost): {silent}")
         finally:
             op.close()
             rig.stop()
+
+
+DEAD_CHIP_RAMP_W_S = 30.0  # the ramp limit of the gaps rig: a wind-down of a second or so
+
+
+def recover_dead_chip(rig: AgentRig, gaps: TickGaps) -> str:
+    """A chip goes silent: the governor brings the load to its floor, the driver winds the clock
+    down to the reset clock at the ramp, resets and brings the chain up again; the longest tick
+    gap from the fault until the chain hashes again."""
+    period = rig.runtime.period_s
+    resets = rig.driver.recoveries
+    t0 = time.monotonic()
+    rig.emu.inject_fault("chip_silent", chip=2, duration_s=10.0)
+    end = t0 + 60
+    reset = False  # the driver went through a bring-up since the fault
+    while not (reset and rig.driver.hashing) and time.monotonic() < end:
+        reset = reset or (rig.driver.recoveries > resets and not rig.driver.hashing)
+        time.sleep(0.01)
+    ok = reset and rig.driver.hashing
+    t1 = time.monotonic()
+    gap = gaps.longest_s(t0, t1)
+    return (f"{gap * 1000:.0f} ms = {gap / period:.1f} periods "
+            f"({'hashing again' if ok else 'NOT hashing again'} after {t1 - t0:.1f} s)")
+
+
+BOARD_SILENT_S = 3.0
+
+
+def board_silent(rig: AgentRig, gaps: TickGaps) -> str:
+    """The board's port stays open but nothing answers (every reply frame lost) for a while:
+    the longest tick gap meanwhile."""
+    period = rig.runtime.period_s
+    t0 = time.monotonic()
+    rig.emu.inject_fault("reply_drop", port="board", probability=1.0, duration_s=BOARD_SILENT_S)
+    end = rig.now_s() + BOARD_SILENT_S
+    while rig.now_s() < end:
+        time.sleep(0.05)
+    t1 = time.monotonic()
+    gap = gaps.longest_s(t0, t1)
+    ticks = sum(t0 <= t <= t1 for t in gaps.times)
+    return (f"{gap * 1000:.0f} ms = {gap / period:.1f} periods ({ticks} ticks in "
+            f"{t1 - t0:.1f} s, {rig.runtime.counters.board_errors} failed sample reads in all)")
 
 
 BENCHES = {"bringup": bench_bringup, "verify": bench_verify, "memory": bench_memory,

@@ -106,12 +106,16 @@ def test_128_chip_chain_enumerates_and_every_chip_is_attributed(rig_factory):
     assert rig.driver.addresses == list(range(0, 256, 2))
     assert [c["addr"] for c in rig.emu.state()["chain"]["chip"]] == rig.driver.addresses
     assert rig.run_until(lambda: rig.driver.state == "mining", 3.0)
-    rig.run_until(lambda: False, 5.0)
+    # the emulator's own truth, not a rate against the wall clock (a CPU-starved emulator emits
+    # fewer nonces a wall second): every nonce it emitted is verified and put to its chip
+    assert rig.run_until(lambda: rig.emu.state()["nonces_emitted"] >= 1000, 60.0)
+    before = [c["nonces"] for c in rig.emu.state()["chain"]["chip"]]
+    assert rig.run_until(lambda: rig.stats().valid >= sum(before), 10.0)
     snap = rig.stats()
-    assert snap.valid > 500
+    after = [c["nonces"] for c in rig.emu.state()["chain"]["chip"]]
     assert snap.hw_errors == 0 and snap.unattributed == 0
-    assert sum(1 for c in snap.chips if c.valid > 0) > 120
-    assert 0.75 * snap.expected_hashrate_ghs < snap.hashrate_ghs < 1.25 * snap.expected_hashrate_ghs
+    assert all(lo <= c.valid <= hi for c, lo, hi in zip(snap.chips, before, after, strict=True))
+    assert sum(1 for n in before if n > 0) > 120  # (the chips share the work)
 
 
 def test_garbage_and_corrupted_replies_are_counted_and_mining_goes_on(rig_factory):

@@ -1,11 +1,16 @@
 """agent.chain.board.BoardClient against the real Bridge over an in-process fake port, and
 agent.chain.port.open_port, the way both serial links are opened."""
 
+import logging
+
 import pytest
 
 from agent.chain.board import BoardClient
 from agent.chain.port import open_port
 from agent.clock import FakeClock
+from agent.control.alerts import AlertLog
+from agent.control.boardlink import BoardLink
+from agent.control.runtime import RuntimeCounters
 from agent.errors import BoardLinkError, ConfigError
 from firmware_bridge.bridge import Bridge
 from firmware_bridge.hal import MemoryUart, SimHal
@@ -265,3 +270,39 @@ def test_the_client_closes_a_port_it_may_reopen():
     other = VanishingPort(clock)
     BoardClient(other, clock=clock).close()  # the caller's port: the caller closes it
     assert not other.closed
+
+
+def test_a_probe_is_one_attempt_so_a_silent_board_costs_one_time_out(rig):
+    client, port = rig  # 0.1 s per attempt, 2 retries for the other requests
+    port.drop = 100
+    t0 = client.clock.monotonic()
+    with pytest.raises(BoardLinkError, match=r"no reply in 1 x 0\.10 s"):
+        client.probe_sample()
+    assert port.writes == 1 and client.clock.monotonic() - t0 < 2 * client.timeout_s
+    t0 = client.clock.monotonic()
+    with pytest.raises(BoardLinkError, match=r"no reply in 1 x 0\.04 s"):
+        client.probe_sample(timeout_s=0.04)  # a shorter wait; never a longer one
+    assert port.writes == 2 and client.clock.monotonic() - t0 < 0.04 + 0.03
+    port.drop = 0
+    assert client.probe_sample().bridge_state in ("idle", "active")
+
+
+def test_the_control_loop_reads_a_silent_board_at_one_time_out_a_tick():
+    """The runtime's board link reads with the probe: while the board answers nothing, no tick
+    is held up for more than one attempt's time-out, and none at all while it is only probed."""
+    clock = FakeClock()
+    port = FakePort(clock)
+    client = BoardClient(port, timeout_s=0.1, retries=2, clock=clock)
+    board_link = BoardLink(client, clock, RuntimeCounters(),
+                           AlertLog(logging.getLogger("test"), clock), period_s=0.1, stale_s=1.0)
+    assert board_link.read(clock.monotonic()) is not None
+    port.drop = 10_000
+    costs: list[float] = []
+    for _ in range(40):  # 4 s of ticks: the sample goes stale, the link is then only probed
+        t0 = clock.monotonic()
+        assert board_link.read(t0) is None
+        costs.append(clock.monotonic() - t0)
+        board_link.end_tick()
+        clock.advance(0.1)
+    assert max(costs) <= 1.5 * 0.1 + 0.02  # PROBE_WAIT_PERIODS, and one read of the port
+    assert not board_link.fresh and costs.count(0.0) > 10  # probed, not read every tick

@@ -351,8 +351,8 @@ def test_a_chip_fault_reset_waits_for_the_governors_floor_or_its_time_out():
     run_until(drv, clock, lambda: clock.monotonic() - t0 > 2.0)
     assert port.resets == resets and drv.state == "mining"  # hashing on, no reset yet
     drv.set_frequency(100.0)  # the governor has brought the load down
-    run_until(drv, clock, lambda: drv.recoveries == 1)
-    assert port.resets == resets + 1 and drv.reset_pending is None
+    run_until(drv, clock, lambda: port.resets == resets + 1)
+    assert drv.recoveries == 1 and drv.reset_pending is None
     run_until(drv, clock, lambda: drv.state == "mining")
     assert port.freq_mhz == pytest.approx(100.0)
     # a governor that never gets there (a bug): the reset comes after the time-out anyway
@@ -363,7 +363,70 @@ def test_a_chip_fault_reset_waits_for_the_governors_floor_or_its_time_out():
     assert drv.reset_pending == "chip 2 (address 128) is flaky"
     t1 = clock.monotonic()
     run_until(drv, clock, lambda: drv.recoveries == 2)
-    assert 5.0 <= clock.monotonic() - t1 < 5.5
+    assert 5.0 - 0.05 <= clock.monotonic() - t1 < 5.5  # run_until polls 50 ms apart at most
+
+
+def test_the_wind_down_to_a_reset_is_stepped_by_the_polls_never_waiting_inside_one():
+    """From the governor's floor the clock goes down to the reset clock within the ramp, one
+    step per poll when its time has come: the caller (the control loop) is never held up."""
+    clock, port, drv = make(4, recover_backoff_s=1.0)
+    ramp_w_s, watts_per_mhz = 4.0, 0.05
+    drv.wind_down = WindDown(power_w=lambda f: f * watts_per_mhz, measured_w=lambda: None,
+                             ramp_w_s=ramp_w_s, floor_mhz=300.0, timeout_s=5.0)
+    drv.set_frequency(300.0)
+    drv.bring_up()
+    run_until(drv, clock, lambda: drv.state == "mining")
+    resets = port.resets
+    turn_flaky(port, 1)
+
+    def no_waiting(_s: float) -> None:
+        raise AssertionError("the driver waited inside a poll")
+
+    clock.sleep = no_waiting  # type: ignore[method-assign]
+    end = clock.monotonic() + 30.0
+    while drv.state != "winding":  # the step in which the wind-down begins
+        now = clock.monotonic()
+        assert now < end, f"no wind-down; state {drv.state}"
+        drv.poll(now)
+        clock.advance(max(0.001, min(drv.next_deadline_s(now) - now, 0.05)))
+    assert drv.stats(clock.monotonic()).state == "winding"
+    assert drv.reset_pending == "chip 1 (address 64) is flaky"
+    drv.set_frequency(400.0)  # a governor's request meanwhile does not turn the descent around
+    steps: list[tuple[float, float]] = [(now, port.freq_mhz)]
+    polls = 0
+    while port.resets == resets:
+        now = clock.monotonic()
+        assert now < end + 30.0, "no reset after the wind-down"
+        drv.poll(now)
+        polls += 1
+        if port.freq_mhz != steps[-1][1]:
+            steps.append((now, port.freq_mhz))
+        assert drv.state in ("winding", "starting")
+        clock.advance(max(0.001, min(drv.next_deadline_s(now) - now, 0.05)))
+    assert steps[-1][1] == pytest.approx(50.0) and len(steps) > 3 and polls > len(steps)
+    # within the ramp: no drop faster than 90 % of ramp_w_s over the steps, the reset included
+    for (t0, f0), (t1, f1) in itertools.pairwise(steps):
+        assert (f0 - f1) * watts_per_mhz <= 0.9 * ramp_w_s * (t1 - t0) + 1e-9
+    assert clock.monotonic() - steps[-1][0] >= 50.0 * watts_per_mhz / (0.9 * ramp_w_s) - 1e-9
+    clock.sleep = type(clock).sleep.__get__(clock)  # type: ignore[method-assign]
+    run_until(drv, clock, lambda: drv.state == "mining")
+    assert drv.reset_pending is None and drv.recoveries == 1
+    assert port.freq_mhz == pytest.approx(400.0)  # the frequency last asked for
+
+
+def test_a_stop_while_winding_down_goes_on_to_the_reset_clock_and_idles():
+    clock, port, drv = make(4, recover_backoff_s=1.0)
+    drv.wind_down = WindDown(power_w=lambda f: f * 0.05, measured_w=lambda: None,
+                             ramp_w_s=4.0, floor_mhz=300.0, timeout_s=5.0)
+    drv.set_frequency(300.0)
+    drv.bring_up()
+    run_until(drv, clock, lambda: drv.state == "mining")
+    resets = port.resets
+    turn_flaky(port, 1)
+    run_until(drv, clock, lambda: drv.state == "winding")
+    drv.stop(clock.monotonic())
+    run_until(drv, clock, lambda: drv.state == "idle")
+    assert port.freq_mhz == pytest.approx(50.0) and port.resets == resets
 
 
 def test_a_chain_that_does_not_come_back_is_retried_within_a_second_then_backing_off(caplog):

@@ -61,6 +61,9 @@ class FakeBoard:
                       40.0 + noise, 50.0, 12.0, power / 12.0, power + noise, 3000,
                       self.fan_pct, self.vcore_mv, self.powered)
 
+    def probe_sample(self, timeout_s: float | None = None) -> Sample:  # no retries to leave out
+        return self.read_sample()
+
     def heartbeat(self) -> None:
         self._check("heartbeat")
         self.calls.append(("heartbeat", None))
@@ -297,3 +300,34 @@ def test_a_grid_command_is_acted_on_at_once_not_at_the_next_period():
     assert ticks_within(0.005) == 0  # nothing asked: the next tick is a period away
     sink.apply("setpoint", cfg.envelope.max_power_w / 2, None)
     assert ticks_within(0.005) == 1  # a command: the governor acts on it within milliseconds
+
+
+def test_after_a_chip_fault_the_load_climbs_back_from_the_reset_not_from_the_floor():
+    """A flaky chip: the governor brings the load to its floor, the driver winds the clock down
+    to the reset clock (the control loop ticking on) and resets the chain; the governor's
+    reference starts over at the reset, so the load the chain comes back with climbs at the
+    ramp from there instead of jumping to the floor's."""
+    from agent.app import wind_down_for
+
+    ramp = 10.0
+    clock, port, board, driver, rt, _lines, _closed, _cfg = make(
+        target_w=60.0, envelope={"ramp_max_w_s": ramp})
+    driver.wind_down = wind_down_for(rt.governor)
+    run_for(rt, clock, 25.0)  # past the driver's dead_min_s: chip faults are judged
+    assert driver.state == "mining"
+    resets = board.count("reset")
+    for _ in range(16):
+        port.emit_nonce(1, valid=False)
+    states: set[str] = set()
+    end = clock.monotonic() + 60.0
+    while board.count("reset") == resets:
+        assert clock.monotonic() < end, f"no reset; driver {driver.state}"
+        run_for(rt, clock, 0.01)
+        states.add(driver.state)
+    t_reset = clock.monotonic()
+    assert "winding" in states and rt.actuation.mode == "mining"
+    while not driver.hashing:
+        assert clock.monotonic() < t_reset + 10.0
+        run_for(rt, clock, 0.01)
+    run_for(rt, clock, 0.1)  # a tick with the chain hashing again
+    assert rt.actuation.target_w <= ramp * (clock.monotonic() - t_reset) + 0.5
