@@ -356,7 +356,9 @@ class ChainDriver:
     # -- hashing ------------------------------------------------------------------------------
 
     def _begin_hashing(self, now: float) -> None:
-        self._uart.want_wake = False
+        # every read keeps waking the control thread: a nonce is verified and goes to the pool
+        # at once, not at the next control tick
+        self._uart.want_wake = True
         self._recovery.up()
         self.state = RAMPING
         self.fatal = False

@@ -48,7 +48,7 @@ class ChainUart:
         self.bytes_out = 0
         self.bytes_in = 0
         self.link_errors = 0
-        self.want_wake = False  # set the wake event on every read (bring-up), not just polls
+        self.want_wake = False  # wake the control thread on every read
         self._parser = asic.ResponseParser(family)
         self._crc_base = 0  # counts of the parsers before this one
         self._discard_base = 0

@@ -70,10 +70,12 @@ class ModelCorrection:
         self._last_target_w = power_w
 
     def observe(self, now_s: float, dt: float, chk: SampleCheck, last: Actuation | None, *,
-                ref_w: float, starting: bool) -> None:
+                ref_w: float, starting: bool, hold: bool = False) -> None:
         """Advance the prediction of measured power and integrate the model error into the
         model's gain (or the offset); learn the split from steady points at different loads.
-        `last` is the envelope's last output, `ref_w` the governor's ramped reference."""
+        `last` is the envelope's last output, `ref_w` the governor's ramped reference; `hold`:
+        the chips do not run at what the governor commands (the driver winds them down before a
+        reset), so the measurement says nothing about the model and nothing is learnt."""
         delay = self.cfg.response_delay_s
         while self._pred_hist and self._pred_hist[0][0] <= now_s - delay + 1e-9:
             _, self._pred_delayed = self._pred_hist.popleft()
@@ -82,8 +84,8 @@ class ModelCorrection:
         alpha = 1.0 if tau <= 0 else 1.0 - math.exp(-dt / tau)
         self._chain0_f += alpha * (chain0 - self._chain0_f)
         self._on_f += alpha * (on - self._on_f)
-        if not (chk.fresh and chk.power_w is not None and chk.chain_powered and last is not None
-                and last.chain_power_on and self._on_f > 0.5):
+        if hold or not (chk.fresh and chk.power_w is not None and chk.chain_powered
+                        and last is not None and last.chain_power_on and self._on_f > 0.5):
             self._steady_since = None
             return
         model = self.model

@@ -56,7 +56,8 @@ RAMP_SHARE = 0.95  # the reference ramps a little under the limit: room for mode
 CAP_MARGIN_SHARE = 0.01  # the reference stays this share of max power under the cap
 # driver states (ChainStats.state) with the chips hashing; "winding": down to the reset clock
 # before a chip-fault reset, the governor holding its floor (it starts over at the reset)
-HASHING_STATES = ("ramping", "mining", "winding")
+WINDING = "winding"
+HASHING_STATES = ("ramping", "mining", WINDING)
 EXPLORE_MARGIN_SHARE = 0.1  # above the highest steady load + this share of max power ...
 EXPLORE_RAMP_SHARE_S = 0.4  # ... the reference rises at most this share of max power per second
 CAP_APPROACH_SHARE_S = 0.15  # ... and this near the cap
@@ -324,7 +325,7 @@ class Governor:
         self._derate(dt, temp, chk)
         self._update_limit(temp)
         self.correction.observe(now_s, dt, chk, self.envelope.last, ref_w=self._ref_w,
-                                starting=self._starting)
+                                starting=self._starting, hold=state == WINDING)
         goal, on = self._goal(temp, chk, hashing, reset_pending)
         ref = self._ramp(goal, dt)
         freq = self._feedforward_mhz(now_s, ref, temp, reset_pending)

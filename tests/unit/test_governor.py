@@ -595,3 +595,24 @@ def test_curtail_goes_to_the_minimum_frequency_and_reports_that_power():
     loop.run(3.0)
     assert loop.outs[-1][1].freq_mhz == 100.0
     assert abs(loop.plant.power_w - d.applied_w) < 0.05 * 20.0
+
+
+def test_the_model_is_not_learnt_while_the_driver_winds_the_chips_down():
+    """While the driver takes the clock down to a reset, the chips do not run at what the
+    governor commands: the falling power must not teach the model that the chips draw less (it
+    would then climb too fast after the reset)."""
+    loop = Loop()
+    loop.settle()
+    loop.run(4.0)
+    gain, offset = loop.gov.model.gain, loop.gov.correction.offset_w
+    loop.chain = ChainState(state="winding")
+
+    def winding_down(s: Sample) -> Sample:  # the measured power falls as the clock comes down
+        return replace(s, power_w=s.power_w * 0.4)
+
+    loop.sample_hook = winding_down
+    loop.run(3.0)
+    assert loop.gov.model.gain == gain and loop.gov.correction.offset_w == offset
+    loop.chain = ChainState(state="mining")  # the same readings while mining are learnt from
+    loop.run(1.0)
+    assert loop.gov.model.gain < gain or loop.gov.correction.offset_w < offset
