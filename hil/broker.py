@@ -17,6 +17,7 @@ import getpass
 import hashlib
 import ipaddress
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -262,6 +263,7 @@ class Mosquitto:
             "log_type information",
             "connection_messages true",
             "max_keepalive 300",
+            "max_connections -1",  # a site's fleet: as many as the open-file limit allows
             "set_tcp_nodelay true",
             f"allow_anonymous {'false' if self.auth else 'true'}",
         ]
@@ -296,6 +298,7 @@ class Mosquitto:
     def start(self, timeout_s: float = 10.0) -> Mosquitto:
         if self.process is not None and self.process.poll() is None:
             return self
+        _open_file_limit_to_hard()  # inherited by the broker
         with open(self.folder / "stderr.log", "ab") as err:
             self.process = subprocess.Popen(
                 [self.binary, "-c", str(self.folder / "mosquitto.conf")],
@@ -357,6 +360,17 @@ class Mosquitto:
             except OSError:
                 pass
         return text.strip() or "(no log)"
+
+
+def _open_file_limit_to_hard() -> None:
+    """This process's open-file limit raised to the hard limit, for the broker to inherit (one
+    file per client; the usual soft limit of 1024 is below a site's fleet)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # an unlimited hard limit the kernel caps lower
+            pass
 
 
 def _accepts(port: int) -> bool:

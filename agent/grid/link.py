@@ -15,6 +15,13 @@ noticed by the keepalive (at most two keepalive periods); telemetry handed to th
 last answered ping of such a connection is counted lost. When the broker says another client took
 over this device id (or keeps closing fresh sessions at once), the link backs off, and stops for
 good (`fatal`) when it goes on.
+
+External loop (`external_loop=True`, for many links in one thread, e.g. the lab's fleet of
+virtual devices): no paho thread. The owner of that thread watches `client.socket()` and calls
+paho's `loop_read`/`loop_write`/`loop_misc` itself, and `connect_now()` once `reconnect_due_s`
+(monotonic) has come; publishes from that thread are written at once, and what a paho callback
+queued is pending while `client.want_write()`. Everything else (callbacks, backoff, birth and
+Will) is the same.
 """
 
 from __future__ import annotations
@@ -142,9 +149,12 @@ class GridLink:
         settings: LinkSettings,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        external_loop: bool = False,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.external_loop = external_loop
+        self.reconnect_due_s: float | None = None  # external loop: when to call connect_now()
         self.topics = settings.topics
         try:
             self.topics.validate()
@@ -179,6 +189,7 @@ class GridLink:
         self._confirmed_s = 0.0  # everything handed to the client before this reached the broker
         self._unconfirmed: deque[float] = deque(maxlen=4096)  # hand-over times of QoS 0 messages
         self._lost_unconfirmed = 0
+        self._plain_properties = self._cbor_properties()
         self._client = self._make_client()
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -259,6 +270,11 @@ class GridLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def client(self) -> mqtt.Client:
+        """The paho client (an external loop drives its socket)."""
+        return self._client
+
     def start(self) -> None:
         """Connect in the background (paho's network thread) and keep reconnecting."""
         if self._started:
@@ -273,7 +289,34 @@ class GridLink:
         self.state = "connecting"
         self._client.connect_async(self.address.host, self.address.port,
                                    keepalive=s.keepalive_s, clean_start=False, properties=props)
-        self._client.loop_start()
+        if self.external_loop:
+            self.reconnect_due_s = time.monotonic()
+        else:
+            self._client.loop_start()
+
+    def connect_now(self) -> bool:
+        """External loop: one connection attempt (a blocking TCP connect, then CONNECT queued);
+        False when it failed at once (the next attempt is then scheduled)."""
+        self.reconnect_due_s = None
+        if not self._started:
+            return False
+        try:
+            self._client.reconnect()
+        except (OSError, ValueError):
+            self._on_connect_fail(self._client, None)
+            return False
+        return True
+
+    def abort(self) -> None:
+        """Drop the connection without a DISCONNECT, as a power cut or a dead network would (the
+        broker then publishes the Will), and stop: no reconnect, nothing more sent."""
+        self._started = False
+        self.reconnect_due_s = None
+        release_sockets(self._client)
+        if not self.external_loop:
+            self._client.loop_stop()
+        self._connected.clear()
+        self.state = "down"
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Publish the offline status (a clean disconnect suppresses the Will) and disconnect."""
@@ -285,12 +328,15 @@ class GridLink:
                 properties=self._cbor_properties(),
             )
             try:
-                info.wait_for_publish(timeout=timeout_s)
+                if not self.external_loop:  # else written at once, and no one reads the PUBACK
+                    info.wait_for_publish(timeout=timeout_s)
             except (RuntimeError, ValueError):
                 pass
         self._started = False
+        self.reconnect_due_s = None
         self._client.disconnect()
-        self._client.loop_stop()
+        if not self.external_loop:
+            self._client.loop_stop()
         release_sockets(self._client)
         self._connected.clear()
         self.state = "down" if self.fatal is None else self.state
@@ -327,7 +373,10 @@ class GridLink:
         """Publish from any thread; False if a QoS 0 message could not be sent now (QoS 1
         messages are queued by paho and sent after a reconnect). ValueError for a topic or
         payload MQTT cannot carry."""
-        props = self._cbor_properties()
+        if correlation_data is None and not user_properties:
+            props = self._plain_properties  # telemetry: one object, never changed
+        else:
+            props = self._cbor_properties()
         if correlation_data is not None:
             props.CorrelationData = correlation_data
         for key, value in user_properties:
@@ -392,6 +441,9 @@ class GridLink:
 
     def _retry_in(self, delay_s: float) -> None:
         """The wait before paho's next connection attempt (paho counts whole delays)."""
+        if self.external_loop:
+            self.reconnect_due_s = time.monotonic() + delay_s if self._started else None
+            return
         self._client.reconnect_delay_set(delay_s, delay_s)  # type: ignore[arg-type]
 
     def _on_connect(
@@ -439,6 +491,7 @@ class GridLink:
     ) -> None:
         was_up = self._connected.is_set()
         self._connected.clear()
+        self.reconnect_due_s = None  # set again by _retry_in, unless the link gives up
         if not self._started:
             return  # our own stop()
         code = getattr(reason, "value", None)
