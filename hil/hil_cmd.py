@@ -10,6 +10,8 @@
 --target, the agent as its own process, the grid simulator), shows a live status line on stderr
 and writes DIR/report.png, DIR/summary.json, DIR/summary.md. Exit status: 0 every criterion met,
 1 a criterion failed, 2 the scenario or an option is invalid, 3 the rig could not run.
+A site scenario (hil/scenarios/site/, e.g. site_surplus) runs a fleet of virtual devices behind
+`gridminer site` instead, beside today's fleet tools (`hil.site`).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hil.scenario import ScenarioError, available, load
+    from hil.site import cli as site  # site scenarios (hil/scenarios/site/)
 
     if args.action == "list":
-        code = EXIT_PASS
+        code = site.list_sites()
         for path in available():
             try:
                 s = load(path)
@@ -62,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "check":
         code = EXIT_PASS
         for name in args.files:
+            if site.is_site(name):
+                code = max(code, site.check_site(name))
+                continue
             try:
                 s = load(name)
                 print(f"{name}: ok ({len(s.grid)} grid events, {len(s.faults)} faults, "
@@ -72,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         return code
     if args.action == "report":
         return _report(Path(args.dir))
+    if site.is_site(args.scenario):
+        return site.run_site(args)
     return _run(args)
 
 
@@ -82,6 +90,12 @@ def _report(folder: Path) -> int:
     if not path.is_file():
         print(f"gridminer hil report: {path} not found", file=sys.stderr)
         return EXIT_USAGE
+    from hil.site.report import is_site_recording
+
+    if is_site_recording(path):
+        from hil.site.cli import report_site
+
+        return report_site(folder)
     summary = write_report(read_recording(path), folder)
     print((folder / "summary.md").read_text(encoding="utf-8"))
     return EXIT_PASS if summary["passed"] else EXIT_FAIL
@@ -140,6 +154,14 @@ def _verdict(s: dict, out: Path) -> str:
         f"  commands sent/acked/rejected {c['sent']}/{c['acked']}/{c['rejected']}, "
         f"telemetry gaps {s['telemetry_gaps']}, energy {s['energy_wh']:.3f} Wh",
     ]
+    pool = s.get("pool")
+    if pool:
+        agent = pool["agent"] or {}
+        lines.append(
+            f"  pool shares accepted/rejected/invalid {pool['accepted']}/"
+            f"{pool['submitted'] - pool['accepted'] - pool['invalid']}/{pool['invalid']}, "
+            f"stale {_f(pool['stale_pct'])} %; the agent counted "
+            f"{agent.get('pool_accepted', 'n/a')}/{agent.get('pool_rejected', 'n/a')}")
     lines += [f"  criterion {x['name']} = {x['value']} (bound {x['bound']:g}) FAILED"
               for x in s["criteria"] if not x["ok"]]
     lines.append(f"report: {out / 'report.png'}  summary: {out / 'summary.md'}")
