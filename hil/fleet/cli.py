@@ -164,7 +164,12 @@ def _watch(fleet: Any, stop: threading.Event, flags: dict[str, bool],
     while not (flags["stop"] or stop.is_set()):
         time.sleep(0.2)
         now = time.monotonic()
-        figs = fleet.figures()
+        try:
+            figs = fleet.figures()
+        except TimeoutError:  # the loop is behind: say so and keep watching
+            print("fleet: the device loop is behind (no figures for 10 s)", file=sys.stderr,
+                  flush=True)
+            continue
         if flags["report"]:
             flags["report"] = False
             _emit({"event": "figures", **figs})
@@ -210,14 +215,15 @@ def handle_command(fleet: Any, line: str) -> dict[str, Any]:
     if ids is not None and (not isinstance(ids, list) or
                             not all(isinstance(i, str) for i in ids)):
         return {"ok": False, "op": op, "error": '"ids" must be a list of device ids'}
-    if op == "figures":
-        return {"ok": True, "op": op, "figures": fleet.figures()}
     if op in FAULT_OPS and ("share" in cmd) == ("ids" in cmd):
         return {"ok": False, "op": op, "error": 'give "share" or "ids"'}
     if op == "revive" and ids is None:
         return {"ok": False, "op": op, "error": 'give "ids"'}
-    method: Callable[..., list[str]] = getattr(fleet, op)
     try:
+        if op == "figures":
+            return {"ok": True, "op": op, "figures": fleet.figures()}
+        method: Callable[..., list[str]] = getattr(fleet, op)
         return {"ok": True, "op": op, "ids": method(**cmd)}
-    except Exception as exc:  # a FleetError (unknown id, bad share), a bad value's TypeError
+    except Exception as exc:  # a FleetError (unknown id, bad share), a bad value's TypeError,
+        # the device loop too busy to answer in time
         return {"ok": False, "op": op, "error": str(exc) or type(exc).__name__}
