@@ -124,7 +124,7 @@ def test_window_changes_is_the_largest_change_between_two_moments_in_each_window
             else:
                 assert ti not in got
     brute = max((abs(a - b) for i, (ta, a) in enumerate(points)
-                 for tb, b in points[i:] if tb - ta <= 1.0), default=0.0)
+                 for tb, b in points[i:] if tb <= ta + 1.0), default=0.0)  # as t + window
     assert largest_change_w(points, 0.0, math.inf, 1.0) == brute
 
 
