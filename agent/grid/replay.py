@@ -7,6 +7,7 @@ folder it lives in is checked before the agent goes online (`check_state_dir`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -17,6 +18,15 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+class Encoded(str):
+    """JSON text that `StateFile.save` puts in as it is: a large part of a document encoded
+    once and kept (`ReplayGuard.encoded`), not again on every save."""
 
 
 class StateFile:
@@ -43,18 +53,24 @@ class StateFile:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        self.write_bytes(json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+        """Write `data` as JSON; its `Encoded` values go in as they are."""
+        text = _dumps({k: v for k, v in data.items() if not isinstance(v, Encoded)})
+        parts = [f"{_dumps(k)}:{v}" for k, v in sorted(data.items()) if isinstance(v, Encoded)]
+        if parts:
+            text = text[:-1] + ("," if len(text) > 2 else "") + ",".join(parts) + "}"
+        self.write_bytes(text.encode("utf-8"))
 
     def write_bytes(self, blob: bytes) -> None:
         """Replace the file with `blob`, or raise OSError and leave it as it was.
 
         The bytes go to a temp file beside it, created anew with `mode` (never one left by a
         crash or by someone else, which another reader may hold open), written whole however
-        short the writes, synced, then renamed over the file; the folder is synced last."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.mode)
+        short the writes, synced, then renamed over the file; the folder is synced last. The
+        common case costs no more system calls than that: the folder is made, and a stale temp
+        file removed, only when the create says so (a fleet of devices saves on every command)."""
+        folder = os.path.dirname(self.path) or "."
+        tmp = os.path.join(folder, os.path.basename(self.path) + ".tmp")
+        fd = self._create(folder, tmp)
         try:
             try:
                 os.fchmod(fd, self.mode)
@@ -69,13 +85,24 @@ class StateFile:
                 os.close(fd)
             os.replace(tmp, self.path)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _create(self, folder: str, tmp: str) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            return os.open(tmp, flags, self.mode)
+        except FileExistsError:  # left by a crash, or someone else's: never written into
+            os.unlink(tmp)
+        except FileNotFoundError:  # no folder yet
+            os.makedirs(folder, exist_ok=True)
+        return os.open(tmp, flags, self.mode)
 
     def quarantine(self) -> Path:
         """Move an unreadable file aside (kept for inspection) and return its new name."""
@@ -105,6 +132,9 @@ class ReplayGuard:
         self.last_seq: dict[bytes, int] = {}
         self.recent: OrderedDict[bytes, tuple[bytes, int, dict[str, Any]]] = OrderedDict()
         self.floor_ms: int | None = None
+        # each recent entry's JSON text, with the entry it was made from (entries are replaced,
+        # never changed in place, so the same tuple means the same text)
+        self._rows: dict[bytes, tuple[tuple[bytes, int, dict[str, Any]], str]] = {}
 
     def lookup(
         self, kid: bytes, cmd_id: bytes, seq: int, iat_ms: int
@@ -123,12 +153,32 @@ class ReplayGuard:
             return "replayed", None
         return "new", None
 
-    def record(self, kid: bytes, cmd_id: bytes, seq: int, ack: dict[str, Any]) -> None:
-        self.last_seq[kid] = max(seq, self.last_seq.get(kid, -1))
+    def record(self, kid: bytes, cmd_id: bytes, seq: int,
+               ack: dict[str, Any]) -> Callable[[], None]:
+        """Take an accepted command; returns what undoes exactly that (its state not saved)."""
+        last = self.last_seq.get(kid)
+        # an id seen already (never after `lookup` said "new"): keep the whole order to undo
+        recent = OrderedDict(self.recent) if cmd_id in self.recent else None
+        self.last_seq[kid] = max(seq, -1 if last is None else last)
         self.recent[cmd_id] = (kid, seq, dict(ack))
         self.recent.move_to_end(cmd_id)
+        dropped = []
         while len(self.recent) > self.recent_max:
-            self.recent.popitem(last=False)
+            dropped.append(self.recent.popitem(last=False))
+
+        def undo() -> None:
+            if last is None:
+                del self.last_seq[kid]
+            else:
+                self.last_seq[kid] = last
+            if recent is not None:
+                self.recent = recent
+                return
+            del self.recent[cmd_id]
+            for old_id, entry in reversed(dropped):
+                self.recent[old_id] = entry
+                self.recent.move_to_end(old_id, last=False)
+        return undo
 
     def update_ack(self, cmd_id: bytes, ack: dict[str, Any]) -> None:
         seen = self.recent.get(cmd_id)
@@ -144,6 +194,22 @@ class ReplayGuard:
             ],
             "floor_ms": self.floor_ms,
         }
+
+    def encoded(self) -> Encoded:
+        """`to_json()` as JSON text; each recent entry is encoded once, when it changes (up to
+        `recent_max` entries are written with every command)."""
+        rows = {}
+        for cmd_id, entry in self.recent.items():
+            row = self._rows.get(cmd_id)
+            if row is None or row[0] is not entry:
+                kid, seq, ack = entry
+                row = (entry, _dumps({"id": cmd_id.hex(), "kid": kid.hex(), "seq": seq,
+                                      "ack": _ack_to_json(ack)}))
+            rows[cmd_id] = row
+        self._rows = rows
+        head = _dumps({"floor_ms": self.floor_ms,
+                       "last_seq": {kid.hex(): seq for kid, seq in self.last_seq.items()}})
+        return Encoded(f'{head[:-1]},"recent":[{",".join(text for _, text in rows.values())}]}}')
 
     def load_json(self, data: dict[str, Any]) -> None:
         self.last_seq = {bytes.fromhex(k): int(v) for k, v in data.get("last_seq", {}).items()}

@@ -262,12 +262,8 @@ class GridSession:
 
     def service(self, now_s: float | None = None) -> float:
         """One pass; returns the seconds until the next thing is due (for the caller's wait)."""
-        if not self._started:
-            self.start()
         now_s = self.clock.monotonic() if now_s is None else now_s
-        wall_ms = self._wall_ms(now_s)
-        for msg in self.link.drain():
-            self._serve(msg, wall_ms, now_s)
+        self.serve_commands(now_s)
         self._run_schedule(now_s)
         self._run_lapse(now_s)
         self._run_link_fallback(now_s)
@@ -283,6 +279,18 @@ class GridSession:
         return self._next_due(now_s)
 
     # ---- commands -----------------------------------------------------------------------------
+    def serve_commands(self, now_s: float | None = None) -> None:
+        """The first step of `service()` on its own: every queued command checked, persisted,
+        applied and acked. A host running many sessions on one thread calls it for each before
+        their `service()`, so that the acks of a burst do not queue behind the rest of the
+        passes (telemetry, the full ack's write)."""
+        if not self._started:
+            self.start()
+        now_s = self.clock.monotonic() if now_s is None else now_s
+        wall_ms = self._wall_ms(now_s)
+        for msg in self.link.drain():
+            self._serve(msg, wall_ms, now_s)
+
     def _serve(self, msg: Inbound, wall_ms: int | None, now_s: float) -> None:
         """Handle one message in isolation: a failure is counted and logged (rate-limited), and
         the message is PUBACKed whatever happened, so it cannot hold up or drop the others."""
@@ -355,13 +363,12 @@ class GridSession:
         """Persist the replay state with `cmd` recorded and `active`/`scheduled` as they are to
         become, before the command acts; then they are the session's. If the state cannot be
         written, nothing changed (the seq is not used up) and the error is returned."""
-        snapshot = self.replay.to_json()
-        self.replay.record(cmd.kid, cmd.id, cmd.seq, ack)
+        undo = self.replay.record(cmd.kid, cmd.id, cmd.seq, ack)
         try:
             self.state.save(self._document(active, scheduled))
         except OSError as exc:
             log.error("cannot persist replay state (%s); command %s not applied", exc, cmd.id.hex())
-            self.replay.load_json(snapshot)
+            undo()
             self.counters["persist_failed"] += 1
             return exc.strerror or str(exc)
         self._note_superseded(self.scheduled, scheduled, cmd)
@@ -592,7 +599,7 @@ class GridSession:
     def _document(self, active: Command | None, scheduled: list[Command]) -> dict[str, Any]:
         return {
             "v": STATE_VERSION,
-            "replay": self.replay.to_json(),
+            "replay": self.replay.encoded(),
             "active": active.to_json() if active is not None else None,
             "scheduled": [c.to_json() for c in scheduled],
             "saved_ms": self._trusted_ms,  # the clock is not trusted before this, at the next start

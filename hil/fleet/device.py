@@ -5,7 +5,8 @@ the socket), `GridSession` (command checks, signatures, replay state in the devi
 acks, status, telemetry, fallback), the `Governor` with its `Envelope`, and the runtime's
 `GovernorSink` and `readout`. In place of the chain driver and the board link there is the
 `LumpedPlant`; `tick(now_s)` is the runtime's control tick (read the board, ask the governor,
-actuate), `service(now_s)` its pass of the grid session. Every method runs on the fleet's loop
+actuate), `service(now_s)` its pass of the grid session (`serve_commands(now_s)` that pass's
+first step alone). Every method runs on the fleet's loop
 thread.
 """
 
@@ -120,6 +121,10 @@ class VirtualDevice:
         state = "mining" if plant.hashing else ("starting" if plant.chain_powered else "idle")
         return ChainFigures(state, plant.hashrate_ghs(), 0,
                             self.spec.chips if plant.chain_powered else 0)
+
+    def serve_commands(self, now_s: float) -> None:
+        """The grid session's commands only: checked, persisted, applied, acked."""
+        self.session.serve_commands(now_s)
 
     def service(self, now_s: float) -> float:
         """The grid session's pass (commands, acks, telemetry); seconds until it is due again."""

@@ -39,6 +39,7 @@ FDS_PER_DEVICE = 2  # its socket, and one to spare for a reconnect in flight
 FDS_RESERVE = 256  # files, the state folder, the interpreter's own
 MAX_WAIT_S = 0.5
 LATE_WINDOW = 10_000  # timer runs whose lateness `late_s` keeps
+ACK_ROUNDS = 8  # reads of a burst acked before the ticks and the rest of the passes
 
 
 def raise_fd_limit(needed: int) -> int:
@@ -147,16 +148,20 @@ class FleetLoop:
             now = time.monotonic()
             wait = MAX_WAIT_S if not self._timers else min(MAX_WAIT_S,
                                                            max(0.0, self._timers[0][0] - now))
-            for key, mask in self._sel.select(wait):
-                dev = key.data
-                if dev is None:
-                    self._drain_wake()
-                    continue
-                self._io(dev, mask)
+            self._poll(wait)
+            self._serve_inbound()  # before the timers: acks do not wait behind ticks
             self._run_calls()
             self._run_timers()
-            self._serve_inbound()
             self._admit_waiting()
+
+    def _poll(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for the sockets, then serve paho's reads and writes."""
+        for key, mask in self._sel.select(wait_s):
+            dev = key.data
+            if dev is None:
+                self._drain_wake()
+                continue
+            self._io(dev, mask)
 
     def _drain_wake(self) -> None:
         try:
@@ -191,25 +196,40 @@ class FleetLoop:
                 log.exception("fleet timer failed")
 
     def _serve_inbound(self) -> None:
-        """The grid sessions of the devices a command came to: every ack of a burst (a site-wide
-        command reaches them all at once) goes out first, then the control ticks that act on
-        the new targets."""
-        pending, self._inbound = self._inbound, []
-        served = [d for d in dict.fromkeys(pending) if d.device not in self.dead]
-        for dev in served:
-            try:
-                dev.service(time.monotonic())
-            except Exception:
-                self.counters["loop_errors"] += 1
-                log.exception("device %s failed", dev.device)
-            self._sync(dev)
+        """The devices a command came to (a site-wide command reaches them all within a few
+        reads), in three rounds: each one's commands checked, persisted, applied and acked, and
+        again for the commands read meanwhile, until no more came (at most `ACK_ROUNDS`); then
+        the control ticks that act on the new targets; then the rest of each grid session's
+        pass (telemetry due, the full ack's write, a tick if that started something). So the
+        last ack of a burst waits only for the others' command work, not for their telemetry,
+        ticks or second write."""
+        served: dict[VirtualDevice, None] = {}
+        for _ in range(ACK_ROUNDS):
+            if not self._inbound:
+                break
+            pending, self._inbound = self._inbound, []
+            for dev in dict.fromkeys(pending):
+                if dev.device not in self.dead:
+                    self._guarded(dev, dev.serve_commands)
+                    self._sync(dev)
+                    served[dev] = None
+            self._poll(0.0)  # the rest of the burst, if it came in meanwhile
         for dev in served:
             if dev.tick_requested:
-                try:
-                    dev.tick(time.monotonic())
-                except Exception:
-                    self.counters["loop_errors"] += 1
-                    log.exception("device %s failed", dev.device)
+                self._guarded(dev, dev.tick)
+        for dev in served:
+            self._guarded(dev, dev.service)
+            if dev.tick_requested:  # the pass started a scheduled command
+                self._guarded(dev, dev.tick)
+            self._sync(dev)
+
+    def _guarded(self, dev: VirtualDevice, step: Callable[[float], object]) -> None:
+        """`step(now)` for one device; its failure is counted and logged, not the loop's."""
+        try:
+            step(time.monotonic())
+        except Exception:
+            self.counters["loop_errors"] += 1
+            log.exception("device %s failed", dev.device)
 
     # ---- sockets --------------------------------------------------------------------------
     def _io(self, dev: VirtualDevice, mask: int) -> None:
