@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.grid.broker import parse_broker_url, release_sockets
 from agent.grid.contract import SITE_DEVICE
+from hil.fleet.fleet import lab_state_dir
 from hil.rig.options import PREFIX, RigClock, RigError
 from hil.rig.process import AgentProcess, log_tail, stop_process
 
@@ -56,10 +58,11 @@ class FleetProcess:
                  processes: int = 1) -> None:
         self.site = site
         self.log_path = work / f"fleet-{site}.log"
+        self.state_dir = lab_state_dir(f"gridminer-fleet-{site}-")  # tmpfs: see lab_state_dir
         self.command = [
             python, "-m", "agent", "fleet", "--devices", str(devices), "--broker", broker_url,
             "--site", site, "--operator-key", str(trust_pub), "--kid", trust_kid,
-            "--state-dir", str(state_dir(work / f"fleet-{site}")), "--seed", str(seed),
+            "--state-dir", str(self.state_dir), "--seed", str(seed),
             "--restart-spread-s", f"{restart_spread_s:g}", "--status-period-s", "0",
             *(["--processes", str(processes)] if processes > 1 else [])]
         self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop
@@ -172,6 +175,7 @@ class FleetProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 class SiteProcess(AgentProcess):
