@@ -60,6 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--restart-spread-s", type=float, default=30.0, metavar="S",
                         help="each device's cold-start spread (default 30)")
     parser.add_argument("--telemetry-period-s", type=float, default=1.0, metavar="S")
+    parser.add_argument("--control-period-s", type=float, default=1.0, metavar="S",
+                        help="each device's control tick (an agent's is 0.1 s; a longer one "
+                        "spares the CPU of a large fleet and slows each device's response)")
     parser.add_argument("--status-period-s", type=float, default=10.0, metavar="S",
                         help="a status line on stderr this often (0: none)")
     parser.add_argument("--processes", type=int, default=1, metavar="P",
@@ -86,7 +89,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
             "--operator-key", args.operator_key, "--kid", args.kid, "--state-dir",
             args.state_dir, "--seed", str(args.seed), "--restart-spread-s",
             str(args.restart_spread_s), "--telemetry-period-s", str(args.telemetry_period_s),
-            "--log-level", args.log_level]
+            "--control-period-s", str(args.control_period_s), "--log-level", args.log_level]
     for flag, value in (("--mix", args.mix), ("--ca-file", args.ca_file)):
         if value is not None:
             argv += [flag, value]
@@ -112,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
                 raise GridminerError(f"--{name.replace('_', '-')}: must be >= 0")
         if not args.telemetry_period_s > 0:
             raise GridminerError("--telemetry-period-s: must be > 0")
+        if not 0.05 <= args.control_period_s <= 10.0:
+            raise GridminerError(f"--control-period-s {args.control_period_s:g}: must be in "
+                                 "[0.05, 10]")
         if args.processes < 1:
             raise GridminerError(f"--processes {args.processes}: must be at least 1")
         mix = load_mix(args.mix) if args.mix else DEFAULT_MIX
@@ -119,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
             args.broker, args.site, [(args.kid, args.operator_key)], args.state_dir,
             devices=args.devices, seed=args.seed, mix=mix, insecure_no_tls=args.insecure_no_tls,
             ca_file=args.ca_file, restart_spread_s=args.restart_spread_s,
-            telemetry_period_s=args.telemetry_period_s, shard=args.shard))
+            telemetry_period_s=args.telemetry_period_s, control_period_s=args.control_period_s,
+            shard=args.shard))
         if args.processes > 1:  # checked here, run by the processes
             fleet.stop()
             fleet = FleetGroup(_child_argv(args), args.processes)

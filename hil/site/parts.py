@@ -55,7 +55,7 @@ class FleetProcess:
 
     def __init__(self, python: str, work: Path, *, devices: int, broker_url: str, site: str,
                  trust_pub: Path, trust_kid: str, seed: int, restart_spread_s: float,
-                 processes: int = 1) -> None:
+                 processes: int = 1, control_period_s: float = 1.0) -> None:
         self.site = site
         self.log_path = work / f"fleet-{site}.log"
         self.state_dir = lab_state_dir(f"gridminer-fleet-{site}-")  # tmpfs: see lab_state_dir
@@ -64,6 +64,7 @@ class FleetProcess:
             "--site", site, "--operator-key", str(trust_pub), "--kid", trust_kid,
             "--state-dir", str(self.state_dir), "--seed", str(seed),
             "--restart-spread-s", f"{restart_spread_s:g}", "--status-period-s", "0",
+            "--control-period-s", f"{control_period_s:g}",
             *(["--processes", str(processes)] if processes > 1 else [])]
         self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,

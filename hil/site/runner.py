@@ -249,7 +249,8 @@ class SiteRig:
         s = self.s.site
         fleet = FleetProcess(self.o.python, self.work, devices=s.devices, broker_url=url,
                              site=site, trust_pub=pub, trust_kid=kid, seed=s.seed,
-                             restart_spread_s=s.restart_spread_s, processes=s.fleet_processes)
+                             restart_spread_s=s.restart_spread_s, processes=s.fleet_processes,
+                             control_period_s=s.device_control_period_s)
         self.fleets.append(fleet)
         self.note(f"fleet {site}: {s.devices} devices, seed {s.seed} ({fleet.log_path.name})")
         return SitePass(name, site, fleet, url=url, tap=tap)

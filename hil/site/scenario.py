@@ -93,6 +93,7 @@ class SiteSpec:
     meter_period_s: float = key(0.25, lo=0.0, hi=10.0)
     restart_spread_s: float = key(5.0, lo=0.0, hi=600.0)  # the devices' cold-start spread
     fleet_processes: int = key(1, lo=1, hi=64)  # each fleet split over this many processes
+    device_control_period_s: float = key(1.0, lo=0.05, hi=10.0)  # each device's control tick
     baseline_confirm_s: float = key(5.0, lo=0.1, hi=600.0)
 
     def rating_w(self) -> float:
