@@ -9,7 +9,9 @@ The rule, in merit order (lowest J/TH first):
   a site never re-energises in one step);
 * on devices are stopped, worst first, when the target is below their minimums, or when the rest
   still cover the target with `hysteresis_w` to spare (at most `max_stops` per call for the
-  latter, so a dip of the target does not switch the fleet off and on);
+  latter, and only devices `dwelt` since they were last switched, so a dip of the target does
+  not switch the fleet off and on); a start or a stop the target needs is never held back by
+  the dwell: the grid's step comes first;
 * each on device gets its minimum, and the rest of the target fills the best devices up to their
   maximum: when there is less power than capacity, the efficient machines get it.
 """
@@ -31,6 +33,7 @@ class Unit:
     on: bool  # drawing now (not in standby)
     can_start: bool = True  # an off device may be started now
     can_stop: bool = True  # an on device may be stopped now
+    dwelt: bool = True  # switched long enough ago to be stopped only to spare capacity
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Allocator:
         optional = 0
         for unit in reversed(on):  # worst first
             must = low_w > target_w
-            spare = (high_w - unit.max_w >= target_w + self.hysteresis_w
+            spare = (unit.dwelt and high_w - unit.max_w >= target_w + self.hysteresis_w
                      and low_w - unit.min_w <= target_w and optional < self.max_stops)
             if unit.can_stop and unit.device not in started and (must or spare):
                 optional += 0 if must else 1

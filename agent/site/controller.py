@@ -6,8 +6,10 @@ Fleet side: the devices' retained status and telemetry (`Roster`), the site mete
 PI trim on measured power (`PowerTrim`), the split of the target (`Allocator`) and the commands
 it takes (`OrderBook`), signed with the site's own key and published by `FleetClient`.
 
-One thread runs `step()`: it never blocks on the network. It first learns the fleet for
-`learn_s` after the broker answers, then goes online as device `site`; a restart starts its
+One thread runs `step()`: it never blocks on the network. It first learns the fleet after the
+broker answers: the devices' retained statuses arrive in a burst right after it subscribes, so it
+goes online as device `site` once the roster has stopped growing for `learn_quiet_s` (at most
+`learn_max_s` after connecting, when a fleet keeps trickling in); a restart starts its
 target from the measured power, so it continues without a step larger than the ramp.
 `state()` gives the site as plain data (targets, roster, flexibility) for a dashboard or a
 demand-response bridge, from any thread.
@@ -47,7 +49,7 @@ from agent.errors import GridLinkError
 from agent.grid.contract import PREFIX, RESERVED_DEVICES, SITE_DEVICE, Topics
 from agent.grid.link import Inbound
 from agent.grid.session import GridPolicy, GridSession, Link
-from agent.grid.telemetry import decode_map
+from agent.grid.telemetry import caps_map, decode_map
 from agent.site.allocate import Allocator, Unit
 from agent.site.fleet_client import FleetClient
 from agent.site.meter import Meter
@@ -62,6 +64,8 @@ log = logging.getLogger(__name__)
 
 FIVE_MIN_S = 300.0
 SUMMARY_PERIOD_S = 60.0  # a summary line in the log this often
+CAPS_SHARE = 0.01  # caps that move by more than this share of max_w are republished at once ...
+CAPS_PERIOD_S = 0.5  # ... at most this often (else with the next telemetry)
 
 
 @dataclass(frozen=True)
@@ -73,17 +77,18 @@ class SiteSettings:
     ramp_w_s: float | None = None  # the site's ramp limit (default: the devices' together)
     meter_topic: str | None = None  # the site meter; else the sum of the devices' telemetry
     tick_s: float = 0.25
-    learn_s: float = 2.0  # after connecting, listen this long before going online
+    learn_quiet_s: float = 1.0  # after connecting, go online once no device was new this long
+    learn_max_s: float = 10.0  # ... or this long after connecting at the latest
     stale_s: float = 3.0  # telemetry older than this: the device does not answer
     validity_s: float = 60.0  # device commands hold this long (exp) ...
     refresh_s: float = 20.0  # ... and are renewed this long before they lapse
     deadband_frac: float = 0.02  # of a device's max_w: smaller moves of its share wait
     deadband_min_w: float = 10.0
     lag_s: float = 5.0  # a device this far behind its modelled move lags ...
-    lag_hold_s: float = 30.0  # ... and is held where it is for this long
+    lag_hold_s: float = 30.0  # ... and is capped at what it drew then for this long
     start_s: float = 20.0  # a device switched on does not lag before this long
     refuse_hold_s: float = 30.0  # a device that rejected a command is left alone this long
-    dwell_s: float = 10.0  # least time between switching a device on and off
+    dwell_s: float = 10.0  # a device switched this recently is not stopped to spare capacity
     merit_margin: float = 0.03  # load moves to another device only if it is this much better
     trim_frac: float = 0.1  # the PI trim stays within this share of the site target
     settle_s: float = 4.0  # after a large move (or a change of the devices measured), the
@@ -155,14 +160,19 @@ class SiteController:
         self.shares_w: dict[str, float] = {}
         self.judged: dict[str, str] = {}  # device -> why it is not dispatched (last step)
         self._lagging: dict[str, float] = {}  # device -> until (monotonic)
+        self._lag_cap_w: dict[str, float] = {}  # device -> what it drew when found lagging
         self._refusing: dict[str, float] = {}
         self._saturated = 0
         self._moving_until_s = -math.inf  # the fleet carries out a large move until then
         self._fleet = (0, 0)  # devices measured and dispatched, at the last step
-        self._learn_until_s: float | None = None
+        self._learn_from_s: float | None = None  # connected to the fleet's broker then
+        self._roster_size = 0
+        self._grew_s = 0.0  # a device was new then (while learning)
         self._last_s: float | None = None
         self._state: dict[str, Any] = {"phase": "learning", "site": settings.site}
         self._next_state_s = 0.0
+        self._pushed_caps: SiteCaps | None = None  # in the retained status (as far as we know)
+        self._next_caps_s = 0.0
         self._next_log_s = 0.0
         self.standby_w: dict[str, float] = {}  # device -> least draw measured in standby
         self.fatal: str | None = None  # why the controller stopped for good
@@ -237,13 +247,12 @@ class SiteController:
             return self.settings.tick_s  # dispatching blind is worse than not at all
         self._take_messages(now_s)
         if self.session is None:
-            if self._learn_until_s is None and self.fleet.connected:
-                self._learn_until_s = now_s + self.settings.learn_s
-            if self._learn_until_s is None or now_s < self._learn_until_s:
+            if not self._learned(now_s):
                 return self.settings.tick_s
             self._go_online(now_s)
         assert self.session is not None
         self.target.update_caps(self._caps())
+        self._push_caps(now_s)
         self.measured_w = self._measured(now_s)
         self._account_energy(now_s)
         wait_s = self.session.service(now_s)
@@ -255,6 +264,33 @@ class SiteController:
             self._log_summary()
             self._next_log_s = now_s + SUMMARY_PERIOD_S
         return min(wait_s, self.settings.tick_s)
+
+    def _learned(self, now_s: float) -> bool:
+        """Whether the roster has stopped growing (or the longest wait is over)."""
+        if self._learn_from_s is None:
+            if not self.fleet.connected:
+                return False
+            self._learn_from_s = self._grew_s = now_s
+        size = len(self.roster.devices)
+        if size != self._roster_size:
+            self._roster_size, self._grew_s = size, now_s
+        quiet_s = self.settings.learn_quiet_s
+        return (now_s - self._grew_s >= quiet_s and now_s - self._learn_from_s >= quiet_s) or \
+            now_s - self._learn_from_s >= self.settings.learn_max_s
+
+    def _push_caps(self, now_s: float) -> None:
+        """Republish the retained status at once when the caps moved by more than `CAPS_SHARE`
+        (devices lost or back): an operator keeps its setpoints within the last caps it saw."""
+        caps = self.target.current_caps
+        last = self._pushed_caps
+        if last is not None and now_s < self._next_caps_s:
+            return
+        moved = last is None or max(abs(caps.max_w - last.max_w), abs(caps.min_w - last.min_w),
+                                    abs(caps.ramp_max_w_s - last.ramp_max_w_s)) \
+            > CAPS_SHARE * max(caps.max_w, last.max_w, 1)
+        if moved:
+            self.link.set_status(caps_map(caps), self._mode())
+            self._pushed_caps, self._next_caps_s = caps, now_s + CAPS_PERIOD_S
 
     def _take_messages(self, now_s: float) -> None:
         for topic, payload, _ in self.fleet.drain():
@@ -361,7 +397,7 @@ class SiteController:
         return max(1, int(min(share, min(r.ramp_max_w_s for r in online))))
 
     def _units(self, now_s: float) -> tuple[list[Unit], float, list[DeviceRecord]]:
-        """The dispatchable devices (a lagging one held at what it draws), the power of the
+        """The dispatchable devices (a lagging one capped at what it drew), the power of the
         answering ones that are not (tripped, refusing commands), and the lost ones (offline,
         silent, tripped): their share went to the others, so they are told to stand by, and
         when they come back they are started as the others are, one batch at a time."""
@@ -393,9 +429,9 @@ class SiteController:
                 on = rec.mode != "standby" and (rec.power_w or 0.0) > 0.0
             if self._lags(rec, now_s):
                 judged[device] = "lagging"
-                held_w = min(rec.max_w, max(rec.min_w, rec.power_w or 0.0))
-                if on:
-                    units.append(Unit(device, held_w, held_w, rec.j_th, True, False, False))
+                held_w = min(rec.max_w, max(rec.min_w, self._lag_cap_w.get(device, 0.0)))
+                if on:  # capped at what it drew: it can give load, not take more
+                    units.append(Unit(device, rec.min_w, held_w, rec.j_th, True, False))
                 else:
                     fixed_w += rec.power_w or 0.0
                 continue
@@ -404,7 +440,7 @@ class SiteController:
             # a device carrying load keeps it unless another is clearly more efficient
             load = self.shares_w.get(device, 0.0) / rec.max_w
             j_th = rec.j_th * (1.0 - settings.merit_margin * load)
-            units.append(Unit(device, rec.min_w, rec.max_w, j_th, on, dwelt, dwelt))
+            units.append(Unit(device, rec.min_w, rec.max_w, j_th, on, dwelt=dwelt))
         self.judged = judged
         return units, fixed_w, lost
 
@@ -429,6 +465,7 @@ class SiteController:
                  rec.power_w, sent.power_w, self.settings.lag_hold_s)
         self.counters["lagging"] += 1
         self._lagging[rec.device] = now_s + self.settings.lag_hold_s
+        self._lag_cap_w[rec.device] = rec.power_w
         return True
 
     def _publish(self, order: Order) -> bool:

@@ -9,13 +9,18 @@ Definitions (site rating = the scenario's `rating_w`; times are rig seconds; `me
   fleet's capacity then (the ratings of the devices not killed); `resume` that capacity;
   `curtail` the site's curtailed floor (the `applied_w` of gridminer's ack, the devices' own
   minimums together), one-sided (only power above it is an error).
-* tracking error: at each sample, how far the measured site power is from the band between
-  the setpoint and what the reference swept over the last `settle_s` once limited to the site's
+* tracking error, measured as the single board's rig does (`hil.report.metrics.tracking`): in
+  the steady windows only. A step (below) is a transient: from its command until its allowed
+  response time (`settle_s` + step / site ramp) it is judged by its 90 % response time, not
+  counted as tracking error; a step still short of its reference after that time counts from
+  then on. Elsewhere (and for the small moves of a curve or a regulation signal, which are no
+  steps), at each sample, how far the measured site power is from the band between the
+  setpoint and what the reference swept over the last `settle_s` once limited to the site's
   declared ramp (a site that follows at its ramp, or faster, with `settle_s` of delay has no
-  error); RMS (time-weighted) and
-  max in % of the site rating, over the whole run except `exempt_after_fault_s` after a device
-  loss and the controller's absence (plus the same); energy off target: the error integrated
-  (kWh).
+  error). RMS (time-weighted) and max in % of the site rating, over the whole run except
+  `exempt_after_fault_s` after a device loss and the controller's absence (plus the same);
+  energy off target: the error integrated (kWh), transients included (the energy a slow
+  response leaves off target is no steady error, but it is energy the grid did not get).
 * step: a command that moves the reference by `min_step_pct` of the rating or more; its 90 %
   response time: until the measured power is within 10 % of the step of the new reference. A
   step not reached before the next one is late (its window counts as a lower bound) when the
@@ -176,8 +181,10 @@ def ramped(refs: list[Ref], times: list[float], start_w: float, ramp_w_s: float)
     return out
 
 
-def tracking(rec: SiteRecording, name: str, refs: list[Ref]) -> dict[str, Any]:
-    """Tracking error (RMS, max, % of rating), tracked time, energy off target (kWh)."""
+def tracking(rec: SiteRecording, name: str, refs: list[Ref],
+             transients: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Tracking error (RMS, max, % of rating) outside the `transients` (each step's allowed
+    response), tracked time, energy off target (kWh, transients included)."""
     pts = rec.power(name).points(0.0)
     if len(pts) < 2 or not refs:
         return {"rms_pct": None, "max_pct": None, "max_at_s": None, "tracked_s": 0.0,
@@ -203,10 +210,12 @@ def tracking(rec: SiteRecording, name: str, refs: list[Ref]) -> dict[str, Any]:
             err = max(0.0, power - high)
         else:
             err = low - power if power < low else power - high if power > high else 0.0
+        off_wh += err * dt / 3600.0
+        if transients and _in(t, transients):
+            continue
         pct = err / rec.rating_w * 100.0
         total_w2 += pct * pct * dt
         total_t += dt
-        off_wh += err * dt / 3600.0
         if pct > worst:
             worst, worst_at = pct, t
     return {"rms_pct": math.sqrt(total_w2 / total_t) if total_t else None,
@@ -247,6 +256,12 @@ def steps(rec: SiteRecording, name: str, refs: list[Ref]) -> list[dict[str, Any]
                     "window_s": round(window, 3), "allowed_s": round(allowed, 3),
                     "state": state})
     return out
+
+
+def transients(items: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Each step's allowed response (from its command, within its window): judged by its
+    response time, not as tracking error."""
+    return [(x["t_s"], x["t_s"] + min(x["allowed_s"], x["window_s"])) for x in items]
 
 
 def _step_figures(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -310,8 +325,8 @@ def _commands(rec: SiteRecording, name: str) -> dict[str, Any]:
 def pass_figures(rec: SiteRecording, name: str) -> dict[str, Any]:
     """One dispatcher's figures."""
     refs = references(rec, name)
-    trk = tracking(rec, name, refs)
     items = steps(rec, name, refs)
+    trk = tracking(rec, name, refs, transients(items))
     episodes, fastest = _ramp(rec, name)
     online = [v for _, v in rec.online(name).points(0.0)]
     power = rec.power(name).points(0.0)

@@ -110,3 +110,14 @@ def test_the_trim_holds_while_the_target_moves_or_the_meter_is_stale() -> None:
     assert trim.gain == 0.0
     trim.gain = 0.05
     assert trim.update(20.0, 1000, None) == 50.0
+
+
+def test_a_device_just_switched_is_stopped_when_the_target_needs_it_not_to_spare_capacity() -> None:
+    recent = [Unit(f"d{i}", 400, 1000, 20 + i, True, dwelt=False) for i in range(3)]
+    # 3 kW on, 1.5 kW asked: the rest cover it with room to spare, but these were just started
+    assert Allocator(hysteresis_w=0).allocate(recent, 1500).stopped == ()
+    dwelt = [Unit(u.device, u.min_w, u.max_w, u.j_th, True) for u in recent]
+    assert Allocator(hysteresis_w=0).allocate(dwelt, 1500).stopped == ("d2",)
+    # 500 W asked: under the minimums of the three, so two go now, just started or not
+    low = Allocator().allocate(recent, 500)
+    assert low.stopped == ("d2", "d1") and low.allocated_w == 500

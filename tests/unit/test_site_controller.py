@@ -117,6 +117,9 @@ def test_a_device_lagging_its_setpoint_is_held_and_the_others_make_up(tmp_path) 
     rig.run(15.0)
     assert rig.fleet.power_w == pytest.approx(2500, abs=30)
     assert rig.controller.counters["lagging"] >= 1
+    rig.send(power_w=300)  # a lagging device can still give load: the site goes down with it
+    rig.run(10.0)
+    assert rig.fleet.power_w == pytest.approx(300, abs=30)  # under the 400 W it draws
 
 
 def test_model_error_is_trimmed_away(tmp_path) -> None:
@@ -203,6 +206,11 @@ def test_the_site_s_default_starts_the_fleet_a_batch_at_a_time(tmp_path, how: st
                  fallback="default_now" if how == "default_now" else None)
         rig.run(TICK_S)
         assert rig.fleet.commands[-1]["dev"] == "*" and rig.fleet.commands[-1]["op"] == "standby"
+        for _ in range(40):  # the fleet stands by (a device still drawing is no start-up)
+            if rig.fleet.power_w == 0:
+                break
+            rig.run(TICK_S)
+        assert rig.fleet.power_w == 0
         if how == "resume":
             rig.send("resume")
         elif how == "default_now":
@@ -345,3 +353,30 @@ def test_the_site_s_min_w_is_the_standby_draw_its_devices_measured(tmp_path) -> 
     rig.run(8.0)
     assert rig.fleet.power_w == pytest.approx(1500, abs=25)
     assert rig.link.status[-1][0]["min_w"] == 50  # learned: it holds while they mine
+
+
+@pytest.mark.parametrize("phase", range(4))
+def test_the_site_s_caps_are_republished_as_soon_as_devices_are_lost(tmp_path, phase) -> None:
+    """An operator keeps its setpoints within the caps of the site's retained status: when
+    devices go, the status says so in the tick they go, not with the next telemetry."""
+    rig = SiteSim(tmp_path).online()
+    rig.run(TICK_S * phase)
+    assert rig.link.status[-1][0]["max_w"] == 4000
+    rig.fleet.devices["d0"].online = False
+    rig.fleet.status("d0")
+    rig.run(TICK_S)
+    assert rig.link.status[-1][0]["max_w"] == 3000
+
+
+def test_it_goes_online_once_the_retained_statuses_stop_coming(tmp_path) -> None:
+    """A large fleet's retained statuses take a while to arrive: the site waits for the last
+    of them (a roster that stopped growing), not a fixed time, so its caps are the fleet's."""
+    rig = SiteSim(tmp_path)
+    for i in range(12):  # one more device every tick for 3 s
+        name = f"late{i}"
+        rig.fleet.devices[name] = SimDevice(100, 1000, 500, 40 + i, 1000.0, 1000.0)
+        rig.fleet.status(name)
+        rig.run(TICK_S)
+        assert not rig.link.started
+    rig.run(1.5)
+    assert rig.link.started and rig.link.status[-1][0]["max_w"] == 16_000

@@ -164,3 +164,19 @@ def test_scores_are_lower_bounds_and_errors_upper_bounds():
 def test_the_shipped_file_is_valid_toml_with_a_site_table():
     with open(available_sites()[0], "rb") as fh:
         assert "site" in tomllib.load(fh)
+
+
+def test_a_step_s_allowed_response_is_judged_by_its_response_time_not_as_tracking_error():
+    """As on the single board's rig: a site that starts late but has its 20 -> 80 kW step
+    within the allowed time (settle_s 2 s + 60 kW at 50 kW/s = 3.2 s) has no tracking error;
+    its step response time says how fast it was."""
+    cmds = [_setpoint(0.0, 20_000.0), _setpoint(10.0, 80_000.0)]
+
+    def late(t: float) -> float:
+        return 80_000.0 if t >= 12.5 else 20_000.0
+
+    s = summarize(_recording({"gridminer": _pass(_series(late, 60), cmds, 60.0)}))
+    gm = s["gridminer"]
+    assert gm["tracking_rms_pct"] == 0.0 and gm["tracking_max_pct"] == 0.0
+    assert gm["steps"]["p90_s"] == pytest.approx(2.5, abs=0.01)
+    assert gm["energy_off_target_kwh"] > 0.0  # the late start is energy the grid did not get
