@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_RIG = 0, 1, 2, 3
@@ -102,7 +103,6 @@ def _report(folder: Path) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent.errors import GridminerError
     from hil.rig import RigError, RigOptions, RigTarget, run_scenario
     from hil.scenario import ScenarioError, load
 
@@ -123,16 +123,24 @@ def _run(args: argparse.Namespace) -> int:
         scenario=scenario, out_dir=out, speed=speed, broker_url=args.broker, target=target,
         progress=None if args.quiet else sys.stderr, agent_log_level=args.agent_log_level,
     )
+    return play(lambda: run_scenario(options), lambda summary: _verdict(summary, out))
+
+
+def play(run: Callable[[], dict], verdict: Callable[[dict], str]) -> int:
+    """Run a scenario (`run` returns its summary), SIGTERM and SIGHUP ending it as Ctrl-C does;
+    print its verdict; the exit status."""
+    from agent.errors import GridminerError
+
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        summary = run_scenario(options)
+        summary = run()
     except (GridminerError, OSError) as exc:
         print(f"\ngridminer hil: the rig could not run: {exc}", file=sys.stderr)
         return EXIT_RIG
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(_verdict(summary, out))
+    print(verdict(summary))
     return EXIT_PASS if summary["passed"] else EXIT_FAIL
 
 

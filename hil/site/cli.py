@@ -6,12 +6,11 @@ could not run."""
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_RIG = 0, 1, 2, 3
+from hil.hil_cmd import EXIT_FAIL, EXIT_PASS, EXIT_USAGE, play
 
 
 def is_site(name: str) -> bool:
@@ -60,7 +59,6 @@ def report_site(folder: Path) -> int:
 
 
 def run_site(args: argparse.Namespace) -> int:
-    from agent.errors import GridminerError
     from hil.scenario import ScenarioError
     from hil.site.runner import SiteRunOptions, run_site_scenario
     from hil.site.scenario import load_site
@@ -82,21 +80,7 @@ def run_site(args: argparse.Namespace) -> int:
     out = Path(args.out)
     options = SiteRunOptions(scenario=scenario, out_dir=out, speed=speed,
                              progress=None if args.quiet else sys.stderr, python=sys.executable)
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        summary = run_site_scenario(options)
-    except (GridminerError, OSError) as exc:
-        print(f"\ngridminer hil: the rig could not run: {exc}", file=sys.stderr)
-        return EXIT_RIG
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print(verdict(summary, out))
-    return EXIT_PASS if summary["passed"] else EXIT_FAIL
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    return play(lambda: run_site_scenario(options), lambda summary: verdict(summary, out))
 
 
 def verdict(s: dict[str, Any], out: Path) -> str:
