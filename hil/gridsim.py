@@ -245,6 +245,14 @@ def _reserve_commands(
 # --------------------------------------------------------------------------- sending
 
 
+def finite_number(x: Any) -> float | None:
+    """`x` as a float when it is a finite number (not a bool), else None: how the rig reads
+    numbers from maps others wrote."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
 @dataclass
 class SentCommand:
     """A command the simulator sent: when (rig seconds), what, and its ack once it came."""
@@ -267,6 +275,21 @@ class SentCommand:
     applied_w: float | None = None
     limited_by: str | None = None
     eta_ms: int | None = None
+
+    def take_ack(self, got: tuple[float, dict[str, Any]] | None) -> None:
+        """Its ack (rig seconds, the ack map) when one came; fields of the wrong type are left
+        out."""
+        if got is None:
+            return
+        t, ack = got
+        self.ack_t_s = round(t, 3)
+        self.result = ack.get("result")
+        self.reason = ack.get("reason")
+        self.detail = ack.get("detail")
+        self.applied_w = finite_number(ack.get("applied_w"))
+        self.limited_by = ack.get("limited_by")
+        eta = ack.get("eta_ms")
+        self.eta_ms = eta if isinstance(eta, int) and not isinstance(eta, bool) else None
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "reserve"}

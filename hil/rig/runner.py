@@ -6,12 +6,11 @@ telemetry into the `Recording`, writes the report and stops everything it starte
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-from hil.gridsim import Caps, GridSimulator, PlannedCommand, SentCommand, plan
+from hil.gridsim import Caps, GridSimulator, PlannedCommand, SentCommand, finite_number, plan
 from hil.report import Recording, Series, day_clock, energy_wh, write_report
 from hil.rig.agentconfig import write_agent_config
 from hil.rig.cutter import LinkCutter
@@ -238,7 +237,7 @@ class Rig:
             with self.live.lock:
                 last = dict(self.live.last)
             if power is None and self.emulator is None:
-                power = _num(last.get("power_w"))
+                power = finite_number(last.get("power_w"))
             near = power is not None and abs(power - target) <= 0.03 * caps.max_w
             if near and last:
                 steady_since = steady_since or time.monotonic()
@@ -347,21 +346,22 @@ class Rig:
             # the power the setpoint means: the board's input, or the wall's (through the
             # emulator's PSU model) when the agent is told its PSU's efficiency
             at_wall = self.agent_cfg is not None and self.agent_cfg.board.psu_efficiency < 1.0
-            rec.truth_power_w.add(t, _num(st.get("wall_power_w" if at_wall else "board_power_w")))
-            self._wall_w.add(t, _num(st.get("wall_power_w")))
-            rec.truth_temp_c.add(t, _num(st.get("max_chip_temp_c")))
-            rec.truth_hashrate_ghs.add(t, _num(st.get("hashrate_ghs")))
-            rec.truth_freq_mhz.add(t, _num(freq))
-            rec.ambient_c.add(t, _num(st.get("ambient_c")))
+            power_key = "wall_power_w" if at_wall else "board_power_w"
+            rec.truth_power_w.add(t, finite_number(st.get(power_key)))
+            self._wall_w.add(t, finite_number(st.get("wall_power_w")))
+            rec.truth_temp_c.add(t, finite_number(st.get("max_chip_temp_c")))
+            rec.truth_hashrate_ghs.add(t, finite_number(st.get("hashrate_ghs")))
+            rec.truth_freq_mhz.add(t, finite_number(freq))
+            rec.ambient_c.add(t, finite_number(st.get("ambient_c")))
             return st
         return None
 
     def _truth_from_telemetry(self, rec: Recording) -> None:
         for m in rec.telemetry:
-            rec.truth_power_w.add(m["t_s"], _num(m.get("power_w")))
-            rec.truth_temp_c.add(m["t_s"], _num(m.get("temp_c")))
-            rec.truth_hashrate_ghs.add(m["t_s"], _num(m.get("hashrate_ghs")))
-            rec.truth_freq_mhz.add(m["t_s"], _num(m.get("freq_mhz")))
+            rec.truth_power_w.add(m["t_s"], finite_number(m.get("power_w")))
+            rec.truth_temp_c.add(m["t_s"], finite_number(m.get("temp_c")))
+            rec.truth_hashrate_ghs.add(m["t_s"], finite_number(m.get("hashrate_ghs")))
+            rec.truth_freq_mhz.add(m["t_s"], finite_number(m.get("freq_mhz")))
 
     # ---- end ----------------------------------------------------------------------------
     def _finish(self, rec: Recording) -> None:
@@ -380,7 +380,7 @@ class Rig:
             acks = dict(self.live.acks)
             rec.telemetry = sorted(self.live.telemetry, key=lambda m: m["t_s"])
         for c in self.sim.sent:
-            _apply_ack(c, acks.get(c.id))
+            c.take_ack(acks.get(c.id))
         rec.commands = [c.as_dict() for c in self.sim.sent]
         if self.emulator is None:
             self._truth_from_telemetry(rec)
@@ -435,25 +435,6 @@ class Rig:
                 self.status.print(f"rig teardown: {type(exc).__name__}: {exc}", line=True)
         if self.listener is not None:
             self.listener.join(2.0)
-
-
-def _apply_ack(c: SentCommand, got: tuple[float, dict[str, Any]] | None) -> None:
-    if got is None:
-        return
-    t, ack = got
-    c.ack_t_s = round(t, 3)
-    c.result = ack.get("result")
-    c.reason = ack.get("reason")
-    c.detail = ack.get("detail")
-    c.applied_w = _num(ack.get("applied_w"))
-    c.limited_by = ack.get("limited_by")
-    c.eta_ms = ack.get("eta_ms") if isinstance(ack.get("eta_ms"), int) else None
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    return float(x) if math.isfinite(x) else None
 
 
 def run_scenario(options: RigOptions) -> dict[str, Any]:

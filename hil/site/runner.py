@@ -22,7 +22,6 @@ DIR/recording.json (`hil.site.report`). Times are rig seconds (0 at scenario sta
 
 from __future__ import annotations
 
-import math
 import random
 import secrets
 import threading
@@ -32,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from hil.gridsim import GridSimulator, SentCommand
+from hil.gridsim import GridSimulator
 from hil.report import Series
 from hil.rig.operator import Listener, Live, connect, operator_key
 from hil.rig.options import KID, PREFIX, RigClock, RigError
@@ -479,7 +478,7 @@ class SiteRig:
             telemetry = list(self.live.telemetry)
             status = dict(self.live.status)
         for c in gm.sim.sent:
-            _apply_ack(c, acks.get(c.id))
+            c.take_ack(acks.get(c.id))
         s = self.s
         rec = SiteRecording(
             scenario=s.name, speed=self.o.speed, rating_w=self.rating_w,
@@ -528,23 +527,6 @@ class SiteRig:
                 self.status.print(f"site rig teardown: {type(exc).__name__}: {exc}", line=True)
         if self.listener is not None:
             self.listener.join(2.0)
-
-
-def _apply_ack(c: SentCommand, got: tuple[float, dict[str, Any]] | None) -> None:
-    if got is None:
-        return
-    t, ack = got
-    c.ack_t_s = round(t, 3)
-    c.result = ack.get("result")
-    c.reason = ack.get("reason")
-    c.applied_w = _num(ack.get("applied_w"))
-    c.limited_by = ack.get("limited_by")
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    return float(x) if math.isfinite(x) else None
 
 
 def _series(s: Series) -> dict[str, list[Any]]:

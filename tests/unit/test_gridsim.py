@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from hil.gridsim import Caps, GridSimulator, PlannedCommand, SurplusCurve, plan
+from hil.gridsim import Caps, GridSimulator, PlannedCommand, SentCommand, SurplusCurve, plan
 from hil.scenario import Cloud, SurplusSpec, load, parse
 
 CAPS = Caps(min_w=20.0, max_w=80.0, ramp_max_w_s=10.0)
@@ -132,3 +132,18 @@ def test_a_send_failure_is_recorded_not_raised():
     sim = GridSimulator([PlannedCommand(0.0, "curtail")], FakeSender(fail_on="curtail"))
     sent = sim.poll(1.0)
     assert sent[0].error and "broker gone" in sent[0].error
+
+
+def test_an_ack_is_taken_with_fields_of_the_wrong_type_left_out():
+    c = SentCommand(t_s=1.0, op="setpoint", id="ab", power_w=10, ramp_w_s=None, label="x",
+                    kind="step")
+    c.take_ack(None)
+    assert c.ack_t_s is None and c.result is None
+    c.take_ack((2.5004, {"result": "accepted", "applied_w": True, "eta_ms": 1.5,
+                         "limited_by": "ramp"}))
+    assert (c.ack_t_s, c.result, c.applied_w, c.eta_ms, c.limited_by) == (
+        2.5, "accepted", None, None, "ramp")
+    c.take_ack((3.0, {"applied_w": float("nan"), "eta_ms": 400}))
+    assert c.applied_w is None and c.eta_ms == 400
+    c.take_ack((3.0, {"applied_w": 12}))
+    assert c.applied_w == 12.0
