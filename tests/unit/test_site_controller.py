@@ -78,7 +78,12 @@ def test_a_quiet_site_sends_no_commands_but_refreshes_before_exp(tmp_path) -> No
     rig.send(power_w=2000)
     rig.run(10.0)
     before = rig.fleet.published
-    rig.run(20.0)
+    # no command is due for renewal before the earliest exp less the refresh lead (each
+    # command's validity is jittered, so that moment is read from what was sent)
+    refresh_s = rig.controller.settings.refresh_s
+    quiet_s = min(c["exp"] for c in rig.fleet.commands) / 1000 - refresh_s - rig.clock.time()
+    assert quiet_s > 10.0
+    rig.run(quiet_s - 0.5)
     assert rig.fleet.published == before  # steady: within the deadband
     rig.run(40.0)
     assert rig.fleet.published > before  # the commands were renewed before they lapsed
