@@ -545,6 +545,10 @@ class HashBoardEmulator:
             "time_s": round(self.time_s, 6),
             "wall_s": round(wall, 3),
             "lag_s": round(max(0.0, wall * self.speed - self.time_s), 3) if self._wall0 else 0.0,
+            # the monotonic instant time_s was due (CLOCK_MONOTONIC is one clock for the
+            # machine's processes): a reader stamps the state with it, not with its read time
+            "due_monotonic_s": round(self._wall0 + self.time_s / self.speed, 6)
+            if self._wall0 else None,
             "chain_path": self._ports["chain"].path if "chain" in self._ports else None,
             "board_path": self._ports["board"].path if "board" in self._ports else None,
             "status_path": self.status_path,

@@ -200,6 +200,8 @@ class Fleet:
                 "late_p99_ms": _p99_ms(self.loop.late_s),
                 "connects": self.loop.counters["connects"],
                 "loop_errors": self.loop.counters["loop_errors"],
+                # the instant these figures hold for: a busy loop answers late
+                "at_monotonic_s": round(time.monotonic(), 6),
             }
         return self.loop.call(read)
 

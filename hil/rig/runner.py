@@ -336,11 +336,14 @@ class Rig:
 
     # ---- truth --------------------------------------------------------------------------
     def _sample_truth(self, rec: Recording) -> dict[str, Any] | None:
-        t = self.now()
         if self.emulator is not None:
             st = self.emulator.state()
             if st is None:
                 return None
+            # stamped with the instant the state belongs to: the status file is read up to a
+            # period after it was written, and that lag varies from read to read
+            due = finite_number(st.get("due_monotonic_s"))
+            t = self.now() if due is None else due - self.clock.t0
             freqs = st.get("freq_mhz")
             freq = (sum(freqs) / len(freqs)) if isinstance(freqs, list) and freqs else freqs
             # the power the setpoint means: the board's input, or the wall's (through the

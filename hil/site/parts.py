@@ -137,13 +137,14 @@ class FleetProcess:
         def run() -> None:
             next_s = time.monotonic()
             while not self._sampling.is_set() and self.proc.poll() is None:
-                t0 = clock.now()
                 try:
                     figs = self.figures()
                 except RigError:
                     self.stalls += 1
                     continue
-                on_sample((t0 + clock.now()) / 2.0, figs)
+                # stamped with the instant the figures hold for, not the time they came back
+                # (a busy fleet answers late, and by a varying delay)
+                on_sample(float(figs["at_monotonic_s"]) - clock.t0, figs)
                 next_s += period_s
                 time.sleep(max(0.0, next_s - time.monotonic()))
                 next_s = max(next_s, time.monotonic() - period_s)
