@@ -293,11 +293,11 @@ class SiteController:
             self._pushed_caps, self._next_caps_s = caps, now_s + CAPS_PERIOD_S
 
     def _take_messages(self, now_s: float) -> None:
-        for topic, payload, _ in self.fleet.drain():
+        for topic, payload, received_s in self.fleet.drain():
             if self.meter is not None and topic == self.meter.topic:
                 self.meter.update(payload, now_s)
             elif topic.endswith("/ack"):
-                self._take_ack(topic, payload, now_s)
+                self._take_ack(topic, payload, now_s, min(received_s, now_s))
             elif self.roster.update(topic, payload, now_s) == "telemetry":
                 self._note_standby(topic.split("/")[2])
 
@@ -307,10 +307,19 @@ class SiteController:
         if rec is not None and rec.mode == "standby" and rec.power_w is not None:
             self.standby_w[device] = min(rec.power_w, self.standby_w.get(device, math.inf))
 
-    def _take_ack(self, topic: str, payload: bytes, now_s: float) -> None:
+    def _take_ack(self, topic: str, payload: bytes, now_s: float, received_s: float) -> None:
+        """A device's answer: an accepted move ends when the device says (counted from when
+        the answer arrived); a refusal leaves the device alone for a while."""
         device = topic.split("/")[2] if topic.count("/") == 3 else None
         ack = decode_map(payload)
         if device is None or device in RESERVED_DEVICES or ack is None:
+            return
+        if ack.get("result") in ("accepted", "duplicate"):
+            cmd_id, eta_ms = ack.get("id"), ack.get("eta_ms")
+            eta_s = (eta_ms / 1000.0 if isinstance(eta_ms, int | float)
+                     and not isinstance(eta_ms, bool) else None)
+            if isinstance(cmd_id, bytes):
+                self.book.acked(device, cmd_id, received_s, eta_s)
             return
         if ack.get("result") != "rejected":
             return
@@ -476,6 +485,8 @@ class SiteController:
                 now_ms=math.floor(self.clock.time() * 1000), validity_s=order.validity_s,
                 power_w=order.power_w, ramp_w_s=order.ramp_w_s, fallback="hold_until_exp")
             self.fleet.publish_command(signed)
+            if order.device is not None:
+                self.book.issued(order.device, signed.id)
         except (GridLinkError, OSError, ValueError) as exc:
             self.counters["publish_failed"] += 1
             if self.counters["publish_failed"] in (1, 10, 100) or \

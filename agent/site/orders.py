@@ -10,7 +10,10 @@ signing), so the rules are tested alone.
 * The site's ramp limit holds across the fleet: every command carries a `ramp_w_s`, and the
   ramps of the moves in flight never add up to more than the site's. A batch shares the site's
   ramp in proportion to each move (so the moves of a batch end together), capped by each
-  device's own limit; a move the ramps still in flight leave no room for waits.
+  device's own limit; a move the ramps still in flight leave no room for waits. A move is in
+  flight until its modelled end, and until the device has answered for it: then until the end
+  it announced (`eta_ms`), so a late command (a busy broker or device) is not overtaken by the
+  next batch's ramps (at most `ack_wait_s` past the modelled end without an answer).
 * Site-wide commands (curtail, standby) go on the `all` topic, refreshed before they lapse: one
   message sheds every device at once. After one, every device is addressed afresh. The site's
   `resume` is no site-wide command: it is a target (`agent.site.target`) reached with device
@@ -42,8 +45,10 @@ class _Sent:
     power_w: float | None
     ramp_w_s: int | None
     exp_s: float  # monotonic time the command lapses
-    move_end_s: float  # when its move is modelled to be over
+    move_end_s: float  # when its move is modelled (or, once acked, announced) to be over
     due_s: float  # when the move to this share was first modelled to be over
+    cmd_id: bytes | None = None  # the last command that went out for it
+    acked: bool = False  # the device accepted that move
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ class Want:
 class OrderBook:
     def __init__(self, validity_s: float = 60.0, refresh_s: float = 20.0,
                  deadband_frac: float = 0.02, deadband_min_w: float = 10.0,
-                 catch_up_s: float = 1.5, rng: random.Random | None = None) -> None:
+                 catch_up_s: float = 1.5, ack_wait_s: float = 2.0,
+                 rng: random.Random | None = None) -> None:
         if not 0 < refresh_s < validity_s * 0.85:
             raise ValueError("refresh_s must lie between 0 and 85 % of validity_s")
         self.validity_s = validity_s
@@ -68,6 +74,7 @@ class OrderBook:
         self.deadband_frac = deadband_frac
         self.deadband_min_w = deadband_min_w
         self.catch_up_s = catch_up_s
+        self.ack_wait_s = ack_wait_s
         self.rng = rng or random.Random()
         self.sent: dict[str, _Sent] = {}
         self.switched_s: dict[str, float] = {}  # when a device was last switched on or off
@@ -84,7 +91,27 @@ class OrderBook:
                       ) -> float:
         """The ramps of the moves still under way (those of `besides` left out)."""
         return sum(s.ramp_w_s or 0 for d, s in self.sent.items()
-                   if s.move_end_s > now_s and d not in besides)
+                   if self._moving(s, now_s) and d not in besides)
+
+    def _moving(self, sent: _Sent, now_s: float) -> bool:
+        return now_s < sent.move_end_s or (
+            not sent.acked and now_s < sent.move_end_s + self.ack_wait_s)
+
+    def issued(self, device: str, cmd_id: bytes) -> None:
+        """The command planned last for `device` went out with id `cmd_id`."""
+        sent = self.sent.get(device)
+        if sent is not None:
+            sent.cmd_id = cmd_id
+
+    def acked(self, device: str, cmd_id: bytes, now_s: float, eta_s: float | None) -> None:
+        """`device` accepted `cmd_id`: its move ends `eta_s` from now by its own estimate (never
+        before the modelled end; an estimate beyond the command's validity is not believed)."""
+        sent = self.sent.get(device)
+        if sent is None or sent.cmd_id != cmd_id:
+            return  # an answer to an older command
+        sent.acked = True
+        if eta_s is not None and math.isfinite(eta_s) and eta_s >= 0.0:
+            sent.move_end_s = max(sent.move_end_s, now_s + min(eta_s, self.validity_s))
 
     def is_on(self, device: str) -> bool | None:
         """Whether the last command put the device on (None: never commanded)."""
@@ -122,7 +149,8 @@ class OrderBook:
         for device, move_w in changes.items():
             want = wants[device]
             last = self.sent.get(device)
-            freed_w_s = (last.ramp_w_s or 0) if last is not None and last.move_end_s > now_s else 0
+            freed_w_s = (last.ramp_w_s or 0) if last is not None and self._moving(last, now_s) \
+                else 0
             share_w_s = site_ramp_w_s * move_w / total_w if total_w > 0 else want.ramp_max_w_s
             ramp = int(max(1.0, min(want.ramp_max_w_s, math.floor(share_w_s))))
             if ramp > spare_w_s + freed_w_s and move_w >= 1.0:  # no move at all needs no room

@@ -91,6 +91,7 @@ class FakeFleet:
         self.inbox: list[tuple[str, bytes, float]] = []
         self.commands: list[dict] = []
         self.published = 0
+        self.clock: FakeClock | None = None  # stamps the acks (set by SiteSim)
 
     def start(self) -> FakeFleet:
         return self
@@ -125,6 +126,12 @@ class FakeFleet:
         dev.target_w = {"setpoint": cmd.get("power_w"), "curtail": dev.min_w, "standby": 0.0,
                         "resume": dev.max_w}[op]
         dev.mode = {"curtail": "curtailed", "standby": "standby"}.get(op, "mining")
+        if dev.answering:  # accepted, with the end of the move it starts (spec section 4)
+            eta_ms = round(1000 * abs(dev.target_w - dev.power_w) / dev.moving_w_s)
+            ack = {"v": 1, "id": cmd["id"], "seq": cmd["seq"], "result": "accepted",
+                   "applied_w": dev.target_w, "eta_ms": eta_ms, "ts": 0}
+            received_s = self.clock.monotonic() if self.clock is not None else 0.0
+            self.inbox.append((f"gridminer/s1/{name}/ack", cbor2.dumps(ack), received_s))
 
     def status(self, name: str) -> None:
         dev = self.devices[name]
@@ -171,6 +178,7 @@ class SiteSim:
         self.tmp_path = tmp_path
         self.clock = clock or FakeClock()
         self.fleet = fleet or FakeFleet(devices or four_devices())
+        self.fleet.clock = self.clock
         self.link = FakeSiteLink()
         self.mid = 0
         self.seq = 0

@@ -9,7 +9,7 @@ import cbor2
 import pytest
 
 from agent.site.meter import Meter, reading_w
-from agent.site.orders import OrderBook, Want
+from agent.site.orders import Order, OrderBook, Want
 from agent.site.sequence import SeqBlock
 
 
@@ -20,6 +20,16 @@ def book() -> OrderBook:
 
 def want(share: int | None, power: float | None = None) -> Want:
     return Want(share, power, max_w=1000, ramp_max_w_s=500)
+
+
+def answered(b: OrderBook, orders: list[Order], now_s: float, eta_s: float) -> None:
+    """The orders went out and every device accepted its command at `now_s`, announcing its
+    move's end `eta_s` later (what a device's ack says)."""
+    for i, o in enumerate(orders):
+        assert o.device is not None
+        cmd_id = f"{o.device}{now_s}{i}".encode()
+        b.issued(o.device, cmd_id)
+        b.acked(o.device, cmd_id, now_s, eta_s)
 
 
 def test_a_share_moving_less_than_the_deadband_sends_nothing() -> None:
@@ -50,7 +60,9 @@ def test_switching_off_is_a_standby_command() -> None:
 def test_the_moves_in_flight_never_ramp_faster_than_the_site() -> None:
     b = book()
     wants = {"a": want(900, 100), "b": want(500, 100), "c": want(100, 100)}
-    orders = {o.device: o for o in b.plan(0.0, wants, 600)}
+    sent = b.plan(0.0, wants, 600)
+    answered(b, sent, 0.01, 2.0)
+    orders = {o.device: o for o in sent}
     # 800 W and 400 W to move with 600 W/s: shared in proportion, both end after 2 s
     assert orders["a"].ramp_w_s == 400 and orders["b"].ramp_w_s == 200
     assert orders["c"].ramp_w_s == 1  # no move: the least ramp a command can carry
@@ -68,12 +80,38 @@ def test_a_move_held_back_keeps_its_share_of_the_site_ramp() -> None:
     b = book()
     first = b.plan(0.0, {"a": want(600, 0), "c": want(600, 0)}, 600)
     assert sorted(o.ramp_w_s for o in first) == [300, 300]  # both under way for 2 s
+    answered(b, first, 0.01, 2.0)
     later = b.plan(0.5, {"b": want(500, 400), "a": want(1000, 150)}, 600)
     assert later == [] and b.deferred == 2  # the site's ramp is in use till 2.0
     assert b.in_flight_w_s(0.5) <= 600
     after = b.plan(2.5, {"b": want(500, 400), "a": want(1000, 600)}, 600)
     assert sorted(o.device for o in after) == ["a", "b"]
     assert sum(o.ramp_w_s or 0 for o in after) <= 600
+
+
+def test_a_move_is_in_flight_until_its_device_answers_and_then_until_the_end_it_announced(
+) -> None:
+    """A command that reaches its device late (a busy broker or device) must not be overtaken by
+    the next batch: its ramp stays taken until the device has answered, and then until the end
+    the device announced, so the site never moves at two ramps at once."""
+    b = book()
+    first = b.plan(0.0, {"a": want(600, 0)}, 600)  # modelled: over at 1.0
+    b.issued("a", b"cmd-a")
+    late = {"a": want(600, 0), "b": want(600, 0)}
+    assert b.plan(1.5, late, 600) == [] and b.deferred == 1  # no answer from "a" yet
+    b.acked("a", b"older", 1.6, 0.0)  # an answer to another command says nothing of this move
+    assert b.plan(1.7, late, 600) == []
+    b.acked("a", b"cmd-a", 1.8, 1.0)  # it started late: over at 2.8 by its own estimate
+    assert b.plan(2.5, late, 600) == [] and b.in_flight_w_s(2.5) == first[0].ramp_w_s
+    assert [o.device for o in b.plan(2.9, late, 600)] == ["b"]
+
+
+def test_a_move_never_answered_holds_the_ramp_for_a_bounded_time() -> None:
+    b = book()
+    b.plan(0.0, {"a": want(600, 0)}, 600)  # at its own 500 W/s: over at 1.2; ack_wait_s 2.0
+    late = {"a": want(600, 600), "b": want(600, 0)}  # "a" got there; its answer was lost
+    assert b.plan(3.1, late, 600) == []
+    assert [o.device for o in b.plan(3.3, late, 600)] == ["b"]
 
 
 def test_a_site_wide_command_goes_once_and_curtail_is_refreshed() -> None:
