@@ -15,15 +15,20 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.unit.test_hashing import REAL_BLOCKS, bits_target, hash_value, reference
+from tests.support.sha256d_reference import (
+    MAX_TARGET,
+    REAL_BLOCKS,
+    SPACE,
+    bits_target,
+    hash_value,
+    reference,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = Path(__file__).with_name("harness.c")
 KERNEL_SOURCES = (ROOT / "ext" / "sha256d_kernels.c",)
 # setup.py's flags for the extension (no -march: the kernels choose at run time)
 CFLAGS = ("-O3", "-fno-strict-aliasing", "-Wno-psabi", "-Wall", "-Werror")
-SPACE = 1 << 32
-MAX_TARGET = (1 << 256) - 1
 CHUNK = 1 << 18  # SHA256D_CHUNK in ext/sha256d_kernels.h: agent._sha256d.scan's nonces per call
 RUN_TIMEOUT_S = 300.0
 

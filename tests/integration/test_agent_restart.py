@@ -18,6 +18,7 @@ import pytest
 
 from agent.config import config_from_mapping
 from hil.hashboard import HashBoardEmulator
+from tests.support.polling import poll_until
 
 DIFFICULTY = 2.0**-24
 RAMP_W_S = 15.0
@@ -52,15 +53,6 @@ def kill_left(procs: list[subprocess.Popen]) -> None:
             p.wait(timeout=5)
 
 
-def wait_for(cond, timeout_s: float) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(f"[envelope]\nramp_max_w_s = {RAMP_W_S}\n\n[log]\nstatus_period_s = 1.0\n")
@@ -84,8 +76,8 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
     try:
         sampler.start()
         procs.append(start_agent(emu, config, log, TARGET_W))
-        assert wait_for(lambda: procs[0].poll() is not None
-                        or (truth and truth[-1][1] > 0.8 * TARGET_W), 15.0), \
+        assert poll_until(lambda: procs[0].poll() is not None
+                          or (truth and truth[-1][1] > 0.8 * TARGET_W), 15.0), \
             log.read_text()[-3000:]
         time.sleep(1.0)
         before = emu.state()
@@ -95,8 +87,8 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
         time.sleep(0.5)
         killed_at = len(truth)
         procs.append(start_agent(emu, config, log, NEW_TARGET_W))
-        assert wait_for(lambda: procs[1].poll() is not None or "took over" in log.read_text(),
-                        8.0)
+        assert poll_until(lambda: procs[1].poll() is not None or "took over" in log.read_text(),
+                          8.0)
         assert "took over" in log.read_text(), log.read_text()[-3000:]
         nonces = emu.state()["nonces_emitted"]
         time.sleep(4.0)
@@ -179,7 +171,7 @@ def test_the_agent_started_again_with_the_same_arguments_mines_again(tmp_path: P
     procs: list[subprocess.Popen] = []
     try:
         procs.append(launch(args, log))
-        assert wait_for(lambda: mining_at_target(emu, procs[0]), 20.0), log.read_text()[-3000:]
+        assert poll_until(lambda: mining_at_target(emu, procs[0]), 20.0), log.read_text()[-3000:]
         assert procs[0].poll() is None, log.read_text()[-3000:]
         if how == "sigterm":
             assert stopped_cleanly(procs[0])
@@ -198,7 +190,7 @@ def test_the_agent_started_again_with_the_same_arguments_mines_again(tmp_path: P
         started = len(log.read_text())
         t0 = time.monotonic()
         procs.append(launch(args, log))
-        assert wait_for(lambda: mining_at_target(emu, procs[1]), 15.0), \
+        assert poll_until(lambda: mining_at_target(emu, procs[1]), 15.0), \
             log.read_text()[started:][-3000:]
         took_s = time.monotonic() - t0
         nonces = emu.state()["nonces_emitted"]

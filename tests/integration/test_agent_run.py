@@ -22,6 +22,7 @@ from agent.control.governor import Governor
 from agent.control.runtime import Runtime
 from hil.hashboard import HashBoardEmulator
 from hil.report import largest_change_w
+from tests.support.polling import poll_until
 
 EMU_DIFFICULTY = 2.0**-19  # agent.config accepts nonce_difficulty >= 1e-6
 
@@ -85,14 +86,6 @@ class AgentRig:
                                float(state["vcore_mv"])))
             time.sleep(0.02)
 
-    def wait(self, cond: Callable[[], bool], timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.05)
-        return cond()
-
     def emulated_s(self) -> float:
         return float(self.emu.state()["time_s"])
 
@@ -152,7 +145,7 @@ def test_target_steps_100_30_100_settle_within_1s_and_stay_under_the_cap(rig_fac
     rig = rig_factory()
     max_w = rig.governor.max_power_w
     assert rig.governor.caps()["max_w"] == math.floor(max_w)
-    assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
     t_on = rig.truth[0][0]
     # at 100 % (the default target is the rated power) for a few seconds: the model's error
     # has been measured at a steady load
@@ -179,15 +172,15 @@ def test_ramp_limit_holds_from_power_on_and_after_the_chain_restarts(rig_factory
     rig = rig_factory(raw={"envelope": {"ramp_max_w_s": ramp}})
     max_w = rig.governor.max_power_w
     limit_w = ramp * 1.0 + 0.01 * max_w  # over any 1 s, plus 1 % of rated for sensor noise
-    assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
     t_on = rig.truth[0][0]
-    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.95 * max_w, 10)
+    assert poll_until(lambda: (rig.runtime.sample.power_w or 0) > 0.95 * max_w, 10)
     rig.sleep_emulated(0.5)
     t_hang = rig.emulated_s()
     assert _largest_change_w(rig.truth, t_on, t_hang) <= limit_w
     rig.emu.inject_fault("chain_hang")  # the driver resets and re-initialises the chain
-    assert rig.wait(lambda: rig.driver.recoveries >= 1, 10)
-    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.95 * max_w, 10)
+    assert poll_until(lambda: rig.driver.recoveries >= 1, 10)
+    assert poll_until(lambda: (rig.runtime.sample.power_w or 0) > 0.95 * max_w, 10)
     after = [(w, t) for t, w, _ in rig.truth if t >= t_hang]
     t_low = min(after)[1]  # the hang's own drop is the fault; the way back is the agent's
     assert min(after)[0] < 0.5 * max_w
@@ -197,12 +190,12 @@ def test_ramp_limit_holds_from_power_on_and_after_the_chain_restarts(rig_factory
 
 def test_heatwave_derates_and_chips_stay_below_the_hard_limit(rig_factory):
     rig = rig_factory(speed=6.0)
-    assert rig.wait(lambda: rig.mode == "mining", 30)
+    assert poll_until(lambda: rig.mode == "mining", 30)
     hard = rig.config.envelope.max_chip_temp_hard_c
     for ambient in range(25, 66, 5):  # 38 emulated seconds to 65 C, then hold
         rig.emu.set_ambient_c(float(ambient))
         time.sleep(0.7)
-    assert rig.wait(lambda: rig.governor.limited_by == "thermal", 20)
+    assert poll_until(lambda: rig.governor.limited_by == "thermal", 20)
     time.sleep(3.0)
     assert max(h for _, _, h in rig.trace) < hard
     assert rig.runtime.sample.power_w < 0.5 * rig.governor.max_power_w  # derated
@@ -214,11 +207,11 @@ def test_a_dead_chip_is_reset_after_the_governor_brought_the_load_down_at_the_ra
     rig = rig_factory(raw={"envelope": {"ramp_max_w_s": ramp}}, dead_min_s=2.0)
     max_w = rig.governor.max_power_w
     limit_w = ramp * 1.0 + 0.01 * max_w
-    assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
-    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.9 * max_w, 20)
+    assert poll_until(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
+    assert poll_until(lambda: (rig.runtime.sample.power_w or 0) > 0.9 * max_w, 20)
     t_death = rig.emulated_s()
     rig.emu.inject_fault("chip_silent", chip=2)
-    assert rig.wait(lambda: rig.driver.reset_pending is not None, 20)
+    assert poll_until(lambda: rig.driver.reset_pending is not None, 20)
     assert "chip 2 (address 128) is dead" in rig.driver.reset_pending
     states: list[str] = []  # the driver's state at each control tick from here on
     tick = rig.runtime.tick
@@ -229,17 +222,17 @@ def test_a_dead_chip_is_reset_after_the_governor_brought_the_load_down_at_the_ra
 
     rig.runtime.tick = tick_noting_the_chain  # type: ignore[method-assign]
     t_pending = time.monotonic()
-    assert rig.wait(lambda: "chain reset" in rig.governor.mode_reason, 2)
-    assert rig.wait(lambda: rig.driver.recoveries >= 1, 15)
+    assert poll_until(lambda: "chain reset" in rig.governor.mode_reason, 2)
+    assert poll_until(lambda: rig.driver.recoveries >= 1, 15)
     waited_s = time.monotonic() - t_pending
-    assert rig.wait(lambda: "starting" in states, 15)
+    assert poll_until(lambda: "starting" in states, 15)
     # the reset came once the chips ran at the governor's lowest frequency, and then only after
     # the wind-down to the reset clock, through which the control loop ticked on (the steps
     # come one control period or more apart); the load went down at the ramp
     assert waited_s > 0.5 * (0.9 * max_w - rig.governor.min_w) / ramp
     winding = states[states.index("winding"):states.index("starting")]
     assert len(winding) >= 3 and set(winding) == {"winding"}
-    assert rig.wait(lambda: (rig.runtime.sample.power_w or 0) > 0.6 * max_w, 20)
+    assert poll_until(lambda: (rig.runtime.sample.power_w or 0) > 0.6 * max_w, 20)
     t_back = rig.emulated_s()
     assert _largest_change_w(rig.truth, t_death + 0.5, t_back) <= limit_w
     assert rig.code is None and rig.driver.addresses == [0, 64, 128, 192]
@@ -249,7 +242,7 @@ def test_with_the_psu_efficiency_set_the_agent_holds_the_wall_power(rig_factory)
     """The emulator's PSU is 92 % efficient; told so, the agent counts and holds wall watts."""
     rig = rig_factory(raw={"board": {"psu_efficiency": 0.92}})
     max_w = rig.governor.max_power_w
-    assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.mode == "mining" and rig.driver.state == "mining", 30)
     target = 0.6 * max_w
     rig.governor.set_target(target)
     rig.sleep_emulated(8.0)
@@ -267,32 +260,32 @@ def test_with_the_psu_efficiency_set_the_agent_holds_the_wall_power(rig_factory)
 
 def test_faults_while_running_are_counted_and_survived(rig_factory):
     rig = rig_factory(raw={"chain": {"ticket_difficulty": 16}})
-    assert rig.wait(lambda: rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.driver.state == "mining", 30)
     rig.emu.inject_fault("serial_garbage", bytes=200)
     rig.emu.inject_fault("reply_corrupt", duration_s=1.0, probability=0.3)
     # ~20 invalid nonces (Poisson); at 5/s for 1 s a run with none that got through the
     # corruption (e**-5 and more) happened once in CI
     rig.emu.inject_fault("chip_hw_errors", chip=3, rate_hz=20.0, duration_s=1.0)
-    assert rig.wait(lambda: rig.driver.stats(rig.clock.monotonic()).crc_errors > 0, 5)
-    assert rig.wait(lambda: rig.driver.stats(rig.clock.monotonic()).chips[3].hw_errors > 0, 5)
+    assert poll_until(lambda: rig.driver.stats(rig.clock.monotonic()).crc_errors > 0, 5)
+    assert poll_until(lambda: rig.driver.stats(rig.clock.monotonic()).chips[3].hw_errors > 0, 5)
     rig.emu.inject_fault("chain_hang")
-    assert rig.wait(lambda: rig.driver.recoveries >= 1, 10)
+    assert poll_until(lambda: rig.driver.recoveries >= 1, 10)
     # after the re-initialisation the load climbs back at the ramp and the governor reports
     # `starting` until it tracks the target again (the driver may be at its frequency of the
     # moment, `mining`, before that): a user sees `mode=mining` again in the status line
-    assert rig.wait(lambda: rig.mode == "mining" and rig.driver.state == "mining", 15), \
+    assert poll_until(lambda: rig.mode == "mining" and rig.driver.state == "mining", 15), \
         (rig.mode, rig.driver.state, rig.driver.error)
     assert rig.code is None
-    assert rig.wait(lambda: "mode=mining" in rig.lines[-1], 3)
+    assert poll_until(lambda: "mode=mining" in rig.lines[-1], 3)
 
 
 def test_stuck_sensors_idle_the_chain_safely(rig_factory):
     rig = rig_factory(raw={"envelope": {"sensor_frozen_s": 3.0}})
-    assert rig.wait(lambda: rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.driver.state == "mining", 30)
     for sensor in ("chip_temp", "board_temp", "vr_temp", "vin", "iin", "power"):
         rig.emu.inject_fault("sensor_stuck", sensor=sensor)
-    assert rig.wait(lambda: rig.mode == "tripped", 10)
-    assert rig.wait(lambda: not rig.emu.state()["chain_powered"], 5)
+    assert poll_until(lambda: rig.mode == "tripped", 10)
+    assert poll_until(lambda: not rig.emu.state()["chain_powered"], 5)
     assert rig.code is None  # the agent runs on, waiting for the sensors to come back
 
 
@@ -308,7 +301,7 @@ def test_a_signed_setpoint_over_mqtt_moves_the_measured_power(rig_factory, mosqu
         "broker_url": mosquitto.url, "site": "site-a", "device": "dev-1",
         "operator_keys": [{"kid": KID, "path": str(pem)}], "state_dir": str(tmp_path / "state"),
         "restart_spread_s": 0.0, "telemetry_period_s": 0.5}})
-    assert rig.wait(lambda: rig.link.connected and rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.link.connected and rig.driver.state == "mining", 30)
     op = operator_for(mosquitto, tmp_path).connect()
     try:
         op.subscribe(["gridminer/site-a/dev-1/telemetry"])
@@ -316,7 +309,7 @@ def test_a_signed_setpoint_over_mqtt_moves_the_measured_power(rig_factory, mosqu
         _signed, replies = op.send("site-a", "dev-1", "setpoint", power_w=target, timeout_s=5.0)
         assert replies and replies[0].ok, replies
         assert replies[0].ack["applied_w"] == pytest.approx(target)
-        assert rig.wait(lambda: abs((rig.runtime.sample.power_w or 0) - target) < 2.0, 10)
+        assert poll_until(lambda: abs((rig.runtime.sample.power_w or 0) - target) < 2.0, 10)
         import cbor2
 
         deadline = time.monotonic() + 5

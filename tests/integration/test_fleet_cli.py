@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,40 @@ from tests.integration.conftest import KID, OPERATOR_KEY, Observer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _fleet(broker_url: str, tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+@contextmanager
+def _fleet(broker_url: str, tmp_path: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """`gridminer fleet` for the length of a `with`, killed on the way out if still running."""
     pub = tmp_path / "site_pub.pem"
     pub.write_bytes(OPERATOR_KEY.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     os.chmod(pub, 0o644)
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "fleet", "--broker", broker_url, "--site", "site-a",
          "--operator-key", str(pub), "--kid", KID, "--state-dir", str(tmp_path / "state"),
          "--restart-spread-s", "0", "--status-period-s", "0", *extra],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def _online(proc: subprocess.Popen[str]) -> int:
+    """How many devices the fleet's first line announces online."""
+    assert proc.stdout is not None
+    first = json.loads(proc.stdout.readline())
+    assert first["event"] == "online", first
+    return int(first["online"])
+
+
+def _stop_cleanly(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM: the fleet exits 0 within 15 s."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
 
 
 def _answer(proc: subprocess.Popen[str], line: str) -> dict[str, Any]:
@@ -40,11 +65,8 @@ def _answer(proc: subprocess.Popen[str], line: str) -> dict[str, Any]:
 
 
 def test_fleet_process_takes_faults_on_stdin_and_stops_cleanly(mosquitto, tmp_path):
-    proc = _fleet(mosquitto.url, tmp_path, "--devices", "4", "--seed", "3")
-    try:
-        assert proc.stdout is not None
-        online = json.loads(proc.stdout.readline())
-        assert online["event"] == "online" and online["online"] == 4
+    with _fleet(mosquitto.url, tmp_path, "--devices", "4", "--seed", "3") as proc:
+        assert _online(proc) == 4
         killed = _answer(proc, '{"op": "kill", "share": 0.25}')
         assert killed["ok"] and len(killed["ids"]) == 1
         figures = _answer(proc, '{"op": "figures"}')["figures"]
@@ -55,13 +77,7 @@ def test_fleet_process_takes_faults_on_stdin_and_stops_cleanly(mosquitto, tmp_pa
         assert not unknown["ok"] and "nope" in unknown["error"]
         both = _answer(proc, '{"op": "cut", "share": 0.5, "ids": []}')
         assert not both["ok"] and "share" in both["error"]
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        _stop_cleanly(proc)
     # every device said offline: the killed one by its Will, the others on the clean stop
     obs = Observer(mosquitto, ["gridminer/site-a/+/status"])
     try:
@@ -78,18 +94,15 @@ def test_fleet_process_takes_faults_on_stdin_and_stops_cleanly(mosquitto, tmp_pa
 def test_fleet_refuses_a_bad_mix_file_with_the_key_named(mosquitto, tmp_path):
     mix = tmp_path / "mix.toml"
     mix.write_text('[[model]]\nname = "a"\nfamily = "BM1370"\nrating_w = 9000\nshare = 1\n')
-    proc = _fleet(mosquitto.url, tmp_path, "--devices", "2", "--mix", str(mix))
-    _, err = proc.communicate(timeout=30)
+    with _fleet(mosquitto.url, tmp_path, "--devices", "2", "--mix", str(mix)) as proc:
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2
     assert "model[0].rating_w: 9000 is out of range [10, 4000]" in err
 
 
 def test_fleet_over_two_processes_acts_as_one(mosquitto, tmp_path):
-    proc = _fleet(mosquitto.url, tmp_path, "--devices", "6", "--processes", "2")
-    try:
-        assert proc.stdout is not None
-        online = json.loads(proc.stdout.readline())
-        assert online["event"] == "online" and online["online"] == 6
+    with _fleet(mosquitto.url, tmp_path, "--devices", "6", "--processes", "2") as proc:
+        assert _online(proc) == 6
         # a share of each process, and ids wherever they run
         killed = _answer(proc, '{"op": "kill", "share": 0.34}')
         assert killed["ok"] and len(killed["ids"]) == 2
@@ -100,10 +113,4 @@ def test_fleet_over_two_processes_acts_as_one(mosquitto, tmp_path):
         figures = _answer(proc, '{"op": "figures"}')["figures"]
         assert (figures["devices"], figures["dead"], figures["cut"]) == (6, 2, 1)
         assert not _answer(proc, '{"op": "revive", "ids": ["x"]}')["ok"]
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-        assert proc.returncode == 0, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
+        _stop_cleanly(proc)

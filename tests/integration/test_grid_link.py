@@ -8,6 +8,7 @@ import time
 
 from agent.grid.session import GridPolicy
 from tests.integration.conftest import CAPS, Observer, plain_settings
+from tests.support.polling import wait_until
 
 
 def is_status(state: str, bd: int | None = None):
@@ -115,13 +116,6 @@ def test_killed_agent_leaves_its_will_and_comes_back_with_the_next_bd(mosquitto,
         obs.close()
 
 
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_publishes_from_several_threads_over_tls_while_the_broker_flaps(secure_mosquitto,
                                                                          tmp_path) -> None:
     """One owner of the socket: four threads publish (QoS 0 and 1) through one link while the
@@ -159,13 +153,13 @@ def test_publishes_from_several_threads_over_tls_while_the_broker_flaps(secure_m
 
     threads = [threading.Thread(target=publisher, args=(n,)) for n in range(4)]
     try:
-        _wait(lambda: link.connected, 10, f"no connection: {link.last_error}")
+        wait_until(lambda: link.connected, 10, lambda: f"a connection ({link.last_error})")
         for t in threads:
             t.start()
         time.sleep(1.0)
         for _ in range(2):
             b.restart(down_s=0.3)
-            _wait(lambda: link.connected, 10, f"no reconnection: {link.last_error}")
+            wait_until(lambda: link.connected, 10, lambda: f"a reconnection ({link.last_error})")
             time.sleep(1.0)
         obs = Observer(b, ["gridminer/site-a/dev-1/telemetry"], username="operator",
                        password=b.password("operator"))
@@ -268,9 +262,9 @@ def test_a_second_client_with_the_same_device_id_stops_the_flapping(mosquitto,
     second.on_fatal = fatal.append
     first.start()
     try:
-        _wait(lambda: first.connected, 10, "first link up")
+        wait_until(lambda: first.connected, 10, "the first link up")
         second.start()
-        _wait(lambda: bool(fatal), 10, "no link gave up")
+        wait_until(lambda: bool(fatal), 10, "a link to give up")
         time.sleep(2.0)  # long enough for several flaps at the old rate of three a second
         loser, winner = (first, second) if first.fatal else (second, first)
         assert fatal == [loser.fatal] and winner.fatal is None
@@ -290,13 +284,13 @@ def test_back_within_seconds_of_a_broker_restart(mosquitto, tmp_path, device_fac
 
     dev = device_factory(LinkSettings(mosquitto.url, "site-a", "dev-1",
                                       state_dir=str(tmp_path / "dev-1")), name="d")
-    _wait(lambda: dev.link.connected, 10, "link up")
+    wait_until(lambda: dev.link.connected, 10, "the link up")
     mosquitto.stop()
-    _wait(lambda: not dev.link.connected, 5, "link down")
+    wait_until(lambda: not dev.link.connected, 5, "the link down")
     time.sleep(10.0)
     mosquitto.start()
     back = time.monotonic()
-    _wait(lambda: dev.link.connected, 15, "link back")
+    wait_until(lambda: dev.link.connected, 15, "the link back")
     assert time.monotonic() - back < 6.0
 
 
@@ -315,20 +309,20 @@ def test_inbound_is_bounded_and_counts_what_it_drops(mosquitto, tmp_path) -> Non
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood", protocol=mqtt.MQTTv5)
     link.start()
     try:
-        _wait(lambda: link.connected, 10, "link up")
+        wait_until(lambda: link.connected, 10, "the link up")
         sender.connect("127.0.0.1", mosquitto.port)
         sender.loop_start()
         infos = [sender.publish("gridminer/site-a/dev-1/cmd", b"%d" % i, qos=i % 2)
                  for i in range(40)]
         for info in infos:
             info.wait_for_publish(5)
-        _wait(lambda: link.inbound.qsize() + link.dropped_inbound >= 40, 10,
-              f"{link.inbound.qsize()} queued, {link.dropped_inbound} dropped")
+        wait_until(lambda: link.inbound.qsize() + link.dropped_inbound >= 40, 10,
+                   lambda: f"40 in ({link.inbound.qsize()} queued, {link.dropped_inbound} dropped)")
         assert link.inbound.qsize() == 8 and link.dropped_inbound == 32
         for msg in link.drain():
             link.ack(msg)
         sender.publish("gridminer/site-a/dev-1/cmd", b"after", qos=1).wait_for_publish(5)
-        _wait(lambda: link.inbound.qsize() == 1, 5, "no command after the flood")
+        wait_until(lambda: link.inbound.qsize() == 1, 5, "the command after the flood")
         assert link.drain()[0].payload == b"after"
     finally:
         sender.loop_stop()
@@ -349,7 +343,7 @@ def test_a_half_open_connection_is_noticed_and_its_telemetry_counted_lost(mosqui
                                  keepalive_s=1, reconnect_min_s=0.2, reconnect_max_s=0.5))
     link.start()
     try:
-        _wait(lambda: link.connected, 10, "link up")
+        wait_until(lambda: link.connected, 10, "the link up")
         time.sleep(2.5)  # a few answered pings
         for _ in range(5):
             assert link.publish("gridminer/site-a/dev-1/telemetry", b"\xa0", qos=0)
@@ -368,7 +362,7 @@ def test_a_half_open_connection_is_noticed_and_its_telemetry_counted_lost(mosqui
         # every message after the freeze, and at most a keepalive's worth from before it
         assert sent <= lost <= sent + 5 + 10, (sent, lost)
         cutter.restore()
-        _wait(lambda: link.connected, 10, "link back after the path returns")
+        wait_until(lambda: link.connected, 10, "the link back after the path returns")
         assert link.take_lost() == 0
     finally:
         link.stop()

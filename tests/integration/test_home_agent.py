@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from hil.broker import Mosquitto
 from tests.integration.conftest import KID, OPERATOR_KEY, operator_for
 from tests.support.agent_process import ROOT, stop_process
 from tests.support.ha_rules import ha_problems
+from tests.support.polling import poll_until
 
 DISCOVERY = "homeassistant/device/shed/config"
 BASE = "gridminer/shed"
@@ -62,15 +63,6 @@ class Recorder:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait(cond: Callable[[], Any], timeout_s: float) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if result := cond():
-            return result
-        time.sleep(0.1)
-    return cond()
 
 
 @dataclass
@@ -124,7 +116,7 @@ def _power_near(home: Home, power_w: float, tol_w: float = 2.5) -> bool:
 
 
 def test_home_assistant_discovers_the_device_and_reads_every_value(home: Home) -> None:
-    configs = wait(lambda: home.ha.on(DISCOVERY), 30)
+    configs = poll_until(lambda: home.ha.on(DISCOVERY), 30)
     assert configs, (home.tmp / "agent.err").read_text()[-2000:]
     config = json.loads(configs[0])
     assert ha_problems(DISCOVERY, config) == []
@@ -132,30 +124,30 @@ def test_home_assistant_discovers_the_device_and_reads_every_value(home: Home) -
     assert {"power", "energy", "chip_temp", "board_temp", "hashrate", "mode", "setpoint",
             "shares_accepted", "power_limit", "mining"} <= set(cmps)
     assert cmps["power_limit"]["min"] < cmps["power_limit"]["max"]
-    assert wait(lambda: b"online" in home.ha.on(f"{BASE}/availability"), 10)
+    assert poll_until(lambda: b"online" in home.ha.on(f"{BASE}/availability"), 10)
     # once mining, one state message carries every component's value
     keys = {c["value_template"].removeprefix("{{ value_json.").removesuffix(" }}")
             for c in cmps.values()}
-    full = wait(lambda: next((s for s in reversed(home.ha.states()) if s["mode"] == "mining"
-                              and all(s.get(k) is not None for k in keys)), None), 60)
+    full = poll_until(lambda: next((s for s in reversed(home.ha.states()) if s["mode"] == "mining"
+                                    and all(s.get(k) is not None for k in keys)), None), 60)
     assert full, home.ha.states()[-1:]
     assert full["hashrate_ths"] > 0 and full["energy_kwh"] > 0 and full["mining"] == "ON"
     # Home Assistant restarted: its birth message brings the config again
     before = len(home.ha.on(DISCOVERY))
     home.ha.publish("homeassistant/status", "online")
-    assert wait(lambda: len(home.ha.on(DISCOVERY)) > before, 5)
+    assert poll_until(lambda: len(home.ha.on(DISCOVERY)) > before, 5)
 
 
 def test_local_control_moves_the_load_and_a_signed_grid_command_wins(home: Home) -> None:
-    assert wait(lambda: any(s["mode"] == "mining" for s in home.ha.states()), 60)
+    assert poll_until(lambda: any(s["mode"] == "mining" for s in home.ha.states()), 60)
     limit = json.loads(home.ha.on(DISCOVERY)[-1])["components"]["power_limit"]
     low, high = limit["min"], limit["max"]
     home.ha.publish(f"{BASE}/set/power_w", str(high + 500))  # clamped to the envelope
-    assert wait(lambda: home.ha.states()[-1]["power_limit_w"] == high, 5)
+    assert poll_until(lambda: home.ha.states()[-1]["power_limit_w"] == high, 5)
     local_w = round(low + 0.3 * (high - low))
     home.ha.publish(f"{BASE}/set/power_w", str(local_w))
-    assert wait(lambda: home.ha.states()[-1]["control"] == "local", 5)
-    assert wait(lambda: _power_near(home, local_w), 20), home.ha.states()[-3:]
+    assert poll_until(lambda: home.ha.states()[-1]["control"] == "local", 5)
+    assert poll_until(lambda: _power_near(home, local_w), 20), home.ha.states()[-3:]
     grid_w = round(low + 0.7 * (high - low))
     op = operator_for(home.broker, home.tmp).connect()
     try:
@@ -165,25 +157,25 @@ def test_local_control_moves_the_load_and_a_signed_grid_command_wins(home: Home)
     finally:
         op.close()
     lapse_s = time.monotonic() + 12.0
-    assert wait(lambda: home.ha.states()[-1]["control"] == "grid", 5)
+    assert poll_until(lambda: home.ha.states()[-1]["control"] == "grid", 5)
     home.ha.publish(f"{BASE}/set/power_w", str(low))  # the owner asks for less: the grid wins
     home.ha.publish(f"{BASE}/set/mining", "OFF")
-    assert wait(lambda: _power_near(home, grid_w), 10), home.ha.states()[-3:]
+    assert poll_until(lambda: _power_near(home, grid_w), 10), home.ha.states()[-3:]
     while time.monotonic() < lapse_s - 1.0:
         assert home.ha.states()[-1]["control"] == "grid"
         assert home.ha.states()[-1]["mode"] == "mining"
         time.sleep(0.2)
     # the command lapsed: the owner's last word (mining off) takes over
-    assert wait(lambda: home.ha.states()[-1]["control"] == "local", 5)
-    assert wait(lambda: home.ha.states()[-1]["mode"] == "standby", 20), home.ha.states()[-3:]
+    assert poll_until(lambda: home.ha.states()[-1]["control"] == "local", 5)
+    assert poll_until(lambda: home.ha.states()[-1]["mode"] == "standby", 20), home.ha.states()[-3:]
     home.ha.publish(f"{BASE}/set/mining", "ON")
-    assert wait(lambda: _power_near(home, low, 3.0), 30), home.ha.states()[-3:]
+    assert poll_until(lambda: _power_near(home, low, 3.0), 30), home.ha.states()[-3:]
 
 
 def test_stopping_the_agent_marks_the_device_offline(home: Home) -> None:
     stop_process(home.agent, 20)
     assert home.agent.returncode == 0
-    assert wait(lambda: home.ha.on(f"{BASE}/availability")[-1:] == [b"offline"], 5)
+    assert poll_until(lambda: home.ha.on(f"{BASE}/availability")[-1:] == [b"offline"], 5)
 
 
 def test_discovery_off_removes_the_device_from_home_assistant(mosquitto: Mosquitto) -> None:
@@ -215,7 +207,7 @@ def test_discovery_off_removes_the_device_from_home_assistant(mosquitto: Mosquit
                                                         lambda now: False), clock)
         link.start()
         try:
-            assert wait(lambda: link.connected and link.connects >= 1, 5)
+            assert poll_until(lambda: link.connected and link.connects >= 1, 5)
             session.service(time.monotonic())  # announces (or removes) on the new connection
         finally:
             link.stop()
@@ -223,13 +215,13 @@ def test_discovery_off_removes_the_device_from_home_assistant(mosquitto: Mosquit
     run_once(True)
     announced = Recorder(mosquitto)
     try:
-        assert wait(lambda: any(p for p in announced.on(DISCOVERY)), 5)  # retained
+        assert poll_until(lambda: any(p for p in announced.on(DISCOVERY)), 5)  # retained
     finally:
         announced.close()
     run_once(False)
     later = Recorder(mosquitto)
     try:
-        assert wait(lambda: b"offline" in later.on(f"{BASE}/availability"), 5)
+        assert poll_until(lambda: b"offline" in later.on(f"{BASE}/availability"), 5)
         assert later.on(DISCOVERY) == []  # no retained config left
     finally:
         later.close()

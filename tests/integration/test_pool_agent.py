@@ -9,9 +9,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,21 +19,11 @@ from firmware_bridge import asic
 from hil.hashboard import HashBoardEmulator
 from hil.pool import LabPool
 from tests.support.agent_process import stop_process
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EMU_DIFFICULTY = 2.0**-19  # every nonce the chips send meets it
 POOL_DIFFICULTY = 2.0**-18  # about half of them are shares
-
-
-def wait(cond: Callable[[], Any], timeout_s: float, proc: subprocess.Popen[bytes],
-         what: str) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return
-        assert proc.poll() is None, f"the agent exited ({proc.returncode}) waiting for {what}"
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -82,9 +72,10 @@ def test_the_agent_mines_to_the_pools_rolls_versions_follows_blocks_and_fails_ov
         emulator, pools, tmp_path):
     first, second = pools
     proc = start_agent(tmp_path, emulator, "--pool", first.url, "--pool", second.url)
+    wait = partial(wait_until, alive=proc)  # the agent's exit ends any wait at once
     try:
         # 1. mining to the first pool, which grants version rolling
-        wait(lambda: first.counts["accepted"] >= 20, 60, proc, "shares at the first pool")
+        wait(lambda: first.counts["accepted"] >= 20, 60, "shares at the first pool")
         accepted = first.accepted()
         assert {s.params for s in accepted} == {6}
         assert sum(1 for s in accepted if s.version_bits) >= len(accepted) // 2
@@ -95,11 +86,11 @@ def test_the_agent_mines_to_the_pools_rolls_versions_follows_blocks_and_fails_ov
         old_job = first.job.job_id
         block = first.new_block()
         t_block = time.monotonic()
-        wait(lambda: any(s.job_id == block.job_id for s in first.accepted()), 10, proc,
+        wait(lambda: any(s.job_id == block.job_id for s in first.accepted()), 10,
              "a share of the new block")
         assert time.monotonic() - t_block < 5.0
         before = len(first.shares)
-        wait(lambda: len(first.shares) >= before + 10, 20, proc, "shares after the block")
+        wait(lambda: len(first.shares) >= before + 10, 20, "shares after the block")
         assert all(s.job_id != old_job for s in first.shares[before:])
         # the only stale shares are those already on the wire when the block changed
         stale = [s for s in first.shares if s.outcome == "stale"]
@@ -107,17 +98,17 @@ def test_the_agent_mines_to_the_pools_rolls_versions_follows_blocks_and_fails_ov
         assert len(stale) <= 5
         # 3. the first pool dies: the second (no version rolling) takes over
         first.go_down()
-        wait(lambda: second.counts["accepted"] >= 10, 30, proc, "shares at the second pool")
+        wait(lambda: second.counts["accepted"] >= 10, 30, "shares at the second pool")
         on_second = second.accepted()
         assert {s.params for s in on_second} == {5}
         assert all(s.version_bits == 0 for s in on_second)
-        wait(lambda: chip_mask_reg(emulator) == {0x90000000}, 5, proc, "0xA4 without rolling")
+        wait(lambda: chip_mask_reg(emulator) == {0x90000000}, 5, "0xA4 without rolling")
         # 4. the first pool is back: the agent returns to it
         count = first.counts["accepted"]
         first.come_up()
-        wait(lambda: first.counts["accepted"] >= count + 10, 30, proc, "shares back at the first")
-        wait(lambda: chip_mask_reg(emulator) == {0x9000FFFF}, 5, proc, "0xA4 rolling again")
-        wait(lambda: not second.connected(), 10, proc, "the second pool let go")
+        wait(lambda: first.counts["accepted"] >= count + 10, 30, "shares back at the first")
+        wait(lambda: chip_mask_reg(emulator) == {0x9000FFFF}, 5, "0xA4 rolling again")
+        wait(lambda: not second.connected(), 10, "the second pool let go")
     finally:
         stop_process(proc, 20)
     err = (tmp_path / "agent.err").read_text()

@@ -18,20 +18,11 @@ from agent.hashing import scan, sha256d
 from agent.pool import PoolEndpoint, PoolMining, PoolTiming
 from hil.broker import CertificateAuthority
 from hil.pool import LabPool
+from tests.support.polling import wait_until
 
 DIFFICULTY = 2.0**-14  # ~16 k hashes a share
 FAST = PoolTiming(failover_after_s=0.6, retry_min_s=0.05, retry_max_s=0.2,
                   connect_timeout_s=2.0, silence_timeout_s=30.0, status_period_s=0)
-
-
-def wait(cond: Callable[[], Any], timeout_s: float = 5.0) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 def find_share(work: Work, difficulty: float, version_bits: int = 0, start: int = 0) -> Share:
@@ -63,7 +54,7 @@ class Miner:
             state = self.source.state
             return state is not None and state.template is not None and \
                 (pool is None or state.active == pool)
-        wait(ready, timeout_s)
+        wait_until(ready, timeout_s, "pool work")
         return self.source.next_work(time.monotonic())
 
     def figures(self, pool: int = 0) -> dict[str, Any]:
@@ -106,10 +97,10 @@ def test_shares_with_rolled_version_bits_are_accepted(miners):
     assert miner.user_agent.startswith("gridminer") and miner.suggested == 0.001
     for bits in (0x00002000, 0x0D880000, 0x1FFFE000):
         m.source.submit(find_share(work, DIFFICULTY, bits))
-    wait(lambda: pool.counts["accepted"] == 3)
+    wait_until(lambda: pool.counts["accepted"] == 3, 5, "three shares accepted")
     assert [s.params for s in pool.shares] == [6, 6, 6]
     assert [s.version_bits for s in pool.shares] == [0x00002000, 0x0D880000, 0x1FFFE000]
-    wait(lambda: m.figures()["accepted"] == 3)
+    wait_until(lambda: m.figures()["accepted"] == 3, 5, "three acceptances counted")
     figures = m.figures()
     assert figures["rejected_total"] == 0 and figures["difficulty"] == DIFFICULTY
     assert figures["version_mask"] == 0x1FFFE000 and figures["active"]
@@ -127,7 +118,7 @@ def test_a_pool_that_refuses_version_rolling_gets_five_params_and_no_bits(miners
     assert work.version_mask == 0
     m.source.submit(find_share(work, DIFFICULTY))
     m.source.submit(find_share(work, DIFFICULTY, 0x2000))  # rolled: not allowed, not sent
-    wait(lambda: pool.counts["accepted"] == 1)
+    wait_until(lambda: pool.counts["accepted"] == 1, 5, "a share accepted")
     assert [s.params for s in pool.shares] == [5]
     assert m.source.outside_mask == 1 and pool.counts["invalid"] == 0
 
@@ -138,14 +129,14 @@ def test_a_block_change_makes_old_work_stale_at_once(miners):
     old = m.work()
     assert not m.source.clean_pending(time.monotonic())
     pool.new_block()
-    wait(lambda: m.source.clean_pending(time.monotonic()))
+    wait_until(lambda: m.source.clean_pending(time.monotonic()), 5, "clean work")
     new = m.source.next_work(time.monotonic())
     assert new.clean and new.origin.job_id != old.origin.job_id
     assert new.header80[4:36] != old.header80[4:36]  # the next block's prevhash
     m.source.submit(find_share(old, DIFFICULTY))
     m.source.submit(find_share(new, DIFFICULTY))
-    wait(lambda: pool.counts["accepted"] == 1)
-    wait(lambda: m.figures()["dropped"].get("stale") == 1)
+    wait_until(lambda: pool.counts["accepted"] == 1, 5, "a share accepted")
+    wait_until(lambda: m.figures()["dropped"].get("stale") == 1, 5, "a stale drop")
     assert pool.counts["stale"] == 0 and len(pool.shares) == 1  # the stale one never went out
 
 
@@ -160,15 +151,16 @@ def test_failover_to_the_next_pool_and_back_and_no_share_crosses(miners):
     assert from_second.version_mask == 0  # the second pool's grant, not the first's
     m.source.submit(find_share(from_first, DIFFICULTY))  # its pool is gone: never sent
     m.source.submit(find_share(from_second, DIFFICULTY))
-    wait(lambda: second.counts["accepted"] == 1)
-    wait(lambda: m.figures(0)["dropped"].get("stale") == 1)
+    wait_until(lambda: second.counts["accepted"] == 1, 5, "a share at the second pool")
+    wait_until(lambda: m.figures(0)["dropped"].get("stale") == 1, 5, "a stale drop")
     assert len(second.shares) == 1 and first.shares == []
     first.come_up()
     back = m.work(pool=0, timeout_s=5.0)
     assert back.version_mask == 0x1FFFE000
-    wait(lambda: not second.connected())  # let go once the first pool has work again
+    # the second pool is let go once the first has work again
+    wait_until(lambda: not second.connected(), 5, "the second pool let go")
     m.source.submit(find_share(back, DIFFICULTY, 0x4000))
-    wait(lambda: first.counts["accepted"] == 1)
+    wait_until(lambda: first.counts["accepted"] == 1, 5, "a share at the first pool")
     assert first.counts["invalid"] == second.counts["invalid"] == 0
     assert m.figures(0)["connect_failures"] >= 1
 
@@ -189,13 +181,13 @@ def test_tls(miners, tls_pool):
     m = miners(pool, ca_file=ca_file)
     work = m.work()
     m.source.submit(find_share(work, DIFFICULTY, 0x2000))
-    wait(lambda: pool.counts["accepted"] == 1)
+    wait_until(lambda: pool.counts["accepted"] == 1, 5, "a share accepted")
 
 
 def test_tls_with_an_unknown_certificate_authority_fails_and_says_so(miners, tls_pool):
     pool, _ = tls_pool
     m = miners(pool)  # the system CAs do not know the lab's
-    wait(lambda: m.figures()["connect_failures"] >= 1)
+    wait_until(lambda: m.figures()["connect_failures"] >= 1, 5, "a connect failure")
     assert "certificate" in (m.figures()["last_error"] or "").lower()
     assert m.source.state is None or m.source.state.template is None
 
@@ -209,24 +201,26 @@ def test_a_misbehaving_pool_is_survived(miners):
     pool.show_message("maintenance at noon")
     pool.ping()
     pool.get_version()
-    wait(lambda: pool.counts["pongs"] == 1)
-    wait(lambda: any(isinstance(r, str) and r.startswith("gridminer") for r in
-                     pool.miners[0].replies))
+    wait_until(lambda: pool.counts["pongs"] == 1, 5, "a pong")
+    wait_until(lambda: any(isinstance(r, str) and r.startswith("gridminer")
+                           for r in pool.miners[0].replies), 5, "the version reply")
     bad = m.figures()["bad_lines"]
     assert bad["not JSON"] == 1 and bad["mining.notify: params"] == 1
     assert bad["line too long"] == 1 and bad["not a JSON object"] == 1
     assert m.figures()["messages"] == ["maintenance at noon"]
     # it goes on: fractional difficulty, a new mask, a new extranonce1
     pool.set_difficulty(DIFFICULTY * 1.5)
-    wait(lambda: m.source.state.difficulty == DIFFICULTY * 1.5)
+    wait_until(lambda: m.source.state.difficulty == DIFFICULTY * 1.5, 5, "the new difficulty")
     pool.set_version_mask(0x00FFE000)
-    wait(lambda: m.source.state.template.version_mask == 0x00FFE000)
+    wait_until(lambda: m.source.state.template.version_mask == 0x00FFE000, 5,
+               "the new mask")
     assert pool.miners[0].extranonce_subscribed
     en1 = pool.set_extranonce()
-    wait(lambda: m.source.state.template.extranonce1.hex() == en1)
+    wait_until(lambda: m.source.state.template.extranonce1.hex() == en1, 5,
+               "the new extranonce1")
     work = m.source.next_work(time.monotonic())
     m.source.submit(find_share(work, DIFFICULTY * 1.5, 0x00802000))
-    wait(lambda: pool.counts["accepted"] == 1)
+    wait_until(lambda: pool.counts["accepted"] == 1, 5, "a share accepted")
     assert pool.shares[-1].required == DIFFICULTY * 1.5
 
 
@@ -235,12 +229,13 @@ def test_client_reconnect_is_followed_within_the_pool(miners):
     m = miners(pool)
     m.work()
     pool.reconnect(None, pool.port, 0)
-    wait(lambda: pool.counts["connections"] == 2)
+    wait_until(lambda: pool.counts["connections"] == 2, 5, "the reconnection")
     m.source.submit(find_share(m.work(), DIFFICULTY))
-    wait(lambda: pool.counts["accepted"] == 1)
+    wait_until(lambda: pool.counts["accepted"] == 1, 5, "a share accepted")
     assert m.figures()["redirects"] == 1
     pool.reconnect("evil.example.net", 3333, 0)  # elsewhere: refused
-    wait(lambda: m.figures()["bad_lines"].get("client.reconnect to another domain") == 1)
+    wait_until(lambda: m.figures()["bad_lines"].get("client.reconnect to another domain") == 1,
+               5, "the refused redirect")
     assert pool.counts["connections"] == 2
 
 
@@ -259,4 +254,4 @@ def test_a_pool_that_hangs_up_on_configure_is_asked_again_without_it(miners):
     assert work.version_mask == 0
     assert pool.counts["configures"] == 1 and pool.counts["connections"] == 2
     m.source.submit(find_share(work, DIFFICULTY))
-    wait(lambda: pool.counts["accepted"] == 1)
+    wait_until(lambda: pool.counts["accepted"] == 1, 5, "a share accepted")

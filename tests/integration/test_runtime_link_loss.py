@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.test_agent_run import AgentRig
+from tests.support.polling import poll_until
 
 MEASURED = ("power_w", "vcore_mv", "temp_c", "board_temp_c", "fan_pct")
 
@@ -21,13 +22,13 @@ def rig() -> Iterator[AgentRig]:
 
 
 def test_a_killed_emulator_trips_the_agent_and_no_stale_power_is_reported(rig):
-    assert rig.wait(lambda: rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.driver.state == "mining", 30)
     assert rig.runtime.snapshot()["power_w"] > 0
     rig._done.set()  # the rig's own sampler reads the emulator: stop it first
     rig._threads[1].join(timeout=2)
     rig.emu.stop()  # the board and the chain vanish
-    assert rig.wait(lambda: rig.mode == "tripped", 5)
-    assert rig.wait(lambda: bool(rig.lines) and "board=lost" in rig.lines[-1], 10)
+    assert poll_until(lambda: rig.mode == "tripped", 5)
+    assert poll_until(lambda: bool(rig.lines) and "board=lost" in rig.lines[-1], 10)
     snap = rig.runtime.snapshot()
     assert {k: snap[k] for k in MEASURED} == dict.fromkeys(MEASURED)
     assert snap["board"] == "lost"
@@ -37,9 +38,9 @@ def test_a_killed_emulator_trips_the_agent_and_no_stale_power_is_reported(rig):
 
 
 def test_fail_from_another_thread_stops_the_run_with_the_chain_idled(rig):
-    assert rig.wait(lambda: rig.driver.state == "mining", 30)
+    assert poll_until(lambda: rig.driver.state == "mining", 30)
     threading.Thread(target=rig.runtime.fail, args=("grid: another client holds dev-1", 3),
                      daemon=True).start()
-    assert rig.wait(lambda: rig.code is not None, 15)
+    assert poll_until(lambda: rig.code is not None, 15)
     assert rig.code == 3 and rig.runtime.error == "grid: another client holds dev-1"
     assert not rig.emu.state()["chain_powered"]

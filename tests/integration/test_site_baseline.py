@@ -11,16 +11,10 @@ from typing import Any
 from agent.grid.session import GridPolicy
 from hil.site.baseline import BaselineDispatcher, BaselinePolicy
 from tests.integration.conftest import CAPS, operator_for, plain_settings
+from tests.support.polling import wait_until
 
 CONFIRM_S = 1.5
 N = 5
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def machine(index: int) -> tuple[dict[str, Any], Any]:
@@ -55,13 +49,13 @@ def test_baseline_sleeps_least_efficient_first_in_confirmed_batches(no_leaks, mo
     baseline = BaselineDispatcher(op, "site-a", policy).start()
     try:
         core = baseline.core
-        wait_for(lambda: len(core.machines(time.monotonic())) == N
-                 and len(core.memory) == N, 10.0, "the fleet")
+        wait_until(lambda: len(core.machines(time.monotonic())) == N
+                   and len(core.memory) == N, 10.0, "the fleet")
         before = {name: len(dev.sink.calls) for name, dev in devices.items()}  # start-up ops
         # room for two awake machines: 3 x min_w + 2 x max_w
         target_w = 3 * CAPS["min_w"] + 2 * CAPS["max_w"]
         baseline.set_target(target_w)
-        wait_for(lambda: len(baseline.batches) >= 2, 10.0, "two batches")
+        wait_until(lambda: len(baseline.batches) >= 2, 10.0, "two batches")
         first, second = baseline.batches[:2]
         assert first.sleep == ("dev-4", "dev-3") and first.wake == ()
         assert second.sleep == ("dev-2",)
@@ -73,10 +67,10 @@ def test_baseline_sleeps_least_efficient_first_in_confirmed_batches(no_leaks, mo
                     for name, dev in devices.items()}
 
         expected = {f"dev-{i}": ["curtail"] if i >= 2 else [] for i in range(N)}
-        wait_for(lambda: told() == expected, 5.0, f"the commands, told {told()}")
+        wait_until(lambda: told() == expected, 5.0, lambda: f"the commands, told {told()}")
         # the third tick judges the second batch and finds nothing more to do
-        wait_for(lambda: all(d.pending is None for d in core.memory.values()), 5.0,
-                 "the second batch's confirmation")
+        wait_until(lambda: all(d.pending is None for d in core.memory.values()), 5.0,
+                   "the second batch's confirmation")
         assert len(baseline.batches) == 2 and baseline.sent == 3
         assert core.estimate_w(time.monotonic()) == target_w
         assert core.rejected == {}

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hil.broker import Mosquitto
 from tests.integration.conftest import KID, OPERATOR_KEY, Observer, operator_for
 from tests.support.agent_process import ROOT, start_agent, stop_process
+from tests.support.polling import poll_until
 
 pyasic = pytest.importorskip("pyasic")
 
@@ -75,14 +76,6 @@ class Home:
             obs.seen.append(obs.messages.get())
         return [m for t, m, _ in obs.seen if t.endswith("/telemetry") and isinstance(m, dict)]
 
-    def wait(self, cond: Callable[[], bool], timeout_s: float) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if cond():
-                return True
-            time.sleep(0.1)
-        return cond()
-
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
@@ -109,7 +102,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
                                 "--http", f"{ip}:{HTTP_PORT}",
                                 "--nonce-difficulty", repr(info["difficulty"]))
             found = Home(ip, broker, status, observer, agent, tmp)
-            steady = found.wait(lambda: _steady(found.telemetry()[-6:]), 90)
+            steady = poll_until(lambda: _steady(found.telemetry()[-6:]), 90)
             assert steady, (tmp / "agent.err").read_text()[-2000:]
             yield found
         finally:
@@ -150,7 +143,7 @@ def test_pyasic_finds_the_listener_and_reads_the_agents_own_figures(home: Home) 
     before = len(home.telemetry())
     miner, data = asyncio.run(read())
     # telemetry around the read: the messages just before it and the ones that came during it
-    assert home.wait(lambda: len(home.telemetry()) >= before + 2, 5)
+    assert poll_until(lambda: len(home.telemetry()) >= before + 2, 5)
     around = home.telemetry()[max(0, before - 2):]
     assert type(miner).__name__ == "BitAxeGamma"  # BM1370, the emulated chips
     info = json.loads(home.get("/api/system/info")[1])
@@ -194,8 +187,8 @@ def test_metrics_parse_in_base_units_and_counters_only_grow(home: Home) -> None:
     finally:
         op.close()
     energy_0 = first[("gridminer_energy_joules_total", ())][1]
-    assert home.wait(lambda: _scrape(home)[("gridminer_energy_joules_total", ())][1]
-                     > energy_0 + 50.0, 10)  # a ~70 W board: a second or so
+    assert poll_until(lambda: _scrape(home)[("gridminer_energy_joules_total", ())][1]
+                      > energy_0 + 50.0, 10)  # a ~70 W board: a second or so
     second = _scrape(home)
     counters = {k: v for k, (kind, v) in first.items() if kind == "counter"}
     assert len(counters) >= 8
@@ -230,7 +223,7 @@ def test_anything_but_reading_is_refused_and_the_agent_mines_on(home: Home) -> N
         status, body = home.get("/api/system/info")
         assert status == 200 and time.monotonic() - started < 2.0
         count = len(home.telemetry())
-        assert home.wait(lambda: len(home.telemetry()) >= count + 3, 5)
+        assert poll_until(lambda: len(home.telemetry()) >= count + 3, 5)
         assert home.telemetry()[-1]["mode"] == "mining"
     finally:
         for s in idle:

@@ -31,6 +31,7 @@ from agent.config import config_from_mapping
 from hil.broker import Mosquitto
 from hil.hashboard import HashBoardEmulator
 from tests.integration.conftest import KID, OPERATOR_KEY, operator_for
+from tests.support.polling import poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -215,15 +216,6 @@ def rise_report(pts: list[tuple[float, float, float, float, float, bool, float]]
     return "\n".join(["true state:", *lines, f"agent log {t0}-{t1}:", *log])
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float, poll_s: float = 0.1) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(poll_s)
-    return cond()
-
-
 def test_the_agent_comes_back_from_everything_for_hours(tmp_path: Path) -> None:
     env = config_from_mapping({"chain": {"port": "x", "family": "BM1370", "chips": 4},
                                "board": {"port": "y"},
@@ -303,9 +295,9 @@ def test_the_agent_comes_back_from_everything_for_hours(tmp_path: Path) -> None:
     events = 0
     try:
         agent.start()
-        assert wait_for(mining, 60.0), agent.tail()
+        assert poll_until(mining, 60.0), agent.tail()
         commands = Commands(broker, tmp_path, targets_w)
-        assert wait_for(lambda: commands is not None and commands.last_ack_s > 0, 30.0), \
+        assert poll_until(lambda: commands is not None and commands.last_ack_s > 0, 30.0), \
             agent.tail()
         i = 0
         while time.monotonic() - t_start < SOAK_S or i < FAULTS_PER_RESTART + 1:
@@ -319,11 +311,11 @@ def test_the_agent_comes_back_from_everything_for_hours(tmp_path: Path) -> None:
             noticed = act()
             events += 1
             # the agent noticed (a dead chip: once it was called dead, DEAD_MIN_S and more)
-            if not wait_for(noticed, DEAD_MIN_S + 40.0):
+            if not poll_until(noticed, DEAD_MIN_S + 40.0):
                 failures.append(f"{name} at {t_event - t_start:.0f} s: not noticed\n"
                                 f"{agent.tail(1500)}")
             since = time.monotonic()
-            if not wait_for(lambda: back(since), comeback_s):  # noqa: B023 - called at once
+            if not poll_until(lambda: back(since), comeback_s):  # noqa: B023 - called at once
                 failures.append(f"{name} at {t_event - t_start:.0f} s: not back within "
                                 f"{comeback_s:.0f} s\n{agent.tail(1500)}")
                 if not agent.running:
