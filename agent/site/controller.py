@@ -371,8 +371,14 @@ class SiteController:
         self._fleet = fleet
         self.trim_w = self.trim.update(now_s, target_w, self.measured_w, self._saturated,
                                        moving=now_s < self._moving_until_s)
-        allocation = self._allocator().allocate(units, target_w + self.trim_w - fixed_w)
         tolerance_w = max(self.settings.deadband_min_w, 0.001 * caps.max_w)
+        want_w = target_w + self.trim_w - fixed_w
+        goal_w = self.target.goal_w()
+        if goal_w is not None and goal_w - target_w > tolerance_w:  # on the way up
+            allocation = self._allocator().climb(units, want_w, goal_w + self.trim_w - fixed_w,
+                                                 self.shares_w)
+        else:
+            allocation = self._allocator().allocate(units, want_w)
         self._saturated = (1 if allocation.low_w > tolerance_w else
                            -1 if allocation.low_w < -tolerance_w else 0)
         self.shares_w = allocation.shares_w

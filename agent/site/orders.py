@@ -2,7 +2,8 @@
 signing), so the rules are tested alone.
 
 * A device gets a command when its share moves by more than a deadband (a fraction of its
-  rating, at least `deadband_min_w`), when it is to be switched on or off, or when the command it
+  rating, at least `deadband_min_w`) or up to its rating (else a fleet climbing together would
+  stop short of full power), when it is to be switched on or off, or when the command it
   follows comes within `refresh_s` of its `exp`. Commands hold for `validity_s` (less a random
   15 %, so the refreshes of a fleet spread out): a dead controller leaves the fleet holding, then
   falling back to its defaults when the commands lapse.
@@ -133,7 +134,9 @@ class OrderBook:
             target_w = float(want.share_w or 0)
             moved = (last is None or last.op != op or
                      (op == "setpoint" and last.power_w is not None
-                      and abs(target_w - last.power_w) > self.deadband_w(want.max_w)))
+                      and (abs(target_w - last.power_w) > self.deadband_w(want.max_w)
+                           or (target_w >= math.floor(want.max_w)
+                               and last.power_w < target_w - 0.5))))
             if moved or self._straggles(last, want, now_s):
                 start_w = want.power_w if want.power_w is not None else (
                     last.power_w if last is not None and last.power_w is not None else 0.0)

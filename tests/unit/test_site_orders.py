@@ -166,3 +166,12 @@ def test_a_stale_meter_reads_nothing() -> None:
     meter.update(b"garbage", 11.0)
     assert meter.value_w(12.0) == 100.0 and meter.ignored == 1
     assert meter.value_w(13.5) is None
+
+
+def test_a_share_up_to_the_device_s_rating_goes_however_small_the_move() -> None:
+    """A fleet climbing together arrives at full power a little at a time: a deadband at the
+    top would leave every device a few W short of its rating for good."""
+    b = book()
+    b.plan(0.0, {"d": want(985, 985)}, 10_000)
+    assert [o.power_w for o in b.plan(1.0, {"d": want(1000, 985)}, 10_000)] == [1000]
+    assert b.plan(2.0, {"d": want(1000, 1000)}, 10_000) == []
