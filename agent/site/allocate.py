@@ -14,16 +14,11 @@ The rule, in merit order (lowest J/TH first):
   the dwell: the grid's step comes first;
 * each on device gets its minimum, and the rest of the target fills the best devices up to their
   maximum: when there is less power than capacity, the efficient machines get it.
-
-While the target climbs toward a goal (`climb`), the shares are those of the goal taken part of
-the way: no device the goal needs is stopped on the way (a resume from curtail keeps every device
-on), and every device moves the same fraction of the way from its last share to its share at the
-goal, so the fleet climbs together at the site's ramp and arrives in merit order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -102,33 +97,6 @@ class Allocator:
             shares[unit.device] = unit.min_w + add
             left -= add
         return Allocation(shares, target_w, tuple(started), tuple(stopped))
-
-    def climb(self, units: Iterable[Unit], target_w: float, goal_w: float,
-              previous_w: Mapping[str, float]) -> Allocation:
-        """Shares for `target_w` on the way up to `goal_w`, from the last shares `previous_w`
-        (a device on without one is taken at its minimum)."""
-        units = list(units)
-        goal = self.allocate(units, max(goal_w, target_w))
-        by_device = {u.device: u for u in units}
-        shares: dict[str, float] = {}
-        paths: list[tuple[str, float, float]] = []  # device, last share, share at the goal
-        for device, end_w in goal.shares_w.items():
-            unit = by_device[device]
-            if end_w <= 0.0:
-                shares[device] = 0.0
-            elif device in goal.started:
-                shares[device] = unit.min_w  # a start is a step to the minimum, then it climbs
-            else:
-                last_w = min(unit.max_w, max(unit.min_w, previous_w.get(device, unit.min_w)))
-                paths.append((device, last_w, end_w))
-        fixed_w = sum(shares.values())
-        from_w = sum(p[1] for p in paths)
-        to_w = sum(p[2] for p in paths)
-        way = 1.0 if abs(to_w - from_w) < 1e-9 else (target_w - fixed_w - from_w) / (to_w - from_w)
-        way = min(1.0, max(0.0, way))
-        for device, last_w, end_w in paths:
-            shares[device] = last_w + (end_w - last_w) * way
-        return Allocation(shares, max(0.0, target_w), goal.started, goal.stopped)
 
 
 def _sum_min(units: Iterable[Unit]) -> float:

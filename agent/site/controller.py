@@ -372,13 +372,14 @@ class SiteController:
         self.trim_w = self.trim.update(now_s, target_w, self.measured_w, self._saturated,
                                        moving=now_s < self._moving_until_s)
         tolerance_w = max(self.settings.deadband_min_w, 0.001 * caps.max_w)
-        want_w = target_w + self.trim_w - fixed_w
+        # on the way up, the shares are the goal's at once: no device the goal needs is stopped
+        # on the way (a resume from curtail keeps every device on), every device gets one
+        # command for the whole climb, and the site ramp shared by the moves paces them
         goal_w = self.target.goal_w()
-        if goal_w is not None and goal_w - target_w > tolerance_w:  # on the way up
-            allocation = self._allocator().climb(units, want_w, goal_w + self.trim_w - fixed_w,
-                                                 self.shares_w)
-        else:
-            allocation = self._allocator().allocate(units, want_w)
+        climbing = goal_w is not None and goal_w - target_w > tolerance_w
+        allocation = self._allocator().allocate(
+            units, (goal_w if climbing and goal_w is not None else target_w) + self.trim_w
+            - fixed_w)
         self._saturated = (1 if allocation.low_w > tolerance_w else
                            -1 if allocation.low_w < -tolerance_w else 0)
         self.shares_w = allocation.shares_w
@@ -404,11 +405,13 @@ class SiteController:
 
     def _site_wide_ramp(self) -> int:
         """The per-device ramp of a site-wide command: the site's ramp shared by the devices
-        online, within the slowest device's own limit."""
+        online that draw (one in standby does not move), within the slowest device's own
+        limit."""
         online = self.roster.online()
         if not online:
             return 1
-        share = self.target.ramp_w_s / len(online)
+        drawing = [r for r in online if r.mode != "standby"]
+        share = self.target.ramp_w_s / max(1, len(drawing))
         return max(1, int(min(share, min(r.ramp_max_w_s for r in online))))
 
     def _units(self, now_s: float) -> tuple[list[Unit], float, list[DeviceRecord]]:

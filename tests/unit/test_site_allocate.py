@@ -121,31 +121,3 @@ def test_a_device_just_switched_is_stopped_when_the_target_needs_it_not_to_spare
     # 500 W asked: under the minimums of the three, so two go now, just started or not
     low = Allocator().allocate(recent, 500)
     assert low.stopped == ("d2", "d1") and low.allocated_w == 500
-
-
-def test_a_resume_from_curtail_climbs_on_every_device_and_stops_none() -> None:
-    """Every device is on at its minimum and the ramped target starts from there: stopping the
-    worst now, to start them again a second later, would drop the site's power while the grid
-    asked for more. Each device takes the same part of its way to its share at the goal."""
-    units = fleet()
-    first = Allocator().climb(units, 1000, 4000, {})
-    assert first.stopped == () and first.started == ()
-    assert first.shares_w == {d: pytest.approx(250.0) for d in ("d0", "d1", "d2", "d3")}
-    # the same target with no goal above it: the worst devices stop, the best take it all
-    assert Allocator().allocate(units, 1000).stopped == ("d3", "d2", "d1")
-
-
-def test_a_climb_moves_every_device_toward_its_share_at_the_goal_and_none_away() -> None:
-    units = fleet()
-    last = {"d0": 1000.0, "d1": 300.0, "d2": 100.0, "d3": 100.0}  # merit order at 1500 W
-    way = Allocator(hysteresis_w=1000).climb(units, 1700, 2500, last)  # 1000, 1000, 400, 100
-    assert way.shares_w == pytest.approx({"d0": 1000.0, "d1": 440.0, "d2": 160.0, "d3": 100.0})
-    assert Allocator(hysteresis_w=1000).climb(units, 2500, 2500, last).shares_w == \
-        Allocator(hysteresis_w=1000).allocate(units, 2500).shares_w  # arrived: merit order
-
-
-def test_a_climb_starts_devices_at_their_minimum_within_the_starts_allowed() -> None:
-    units = fleet(on=False)
-    way = Allocator(max_starts=2).climb(units, 150, 4000, {})
-    assert way.started == ("d0", "d1")
-    assert way.shares_w == {"d0": 100.0, "d1": 100.0, "d2": 0.0, "d3": 0.0}

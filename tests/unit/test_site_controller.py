@@ -184,6 +184,30 @@ def test_curtail_and_standby_go_on_the_site_topic_and_resume_to_every_device(tmp
     assert max(steps) <= 1000 * TICK_S + 1
 
 
+def test_a_resume_from_curtail_stops_no_device_and_sends_each_one_command(tmp_path) -> None:
+    """Every device is on at its minimum after a curtail. Stopping the worst on the way up, to
+    start them again a second later, would drop the site's power while the grid asks for more;
+    and a share recomputed every tick would flood the fleet with commands. Each device gets its
+    share at the goal once, with a part of the site ramp, so the fleet climbs together."""
+    devices = {f"d{i}": SimDevice(100, 1000, 500, 20 + 5 * i) for i in range(8)}
+    rig = SiteSim(tmp_path, devices, ramp_w_s=2000.0).online()
+    rig.send(power_w=7000)  # all eight needed: none is spare
+    rig.run(10.0)
+    rig.send("curtail")
+    rig.run(5.0)
+    assert rig.fleet.power_w == pytest.approx(800)
+    sent, powers = len(rig.fleet.commands), len(rig.powers)
+    rig.send(power_w=7000)
+    rig.run(6.0)
+    climb = rig.fleet.commands[sent:]
+    assert all(c["op"] == "setpoint" for c in climb)  # no standby on the way up
+    assert sorted(c["dev"] for c in climb) == sorted(devices)  # one command each
+    assert rig.fleet.power_w == pytest.approx(7000, abs=70)
+    rise = rig.powers[powers:]
+    assert all(b >= a - 1e-6 for a, b in itertools.pairwise(rise))  # no dip
+    assert max(b - a for a, b in itertools.pairwise(rise)) <= 2000 * TICK_S + 1
+
+
 def _standing_by(n: int = 12) -> dict[str, SimDevice]:
     """`n` devices of 400..1000 W in standby (a chain's power-on is a step of 400 W)."""
     return {f"d{i:02d}": SimDevice(400, 1000, 500, 20 + i, 0.0, 0.0, mode="standby")
