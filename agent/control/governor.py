@@ -133,6 +133,7 @@ class Governor:
         self._ref_w = 0.0
         self._thermal_cap_w: float | None = None
         self._last_now: float | None = None
+        self._held_since_s: float | None = None  # a command that found the reference holding
         self._last_power_w: float | None = None
         self._applied_w = 0.0
         self._limited_by: str | None = None
@@ -205,6 +206,10 @@ class Governor:
             ramp_limited = True
         else:
             self._cmd_ramp_w_s = float(ramp_w_s)
+        if abs(self._ref_w - self._applied_w) < 0.5:
+            # the load held still until now: its ramp counts from this command, not from the
+            # tick before it (else a fleet commanded at once would move a tick's ramp early)
+            self._held_since_s = self.clock.monotonic()
         applied, limited = self._resolve(self.envelope.check.hottest_c)
         if limited is None and ramp_limited:
             limited = "ramp"
@@ -308,6 +313,11 @@ class Governor:
         period = self.gcfg.control_period_s
         dt = period if self._last_now is None else now_s - self._last_now
         dt = min(max(dt, 0.0), 5.0 * period)
+        ramp_dt = dt
+        if self._held_since_s is not None:
+            if self._last_now is not None and self._last_now < self._held_since_s <= now_s:
+                ramp_dt = min(dt, now_s - self._held_since_s)
+            self._held_since_s = None
         self._last_now = now_s
         chk = self.envelope.observe(now_s, sample)
         if self.envelope.tripped:
@@ -327,7 +337,7 @@ class Governor:
         self.correction.observe(now_s, dt, chk, self.envelope.last, ref_w=self._ref_w,
                                 starting=self._starting, hold=state == WINDING)
         goal, on = self._goal(temp, chk, hashing, reset_pending)
-        ref = self._ramp(goal, dt)
+        ref = self._ramp(goal, ramp_dt)
         freq = self._feedforward_mhz(now_s, ref, temp, reset_pending)
         fan = self.fan.update(dt, temp) if on or temp is not None else self.gcfg.fan_min_pct
         proposed = Actuation(freq, self.curve_vcore(freq), fan, on, self._mode, ref,

@@ -184,6 +184,24 @@ def test_ramp_limit_is_never_exceeded_by_measured_power():
     assert worst <= 8.0 * 1.15  # the ramp, plus the model error of one step
 
 
+def test_a_command_to_a_held_load_ramps_from_when_it_came_not_from_the_tick_before():
+    """A site commands its whole fleet at once: if each device ramped from its last tick, the
+    site's first second would move up to a tick's ramp more than the site's ramp allows."""
+    loop = Loop(make_config(ramp_max_w_s=10.0))
+    loop.settle()
+    loop.gov.set_target(12.0)
+    loop.run(3.0)
+    held_w = loop.outs[-1][1].target_w
+    assert held_w == pytest.approx(12.0)  # holding; its last tick was 0.1 s ago
+    loop.gov.set_target(6.0, ramp_w_s=10.0)
+    loop.clock.advance(0.01)
+    out = loop.gov.update(loop.clock.monotonic(), loop.plant.sample(), loop.chain)
+    assert held_w - out.target_w == pytest.approx(10.0 * 0.95 * 0.01, abs=1e-6)
+    loop.clock.advance(PERIOD_S)  # from then on, a tick's ramp a tick
+    nxt = loop.gov.update(loop.clock.monotonic(), loop.plant.sample(), loop.chain)
+    assert out.target_w - nxt.target_w == pytest.approx(10.0 * 0.95 * PERIOD_S, abs=1e-6)
+
+
 def test_command_ramp_is_capped_by_envelope_and_reported():
     loop = Loop(make_config(ramp_max_w_s=10.0))
     loop.settle()
