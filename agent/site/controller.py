@@ -63,6 +63,7 @@ from agent.site.trim import PowerTrim
 log = logging.getLogger(__name__)
 
 FIVE_MIN_S = 300.0
+STATUS_ASK_S = 5.0  # a device heard without its retained status is asked again this often
 SUMMARY_PERIOD_S = 60.0  # a summary line in the log this often
 CAPS_SHARE = 0.01  # caps that move by more than this share of max_w are republished at once ...
 CAPS_PERIOD_S = 0.5  # ... at most this often (else with the next telemetry)
@@ -162,6 +163,7 @@ class SiteController:
         self._lagging: dict[str, float] = {}  # device -> until (monotonic)
         self._lag_cap_w: dict[str, float] = {}  # device -> what it drew when found lagging
         self._refusing: dict[str, float] = {}
+        self._status_asked_s: dict[str, float] = {}  # devices heard without a status: when asked
         self._saturated = 0
         self._moving_until_s = -math.inf  # the fleet carries out a large move until then
         self._fleet = (0, 0)  # devices measured and dispatched, at the last step
@@ -299,7 +301,23 @@ class SiteController:
             elif topic.endswith("/ack"):
                 self._take_ack(topic, payload, now_s, min(received_s, now_s))
             elif self.roster.update(topic, payload, now_s) == "telemetry":
-                self._note_standby(topic.split("/")[2])
+                device = topic.split("/")[2]
+                self._note_standby(device)
+                self._ask_status_if_missing(device, topic, now_s)
+
+    def _ask_status_if_missing(self, device: str, telemetry_topic: str, now_s: float) -> None:
+        """A device that sends telemetry but whose retained status never came (lost in the
+        burst after a (re)connect) is asked for it again, at most every STATUS_ASK_S: without
+        its caps it would not be dispatched."""
+        rec = self.roster.devices.get(device)
+        if rec is None or rec.has_caps:
+            self._status_asked_s.pop(device, None)
+            return
+        if now_s < self._status_asked_s.get(device, -math.inf) + STATUS_ASK_S:
+            return
+        self._status_asked_s[device] = now_s
+        self.counters["status_asked"] += 1
+        self.fleet.ask_status(telemetry_topic.rsplit("/", 1)[0] + "/status")
 
     def _note_standby(self, device: str) -> None:
         """A device's standby draw (board, fans): the least its telemetry read in standby."""

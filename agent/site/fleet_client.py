@@ -40,6 +40,13 @@ class FleetClient(Operator):
         self.connects += 1
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
 
+    def ask_status(self, topic: str) -> None:
+        """Subscribe to one device's status topic again: the broker sends its retained status
+        anew (a burst of retained statuses beyond the broker's queue for this client, Mosquitto's
+        `max_queued_messages`, is dropped, and a device republishes only when its status
+        changes)."""
+        self._client.subscribe(topic, options=SubscribeOptions(qos=1))
+
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        props: Any) -> None:
         self._connected.clear()

@@ -92,6 +92,7 @@ class FakeFleet:
         self.commands: list[dict] = []
         self.published = 0
         self.clock: FakeClock | None = None  # stamps the acks (set by SiteSim)
+        self.asked: list[str] = []  # devices whose status was asked for again
 
     def start(self) -> FakeFleet:
         return self
@@ -132,6 +133,13 @@ class FakeFleet:
                    "applied_w": dev.target_w, "eta_ms": eta_ms, "ts": 0}
             received_s = self.clock.monotonic() if self.clock is not None else 0.0
             self.inbox.append((f"gridminer/s1/{name}/ack", cbor2.dumps(ack), received_s))
+
+    def ask_status(self, topic: str) -> None:
+        """A subscription to one status topic: the broker sends the retained status again."""
+        name = topic.split("/")[2]
+        self.asked.append(name)
+        if name in self.devices:
+            self.status(name)
 
     def status(self, name: str) -> None:
         dev = self.devices[name]

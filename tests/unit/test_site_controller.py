@@ -208,6 +208,25 @@ def test_a_resume_from_curtail_stops_no_device_and_sends_each_one_command(tmp_pa
     assert max(b - a for a, b in itertools.pairwise(rise)) <= 2000 * TICK_S + 1
 
 
+def test_a_device_whose_retained_status_was_lost_is_asked_again_and_dispatched(tmp_path) -> None:
+    """After a restart the broker sends every retained status at once; beyond its queue for the
+    controller (Mosquitto's max_queued_messages) they are dropped, and a device republishes
+    only when its status changes. A device heard without one is asked for it again."""
+    class Lossy(FakeFleet):
+        def status(self, name: str) -> None:
+            if name != "d3" or self.asked:  # d3's first status is lost in the burst
+                super().status(name)
+
+    rig = SiteSim(tmp_path, fleet=Lossy(four_devices())).online()
+    assert rig.fleet.asked == ["d3"]  # its telemetry came, its status did not
+    rig.send(power_w=3600)
+    rig.run(10.0)
+    assert rig.fleet.devices["d3"].power_w > 0  # dispatched like the others
+    assert rig.fleet.power_w == pytest.approx(3600, abs=40)
+    rig.run(10.0)
+    assert rig.fleet.asked == ["d3"]  # asked once: its status came
+
+
 def _standing_by(n: int = 12) -> dict[str, SimDevice]:
     """`n` devices of 400..1000 W in standby (a chain's power-on is a step of 400 W)."""
     return {f"d{i:02d}": SimDevice(400, 1000, 500, 20 + i, 0.0, 0.0, mode="standby")
