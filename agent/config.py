@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import ConfigError
+from agent.grid.contract import CLIENT_ID_RE, NAME_RE
 from agent.tomlschema import (
     build,
     check_range,
@@ -35,7 +36,6 @@ from firmware_bridge.chips import FAMILIES, profile
 if TYPE_CHECKING:
     from agent.control.power_model import ModelParams, VfCurve
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -125,6 +125,7 @@ class GridConfig:
     broker_url: str | None = key(None)  # mqtts://host:8883; absent: no grid link
     site: str | None = key(None)
     device: str | None = key(None)
+    client_id: str | None = key(None)  # the MQTT client id; absent: the device id (contract §1)
     prefix: str = key("gridminer")
     operator_keys: tuple[OperatorKey, ...] = key(())
     client_cert_file: str | None = key(None, path=True)
@@ -389,7 +390,7 @@ def _check_pools(cfg: AgentConfig) -> None:
 
 def _check_home(cfg: AgentConfig) -> None:
     home, surplus = cfg.home, cfg.surplus
-    if not _NAME_RE.match(home.device_id):
+    if not NAME_RE.match(home.device_id):
         raise ConfigError(f"home.device_id: {home.device_id!r} must match [A-Za-z0-9_-]{{1,64}}")
     for name in ("discovery_prefix", "base_topic"):
         value = getattr(home, name)
@@ -415,8 +416,10 @@ def _check_home(cfg: AgentConfig) -> None:
 def _check_grid(grid: GridConfig) -> None:
     for name in ("site", "device"):
         value = getattr(grid, name)
-        if value is not None and not _NAME_RE.match(value):
+        if value is not None and not NAME_RE.match(value):
             raise ConfigError(f"grid.{name}: {value!r} must match [A-Za-z0-9_-]{{1,64}}")
+    if grid.client_id is not None and not CLIENT_ID_RE.match(grid.client_id):
+        raise ConfigError(f"grid.client_id: {grid.client_id!r} must match [A-Za-z0-9._:-]{{1,128}}")
     if grid.broker_url is None:
         return
     m = re.match(r"^(mqtts?|wss?)://([^/:]+|\[[0-9A-Fa-f:]+\])(:(\d{1,5}))?/?$", grid.broker_url)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import GridLinkError
-from agent.grid.contract import NAME_RE, PREFIX
+from agent.grid.contract import CLIENT_ID_RE, NAME_RE, PREFIX
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--meter-topic", metavar="TOPIC",
                    help="the site meter's readings (default: the sum of device telemetry)")
     p.add_argument("--prefix", default=PREFIX, help=f"topic prefix (default {PREFIX})")
+    p.add_argument("--client-id", metavar="ID",
+                   help="its MQTT client id (default: its device id, site); on a broker that "
+                        "several sites share, one that names the site, e.g. S.site")
     p.add_argument("--ca", metavar="FILE", help="CA certificate of the broker (mqtts)")
     p.add_argument("--username")
     p.add_argument("--password-file", metavar="FILE")
@@ -76,6 +79,8 @@ def _check_args(args: argparse.Namespace) -> None:
     topic = args.meter_topic
     if topic is not None and (not topic or any(c in topic for c in "+#\x00")):
         raise ValueError(f"--meter-topic {topic!r}: one topic, without wildcards")
+    if args.client_id is not None and not CLIENT_ID_RE.match(args.client_id):
+        raise ValueError(f"--client-id {args.client_id!r} must match [A-Za-z0-9._:-]{{1,128}}")
     if args.kid == args.key_kid:
         raise ValueError("--kid and --key-kid are the same: the site signs with a key of its own")
 
@@ -98,7 +103,8 @@ def build(args: argparse.Namespace) -> Any:
     keys = load_operator_keys([(args.kid, args.operator_key)], args.insecure_dev)
     signer = CommandSigner.from_file(args.key, args.key_kid, args.prefix, args.insecure_dev)
     link = GridLink(LinkSettings(
-        args.broker, args.site, "site", prefix=args.prefix, state_dir=str(state_dir),
+        args.broker, args.site, "site", prefix=args.prefix, client_id=args.client_id,
+        state_dir=str(state_dir),
         ca_file=args.ca, username=args.username, password_file=args.password_file,
         insecure_no_tls=args.insecure_no_tls, insecure_dev=args.insecure_dev))
     password = None

@@ -15,6 +15,7 @@ MAX_PAYLOAD_BYTES = 4096  # a command over this is `too_large` (§3.3)
 SEQ_MODULO = 2**32  # telemetry `seq` wraps here (§6)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # SITE and DEVICE (§2)
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # an MQTT client id other than the device id
 ALL = "all"  # the site-wide command topic's device part (§2)
 SITE_DEVICE = "site"  # the site controller's device id (§7)
 RESERVED_DEVICES = (ALL, SITE_DEVICE)  # no device may use these ids (§7)

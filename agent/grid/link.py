@@ -85,6 +85,7 @@ class LinkSettings:
     site: str
     device: str
     prefix: str = "gridminer"
+    client_id: str | None = None  # None: the device id (contract §1)
     state_dir: str = "state"
     ca_file: str | None = None
     client_cert_file: str | None = None
@@ -111,7 +112,8 @@ class LinkSettings:
     def from_config(cls, grid: Any, **overrides: Any) -> LinkSettings:
         """From agent.config.GridConfig (attributes looked up by name)."""
         names = (
-            "broker_url", "site", "device", "prefix", "state_dir", "ca_file", "client_cert_file",
+            "broker_url", "site", "device", "prefix", "client_id", "state_dir", "ca_file",
+            "client_cert_file",
             "client_key_file", "username", "password_file", "insecure_no_tls", "insecure_dev",
         )
         values = {n: getattr(grid, n) for n in names if getattr(grid, n, None) is not None}
@@ -237,7 +239,7 @@ class GridLink:
         s = self.settings
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=s.device,
+            client_id=s.client_id or s.device,
             protocol=mqtt.MQTTv5,
             transport="websockets" if self.address.websockets else "tcp",
             manual_ack=True,
@@ -536,7 +538,8 @@ class GridLink:
             return False  # one short session is no sign yet: a broker restart looks the same
         why = ("MQTT 5 'Session taken over'" if explicit else
                f"the broker closed {self.takeovers} session(s) in a row within seconds")
-        who = f"device id {self.topics.device!r} on {s.broker_url}"
+        who = (f"client id {s.client_id!r}" if s.client_id else
+               f"device id {self.topics.device!r}") + f" on {s.broker_url}"
         self.state = "taken over"
         self._wake()
         if self.takeovers >= s.takeover_limit:

@@ -53,12 +53,13 @@ class SiteProcess:
     """`gridminer site` as a user starts it; `online` waits for its one line on stdout."""
 
     def __init__(self, broker_url: str, keys: dict[str, Path], state_dir: Path,
-                 err: Path) -> None:
+                 err: Path, *extra: str, site: str = SITE) -> None:
         self._err = open(err, "a")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "site", "--broker", broker_url, "--site", SITE,
+            [sys.executable, "-m", "agent", "site", "--broker", broker_url, "--site", site,
              "--operator-key", str(keys["grid_pub"]), "--kid", KID, "--key", str(keys["site"]),
-             "--key-kid", SITE_KID, "--state-dir", str(state_dir), "--ramp-w-s", "1500"],
+             "--key-kid", SITE_KID, "--state-dir", str(state_dir), "--ramp-w-s", "1500",
+             *extra],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self._err, text=True)
         self.lines: list[str] = []
         self._online = threading.Event()
@@ -103,10 +104,11 @@ def site_rig(mosquitto, tmp_path) -> Iterator[dict[str, Any]]:
                                f"gridminer/{SITE}/site/telemetry", f"gridminer/{SITE}/+/ack"])
     sites: list[SiteProcess] = []
 
-    def start_site() -> SiteProcess:
-        site = SiteProcess(mosquitto.url, keys, tmp_path / "site-state", tmp_path / "site.err")
-        sites.append(site)
-        return site
+    def start_site(*extra: str, site: str = SITE) -> SiteProcess:
+        controller = SiteProcess(mosquitto.url, keys, tmp_path / f"{site}-state",
+                                 tmp_path / f"{site}.err", *extra, site=site)
+        sites.append(controller)
+        return controller
 
     try:
         yield {"keys": keys, "fleet": fleet, "obs": obs, "start_site": start_site,
@@ -230,6 +232,24 @@ def test_a_killed_site_controller_continues_from_where_the_fleet_is(site_rig) ->
     out = _setpoint(site_rig["broker"].url, keys, 1200)
     assert out.startswith("site: accepted, 1200 W")
     _tracks(obs, 1200, 12, hold=2, timeout_s=20)
+
+
+def test_two_sites_share_a_broker_under_client_ids_that_name_them(site_rig) -> None:
+    """Every site controller is device `site`: on a broker two sites share, each connects under
+    a client id of its own (`--client-id`), so neither takes the other's session over."""
+    obs, keys = site_rig["obs"], site_rig["keys"]
+    obs.client.subscribe([("gridminer/s2/site/status", 1)])
+    first = site_rig["start_site"]("--client-id", f"{SITE}.site")
+    second = site_rig["start_site"]("--client-id", "s2.site", site="s2")
+    first.wait_online()
+    obs.wait_for(lambda t, m, r: t == "gridminer/s2/site/status" and m.get("state") == "online",
+                 timeout_s=20)
+    _setpoint(site_rig["broker"].url, keys, 1800)
+    _tracks(obs, 1800, 18, hold=3, timeout_s=20)
+    assert first.proc.poll() is None and second.proc.poll() is None
+    # no session was taken over: neither site's will ("offline") was published
+    assert [m.get("state") for t, m, _ in obs.seen if t.endswith("site/status")
+            and m.get("state") != "online"] == []
 
 
 def test_a_site_whose_grid_link_gives_up_stops_dispatching_and_exits_3(

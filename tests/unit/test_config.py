@@ -100,6 +100,7 @@ def test_out_of_range_names_key_and_range():
          "governor.vf_points[0][1]: expected a number"),
         (with_("grid", broker_url="http://x"), "grid.broker_url: 'http://x' is not"),
         (with_("grid", site="a b"), "grid.site: 'a b' must match"),
+        (with_("grid", client_id="a/b"), "grid.client_id: 'a/b' must match"),
         (with_("grid", broker_url="mqtts://h:8883", site="s", device="d"),
          "grid.operator_keys: at least one"),
         (with_("grid", broker_url="mqtts://h", site="s"), "grid.device: required"),
@@ -112,6 +113,16 @@ def test_out_of_range_names_key_and_range():
 )
 def test_errors_name_the_key(raw, message):
     assert message in error_of(raw)
+
+
+def test_the_mqtt_client_id_is_the_device_id_unless_the_config_names_one():
+    from agent.grid.link import LinkSettings
+
+    grid = {"broker_url": "mqtts://h", "site": "s1", "device": "d1", "insecure_dev": True}
+    assert LinkSettings.from_config(config_from_mapping(with_("grid", **grid)).grid).client_id \
+        is None
+    named = config_from_mapping(with_("grid", **grid, client_id="s1.d1")).grid
+    assert LinkSettings.from_config(named).client_id == "s1.d1"
 
 
 def test_bad_files_are_config_errors(tmp_path):
