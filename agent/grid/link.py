@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 MAX_INBOUND_PACKET_BYTES = MAX_PAYLOAD_BYTES + 4096
 KEEPALIVE_TIMEOUT = 141  # MQTT 5 reason code: the keepalive saw nothing from the broker
 SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with our client id
+# CONNACK reason codes that refuse who we are: client id not valid, bad user name or password,
+# not authorised, banned, bad authentication method (MQTT 5 §3.2.2.2)
+REFUSED_IDENTITY = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 
 
@@ -99,6 +102,7 @@ class LinkSettings:
     session_expiry_s: int = 3600
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 5.0  # a grid resource is back within seconds of its broker
+    refused_retry_max_s: float = 60.0  # credentials the broker refuses: asked again this seldom
     connect_timeout_s: float = 5.0
     max_queued_messages: int = 1000
     max_packet_bytes: int = MAX_INBOUND_PACKET_BYTES
@@ -134,8 +138,9 @@ class Backoff:
         self.rng = rng or random.Random()
         self.attempt = 0
 
-    def next_delay(self) -> float:
-        base = min(self.max_s, self.min_s * (2 ** min(self.attempt, 30)))
+    def next_delay(self, max_s: float | None = None) -> float:
+        """The next wait; `max_s` raises the cap for this one."""
+        base = min(max(self.max_s, max_s or 0.0), self.min_s * (2 ** min(self.attempt, 30)))
         self.attempt += 1
         return self.rng.uniform(base / 2, base)
 
@@ -171,6 +176,8 @@ class GridLink:
         self.dropped_retained = 0
         self.dropped_inbound = 0  # inbound queue full
         self.takeovers = 0
+        self.refusals = 0  # connections the broker refused for who we are (credentials, ACL)
+        self._refused = False  # the last CONNACK refused us; its close is not a new outage
         self.last_error = ""
         self.fatal: str | None = None  # set when the link gave up for good (device id taken)
         self.state = "down"  # down, connecting, up, taken over
@@ -452,10 +459,20 @@ class GridLink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            self._note_error(f"broker refused the connection: {reason}")
+            self._refused = True
             self._set_will()
+            if getattr(reason, "value", None) in REFUSED_IDENTITY:
+                # only a change on the broker or in our config helps: do not hammer it meanwhile
+                self.refusals += 1
+                self._note_error(f"broker refused the connection: {reason} (check the "
+                                 "credentials and the broker's ACL; retrying at most every "
+                                 f"{self.settings.refused_retry_max_s:g} s)")
+                self._retry_in(self._backoff.next_delay(self.settings.refused_retry_max_s))
+                return
+            self._note_error(f"broker refused the connection: {reason}")
             self._retry_in(self._backoff.next_delay())
             return
+        self._refused = False
         self._generation += 1
         self.bd = self._bd_pending
         try:
@@ -493,6 +510,9 @@ class GridLink:
     ) -> None:
         was_up = self._connected.is_set()
         self._connected.clear()
+        if self._started and not was_up and self._refused:
+            self._refused = False
+            return  # the close after a refused CONNACK: _on_connect has set the retry
         self.reconnect_due_s = None  # set again by _retry_in, unless the link gives up
         if not self._started:
             return  # our own stop()

@@ -15,18 +15,18 @@ from agent.errors import GridLinkError
 from agent.grid.broker import release_sockets
 from agent.grid.link import GridLink, LinkSettings
 from tests.integration.conftest import Observer, operator_for
+from tests.support.polling import wait_until
 
 
 def tls_settings(broker, tmp_path, device: str = "dev-1", **kw) -> LinkSettings:
+    backoff = {"reconnect_min_s": 0.2, "reconnect_max_s": 1.0}
     return LinkSettings(broker.tls_url, "site-a", device, state_dir=str(tmp_path / device),
-                        ca_file=broker.ca_file, reconnect_min_s=0.2, reconnect_max_s=1.0, **kw)
+                        ca_file=broker.ca_file, **{**backoff, **kw})
 
 
 def wait_online(dev, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not dev.link.connected:
-        assert time.monotonic() < deadline, f"no connection: {dev.link.last_error}"
-        time.sleep(0.01)
+    wait_until(lambda: dev.link.connected, timeout_s,
+               lambda: f"a connection (last error: {dev.link.last_error})", poll_s=0.01)
 
 
 def test_device_over_tls_with_password_file(secure_mosquitto, tmp_path, device_factory) -> None:
@@ -59,14 +59,23 @@ def test_device_over_mutual_tls_with_client_certificate(secure_mosquitto, tmp_pa
         obs.close()
 
 
-def test_wrong_password_is_refused_and_the_link_keeps_retrying(secure_mosquitto,
-                                                               tmp_path) -> None:
+def test_wrong_password_is_refused_and_the_link_retries_ever_more_seldom(secure_mosquitto,
+                                                                         tmp_path) -> None:
+    """Credentials the broker refuses are not fixed by asking again at once: the link keeps
+    trying (the broker's password file may be fixed), backing off past its usual 0.1 s cap."""
     b = secure_mosquitto
-    link = GridLink(tls_settings(b, tmp_path, username="dev-1", password="wrong"))
+    link = GridLink(tls_settings(b, tmp_path, username="dev-1", password="wrong",
+                                 reconnect_min_s=0.05, reconnect_max_s=0.1,
+                                 refused_retry_max_s=0.8))
     link.start()
+    start_s = time.monotonic()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: link.refusals >= 6, 30, "six refused connections")
+        elapsed_s = time.monotonic() - start_s
         assert not link.connected and "refused" in link.last_error
+        assert "check the credentials" in link.last_error
+        # 0.05 + 0.1 + 0.2 + 0.4 + at least 0.4 s of waits: at the usual cap, under 0.6 s
+        assert elapsed_s >= 0.9, elapsed_s
     finally:
         link.stop()
 
