@@ -412,48 +412,40 @@ def find_running_chain(config: Any, chain_port: Any, board: Any,
     return sample, running
 
 
-def take_over(config: Any, running: Any, sample: Any, chain_port: Any, board: Any, clock: Any,
-              driver: Any, governor: Any, runtime: Any) -> bool:
-    """Adopt a running chain without a reset (True). When it is not what the config says, wind
-    it down at the ramp limit first, so that the cold bring-up's reset drops no load (False)."""
+def take_over(config: Any, running: Any, sample: Any, clock: Any, driver: Any, governor: Any,
+              runtime: Any) -> bool:
+    """Take a chain found hashing over where its load is: the governor adopts it at its
+    measured power, the runtime as powered. One that is what the config says hashes on without
+    a reset (True). One that is not is wound down by the driver at the ramp while the control
+    loop runs (state "winding", as before a chip-fault reset; the governor's reference goes
+    down to its floor), then reset and brought up cold as the config says (False). One at its
+    reset clock is left to the cold bring-up at once (False)."""
     from agent.chain.settings import START_FREQ_MHZ
-    from agent.chain.takeover import wind_down
 
     problem = running.problem(config.chain.family, config.chain.chips)
-    if problem is None:
-        now = clock.monotonic()
-        freq = running.freq_mhz
-        vcore = float(getattr(sample, "vcore_mv", 0) or 0)
-        power = float(getattr(sample, "power_w", 0) or 0)
-        governor.adopt(now, freq, vcore, power, sample)
-        driver.adopt(now, running)
-        runtime.adopt(now, freq)
-        return True
-    if running.freq_mhz <= START_FREQ_MHZ + 0.5:
+    if problem is not None and running.freq_mhz <= START_FREQ_MHZ + 0.5:
         log.info("the chain answers at the fast rate at its reset clock; bringing it up cold")
         return False
-    log.warning("the running chain cannot be taken over (%s): winding it down at the ramp "
-                "limit before a reset", problem)
-    model = governor.model
-    temp = governor.envelope.check.hottest_c
-    vcore = float(getattr(sample, "vcore_mv", 0) or 0) or governor.curve_vcore(running.freq_mhz)
-    overhead = model.params.overhead_w
-    # the model is for the configured chain: scale its chain power to what the board draws now
-    modelled = model.power_w(running.freq_mhz, vcore, temp) - overhead
-    measured = float(getattr(sample, "power_w", 0) or 0) - overhead
-    scale = min(4.0, max(1.0, measured / modelled)) if modelled > 0 and measured > 0 else 1.0
-
-    def power_w(freq_mhz: float) -> float:
-        return overhead + scale * (model.power_w(freq_mhz, vcore, temp) - overhead)
-
-    wind_down(chain_port, clock, running.family, running.freq_mhz, power_w,
-              governor.ramp_max_w_s, tick=board.heartbeat)
-    return False
+    now = clock.monotonic()
+    freq = running.freq_mhz
+    vcore = float(getattr(sample, "vcore_mv", 0) or 0)
+    power = float(getattr(sample, "power_w", 0) or 0)
+    governor.adopt(now, freq, vcore, power, sample)
+    if problem is None:
+        driver.adopt(now, running)
+    else:
+        if driver.wind_down is None:
+            driver.wind_down = wind_down_for(governor)
+        driver.wind_down_running(now, running, f"the running chain cannot be taken over: "
+                                               f"{problem}")
+    runtime.adopt(now, freq)
+    return problem is None
 
 
 def wind_down_for(governor: Any) -> Any:
-    """How the driver brings the load down before a chip-fault reset: through the governor, at
-    its ramp, to its lowest frequency (`agent.chain.recovery.WindDown`)."""
+    """How the driver brings the load down before a chip-fault reset (through the governor, at
+    its ramp, to its lowest frequency) and a running chain it cannot take over down to its reset
+    (`agent.chain.recovery.WindDown`)."""
     from agent.chain.recovery import WindDown
 
     return WindDown(governor.power_at, lambda: governor.envelope.check.power_w,
@@ -519,8 +511,7 @@ def run_agent(config: Any) -> int:
                           status_period_s=config.log.status_period_s, wake=wake,
                           on_stop=[board.close, stop_work])
         if running is not None:
-            take_over(config, running, sample, chain_port, board, clock, driver, governor,
-                      runtime)
+            take_over(config, running, sample, clock, driver, governor, runtime)
         if surface is not None or config.home.broker_url is not None:
             publisher = view_publisher(config, runtime)
             if surface is not None:

@@ -13,7 +13,8 @@ job it was found for, and reads a counter register every second. A chain that an
 `hung_timeout_s` is hung, a chip silent for many expected nonce intervals is dead, one whose
 nonces mostly fail is flaky; each of these resets and re-initialises the chain and ramps back to
 the frequency last asked for. A chain found hashing at the agent's start is taken over without a
-reset (`adopt`, with `agent.chain.takeover`).
+reset (`adopt`, with `agent.chain.takeover`); one that is not what the settings say is wound down
+the same way from its running clock, then reset and brought up cold (`wind_down_running`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class ChainDriver:
         self.error: str | None = None
         self.fatal = False  # the first bring-up failed: the chain is not what the config says
         self.adopted = False  # the chain was taken over running, without a reset
+        self.foreign = False  # the chips run as another left them: wound down, their nonces ignored
         self.ticket = float(asic.ticket_difficulty(asic.ticket_mask(settings.ticket_difficulty)))
         self.stats_ = ChainStatistics(
             self.profile.small_cores,
@@ -122,7 +124,7 @@ class ChainDriver:
         self.state = STARTING
         self.jobs.clear()
         self._ramp.reset()
-        self.adopted = False
+        self.adopted = self.foreign = False
         self._uart.want_wake = True
         try:
             self._bringup.begin(now)
@@ -151,6 +153,7 @@ class ChainDriver:
         self._recovery.retry_at_s = None
         self._recovery.reset_pending = None
         self.state = DOWN
+        self.foreign = False
         self._ramp.reset()
         self.jobs.clear()
 
@@ -164,10 +167,32 @@ class ChainDriver:
         self.jobs.clear()
         self._ramp.adopt(running.freq_mhz, running.pll_value)
         self.adopted = True
+        self.foreign = False
         self._bringup.adopt(running, now)
         log.info("%s: took over %d running %s chips at %.2f MHz (no reset)", self.name,
                  len(self.addresses), self.family, self.freq_mhz)
         self._begin_hashing(now)
+
+    def wind_down_running(self, now: float, running: RunningChain, reason: str) -> None:
+        """A chain found hashing that cannot be taken over (`RunningChain.problem`: `reason`):
+        its load must not drop at once either. As before a chip-fault reset (`wind_down`), its
+        clock steps down to the reset clock at the ramp (state WINDING, `reset_pending` says
+        why), then the chain is reset and brought up cold as the settings say. Only broadcast
+        PLL writes go to the chips meanwhile, in their own family and at their baud: nothing
+        that needs their count or addresses. Without a `wind_down` the reset comes at once."""
+        self._script.clear()
+        self._recovery.retry_at_s = None
+        self.error = None
+        self.jobs.clear()
+        self.adopted = False
+        self.foreign = True
+        self._ramp.adopt(running.freq_mhz, running.pll_value, running.family)
+        self._uart.set_baud(running.host_baud)
+        self._uart.flush_input()
+        self._recovery.reset_pending = reason
+        log.warning("%s: %s; winding %d %s chips down from %.2f MHz at the ramp before a "
+                    "reset", self.name, reason, running.count, running.family, running.freq_mhz)
+        self._wind_down(now)
 
     @property
     def hashing(self) -> bool:
@@ -197,7 +222,8 @@ class ChainDriver:
 
     @property
     def wind_down(self) -> WindDown | None:
-        """Set by the agent: a chip fault brings the load down this way before its reset."""
+        """Set by the agent: a chip fault brings the load down this way before its reset, and
+        so does a running chain that cannot be taken over (`wind_down_running`)."""
         return self._recovery.wind_down
 
     @wind_down.setter
@@ -316,7 +342,7 @@ class ChainDriver:
             self.stats_.record_reply(chip.index, now)
 
     def _on_nonce(self, reply: Any, now: float) -> None:
-        if self.state not in TAKES_NONCES:
+        if self.state not in TAKES_NONCES or self.foreign:
             return
         stats = self.stats_
         chip = stats.chip_index(reply.chip_addr_field)
@@ -441,19 +467,27 @@ class ChainDriver:
         rec = self._recovery
         rec.recovering(now, reason)
         self.stats_.resets += 1
-        wd = rec.wind_down
-        if wd is not None and rec.reset_pending is not None:
-            # the chips still take commands: from the governor's floor on down to the reset
-            # at the ramp limit too (state WINDING, a step per poll), paced as if all of the
-            # measured power were clock-bound (the slowest pace; a model is least sure down here)
-            measured_w, f0 = wd.measured_w(), self.freq_mhz
-            power_w = wd.power_w if measured_w is None else (lambda f: measured_w * f / f0)
-            self.state = WINDING
-            self._ramp.descend(now, descent_plan(f0, power_w, wd.ramp_w_s,
-                                                 self.settings.ramp_interval_s,
-                                                 self.settings.ramp_step_mhz))
+        if rec.reset_pending is not None:  # the chips still take commands
+            self._wind_down(now)
+        else:
+            self._reinitialise(now)
+
+    def _wind_down(self, now: float) -> None:
+        """Down from the clock the chips run at to the reset at the ramp limit (state WINDING,
+        a step per poll; the reset follows in `poll`), paced as if all of the measured power
+        were clock-bound (the slowest pace; a model is least sure down here). Without a
+        `wind_down` the reset comes at once."""
+        wd = self._recovery.wind_down
+        if wd is None:
+            self._reinitialise(now)
             return
-        self._reinitialise(now)
+        measured_w, f0 = wd.measured_w(), self.freq_mhz
+        power_w = wd.power_w if measured_w is None or measured_w <= 0 else (
+            lambda f: measured_w * f / f0)
+        self.state = WINDING
+        self._ramp.descend(now, descent_plan(f0, power_w, wd.ramp_w_s,
+                                             self.settings.ramp_interval_s,
+                                             self.settings.ramp_step_mhz))
 
     def _reinitialise(self, now: float) -> None:
         """Reset the chain and bring it up again."""

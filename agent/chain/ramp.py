@@ -56,7 +56,8 @@ class FrequencyRamp:
     def __init__(self, settings: ChainSettings, uart: ChainUart, family: str) -> None:
         self.settings = settings
         self.uart = uart
-        self.family = family
+        self.settings_family = family
+        self.family = family  # of the chips the PLL frames are for (`adopt` may say another)
         self.freq_mhz = START_FREQ_MHZ
         self.target_freq_mhz = max(settings.min_freq_mhz, START_FREQ_MHZ)
         self.requested_mhz = self.target_freq_mhz
@@ -87,14 +88,18 @@ class FrequencyRamp:
 
     def reset(self) -> None:
         """The chips are at their reset clock; the HCN is theirs to be written again."""
+        self.family = self.settings_family
         self.freq_mhz = START_FREQ_MHZ
         self._pll_value = asic.pll_value(self.family, START_FREQ_MHZ)
         self._hcn_written = None
         self._hcn_pending = False
         self._descent.clear()
 
-    def adopt(self, freq_mhz: float, pll_value: int) -> None:
-        """Chips found running at `freq_mhz`: stay there, and write the HCN for it again."""
+    def adopt(self, freq_mhz: float, pll_value: int, family: str | None = None) -> None:
+        """Chips found running at `freq_mhz`: stay there, and write the HCN for it again.
+        `family`: the running chips' own, when it is not the settings' (they are wound down
+        with its PLL frames before a reset, `descend`; `reset` forgets it)."""
+        self.family = family or self.settings_family
         self.freq_mhz = freq_mhz
         self._pll_value = pll_value
         self.requested_mhz = self.target_freq_mhz = freq_mhz

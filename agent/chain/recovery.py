@@ -25,7 +25,8 @@ log = logging.getLogger("gridminer.chain")
 
 @dataclass(frozen=True)
 class WindDown:
-    """How the load comes down before a chip-fault reset (set by the agent from its governor)."""
+    """How the load comes down before a chip-fault reset, or the reset of a running chain that
+    cannot be taken over (set by the agent from its governor)."""
 
     power_w: Callable[[float], float]  # the modelled power at a frequency
     measured_w: Callable[[], float | None]  # the latest measured board power

@@ -1,11 +1,11 @@
 """Blocking helpers for the agent's start, before the driver takes the chain: find a chain that
-is already hashing (an agent restart) and take it over, probe one that is not, wind one down.
+is already hashing (an agent restart) and say whether it can be taken over, probe one that is not.
 
 `read_running_chain` reads chip IDs and PLL0 at the fast baud without a reset (a chain fresh from
 reset answers at 115200 only); `ChainDriver.adopt` then goes on hashing at the clock read back,
-re-sending only `takeover_frames` (safe without a reset), then the HCN and jobs. `wind_down`
-steps a running chain that cannot be taken over down to 50 MHz within a power ramp before the
-reset (before the control loop starts; a chip fault's wind-down is a state of the driver).
+re-sending only `takeover_frames` (safe without a reset), then the HCN and jobs. A running chain
+that cannot be taken over (`RunningChain.problem`) is the driver's to wind down at the ramp
+before its reset, while the control loop runs (`ChainDriver.wind_down_running`).
 `probe_chain` enumerates a chain without configuring it (`gridminer probe`, and the
 agent's detection of the family and chip count the config leaves out).
 """
@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.chain.port import SerialPort
-from agent.chain.ramp import descent_plan, pll_frames
 from agent.chain.settings import INITIAL_BAUD, START_FREQ_MHZ
 from agent.clock import Clock
 from agent.errors import BoardLinkError, ChainError
@@ -124,28 +122,6 @@ def read_running_chain(
     with contextlib.suppress(Exception):
         port.baudrate = before
     return None
-
-
-def wind_down(
-    port: SerialPort, clock: Clock, family: str, freq_mhz: float,
-    power_w: Callable[[float], float], ramp_w_s: float, tick: Callable[[], None] | None = None,
-    period_s: float = 0.1, step_mhz: float = 6.25,
-) -> float:
-    """Bring a hashing chain that cannot be taken over from `freq_mhz` down to 50 MHz along
-    `descent_plan` (at most 90 % of `ramp_w_s` of modelled power per period), waiting, before the
-    agent's control loop runs: the safe way to the cold bring-up's reset. `tick` runs before every
-    wait (the board heartbeat). Returns the seconds it took. (A chip fault's wind-down is the
-    driver's, without waiting: `ChainDriver`, state "winding".)"""
-    start = clock.monotonic()
-    for wait_s, freq in descent_plan(freq_mhz, power_w, ramp_w_s, period_s, step_mhz):
-        if tick is not None:
-            with contextlib.suppress(Exception):
-                tick()
-        clock.sleep(wait_s)
-        for frame in pll_frames(family, freq) if freq is not None else []:
-            port.write(frame)
-    log.info("wound the chain down from %.2f MHz in %.1f s", freq_mhz, clock.monotonic() - start)
-    return clock.monotonic() - start
 
 
 @dataclass(frozen=True)

@@ -53,9 +53,12 @@ TOP_MARGIN = 0.05  # a target this far outside the corrected model's range is re
 BOTTOM_MARGIN = 0.02
 TRIP_CAP_CUT = 0.2  # after a thermal trip, return capped this share of max power below the trip
 RAMP_SHARE = 0.95  # the reference ramps a little under the limit: room for model error
+CATCH_UP_PERIODS = 1.5  # a late tick moves the reference at most this many periods' ramp: a
+# stalled control thread falls behind its ramp rather than making it up in one step
 CAP_MARGIN_SHARE = 0.01  # the reference stays this share of max power under the cap
 # driver states (ChainStats.state) with the chips hashing; "winding": down to the reset clock
-# before a chip-fault reset, the governor holding its floor (it starts over at the reset)
+# before a reset (a chip fault, or a running chain found at start that cannot be taken over),
+# the governor holding its floor (it starts over at the reset)
 WINDING = "winding"
 HASHING_STATES = ("ramping", "mining", WINDING)
 EXPLORE_MARGIN_SHARE = 0.1  # above the highest steady load + this share of max power ...
@@ -313,10 +316,10 @@ class Governor:
         period = self.gcfg.control_period_s
         dt = period if self._last_now is None else now_s - self._last_now
         dt = min(max(dt, 0.0), 5.0 * period)
-        ramp_dt = dt
+        ramp_dt = min(dt, CATCH_UP_PERIODS * period)
         if self._held_since_s is not None:
             if self._last_now is not None and self._last_now < self._held_since_s <= now_s:
-                ramp_dt = min(dt, now_s - self._held_since_s)
+                ramp_dt = min(ramp_dt, now_s - self._held_since_s)
             self._held_since_s = None
         self._last_now = now_s
         chk = self.envelope.observe(now_s, sample)
@@ -336,7 +339,7 @@ class Governor:
         self._update_limit(temp)
         self.correction.observe(now_s, dt, chk, self.envelope.last, ref_w=self._ref_w,
                                 starting=self._starting, hold=state == WINDING)
-        goal, on = self._goal(temp, chk, hashing, reset_pending)
+        goal, on = self._goal(temp, chk, hashing, reset_pending, state == WINDING)
         ref = self._ramp(goal, ramp_dt)
         freq = self._feedforward_mhz(now_s, ref, temp, reset_pending)
         fan = self.fan.update(dt, temp) if on or temp is not None else self.gcfg.fan_min_pct
@@ -366,25 +369,27 @@ class Governor:
             self._limited_by = limited
 
     def _goal(self, temp: float | None, chk: SampleCheck, hashing: bool,
-              reset_pending: str | None) -> tuple[float, bool]:
+              reset_pending: str | None, winding: bool) -> tuple[float, bool]:
         """Set the mode; return the load the reference moves to and whether the chain stays
         powered."""
         prev = self.envelope.last
         chain_on = prev is not None and prev.chain_power_on
         if self._op == "standby":
-            return 0.0, self._standby_keeps_power(temp, prev)
+            return 0.0, self._standby_keeps_power(temp, prev, winding)
         if self._starting or not chain_on:
             self._starting = not self._ready_to_mine(chk, hashing, chain_on)
             if self._starting:
                 return min(self._floor_w(temp), self._applied_w), True
         return self._mining_goal_w(temp, reset_pending), True
 
-    def _standby_keeps_power(self, temp: float | None, prev: Actuation | None) -> bool:
-        """Standby: down to the minimum at the ramp, then the chain powered down (False)."""
+    def _standby_keeps_power(self, temp: float | None, prev: Actuation | None,
+                             winding: bool) -> bool:
+        """Standby: down to the minimum at the ramp (and, while the driver winds the chips
+        down, to their reset clock), then the chain powered down (False)."""
         self._starting = True
         chain_on = prev is not None and prev.chain_power_on
         at_min = prev is not None and prev.freq_mhz <= self.min_freq_mhz + 1e-6
-        if not chain_on or (at_min and self._ref_w <= self._floor_w(temp) + 1e-6):
+        if not chain_on or (at_min and not winding and self._ref_w <= self._floor_w(temp) + 1e-6):
             self._set_mode("standby", "chain powered down")
             return False
         self._set_mode("standby", "ramping down to power the chain off")

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.chain.driver import DOWN, FAILED, IDLE, STOPPING, ChainDriver
+from agent.chain.driver import DOWN, FAILED, IDLE, STOPPING, WINDING, ChainDriver
 from agent.chain.stats import ChainStats
 from agent.clock import Clock
 from agent.control import readout
@@ -375,6 +375,8 @@ class Runtime:
     def _apply(self, now: float, act: Any) -> None:
         link = self.board_link
         if not act.chain_power_on:
+            if act.mode == "standby" and self.driver.state == WINDING:
+                return  # the chips' clock is still on its way down to the reset clock
             self._power_down()  # standby ramps to the minimum before this; a trip cuts at once
             link.set_fan(act.fan_pct)
             link.set_vcore(act.vcore_mv)

@@ -11,7 +11,7 @@ from driver_fake import EASY, FakeBoard, FakeChainPort, sha256d
 from agent.chain.driver import ChainDriver
 from agent.chain.recovery import WindDown
 from agent.chain.settings import ChainSettings, job_interval_s
-from agent.chain.takeover import probe_chain
+from agent.chain.takeover import probe_chain, read_running_chain
 from agent.chain.work import LocalWorkSource, target_for
 from agent.clock import FakeClock
 from agent.errors import ChainError
@@ -427,6 +427,47 @@ def test_a_stop_while_winding_down_goes_on_to_the_reset_clock_and_idles():
     drv.stop(clock.monotonic())
     run_until(drv, clock, lambda: drv.state == "idle")
     assert port.freq_mhz == pytest.approx(50.0) and port.resets == resets
+
+
+def test_a_running_chain_of_another_family_is_wound_down_in_its_own_pll_format():
+    """A chain found hashing that the settings do not describe (BM1397 chips at 400 MHz, the
+    settings say BM1370): the driver steps it down in the running chips' own PLL format at their
+    baud, one step per poll within the ramp, resets it only at the reset clock, and the cold
+    bring-up then fails for good (not a chip fault: no recovery counted)."""
+    clock, port, previous = make(4, family="BM1397")
+    previous.set_frequency(400.0)
+    previous.bring_up()
+    run_until(previous, clock, lambda: previous.state == "mining")
+    running = read_running_chain(port, clock)
+    assert running is not None and running.family == "BM1397"
+    problem = running.problem("BM1370", 4)
+    assert problem == "the running chips are BM1397, the config says BM1370"
+    settings = ChainSettings(family="BM1370", chips=4, nonce_difficulty=EASY,
+                             ramp_step_mhz=25.0, ramp_interval_s=0.01)
+    drv = ChainDriver(port, settings, clock, LocalWorkSource(clock), board=FakeBoard(port),
+                      threaded=False)
+    ramp_w_s, watts_per_mhz = 4.0, 0.05
+    drv.wind_down = WindDown(power_w=lambda f: f * watts_per_mhz, measured_w=lambda: None,
+                             ramp_w_s=ramp_w_s, floor_mhz=100.0, timeout_s=5.0)
+    resets = port.resets
+    drv.wind_down_running(clock.monotonic(), running, problem)
+    assert drv.state == "winding" and drv.reset_pending == problem
+    steps = [(clock.monotonic(), port.freq_mhz)]
+    assert steps[0][1] == pytest.approx(400.0)
+    end = clock.monotonic() + 60.0
+    while port.resets == resets:
+        now = clock.monotonic()
+        assert now < end and drv.state == "winding", f"no reset; state {drv.state}"
+        drv.poll(now)
+        if port.freq_mhz != steps[-1][1]:
+            steps.append((now, port.freq_mhz))
+        clock.advance(max(0.001, min(drv.next_deadline_s(now) - now, 0.05)))
+    assert steps[-1][1] == pytest.approx(50.0) and len(steps) >= 14  # 400 -> 50 in 25 MHz
+    for (t0, f0), (t1, f1) in itertools.pairwise(steps):
+        assert 0 < (f0 - f1) * watts_per_mhz <= 0.9 * ramp_w_s * (t1 - t0) + 1e-9
+    assert port.baudrate == 115200  # the cold bring-up's reset and rate
+    run_until(drv, clock, lambda: drv.fatal)  # BM1370 frames get no BM1370 answer: final
+    assert drv.state == "failed" and drv.error and drv.recoveries == 0
 
 
 def test_a_chain_that_does_not_come_back_is_retried_within_a_second_then_backing_off(caplog):

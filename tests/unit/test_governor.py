@@ -202,6 +202,20 @@ def test_a_command_to_a_held_load_ramps_from_when_it_came_not_from_the_tick_befo
     assert out.target_w - nxt.target_w == pytest.approx(10.0 * 0.95 * PERIOD_S, abs=1e-6)
 
 
+def test_a_late_tick_falls_behind_the_ramp_rather_than_jumping_to_catch_up():
+    """A control thread stalled for half a second (a busy controller, a fleet of devices in one
+    process): making up the stall in one step would move more in that second than the ramp."""
+    loop = Loop(make_config(ramp_max_w_s=10.0))
+    loop.settle()
+    loop.gov.set_target(6.0, ramp_w_s=10.0)
+    loop.run(0.5)
+    before = loop.gov.update(loop.clock.monotonic(), loop.plant.sample(), loop.chain)
+    loop.clock.advance(0.6)  # six periods without a tick
+    late = loop.gov.update(loop.clock.monotonic(), loop.plant.sample(), loop.chain)
+    step_w = before.target_w - late.target_w
+    assert step_w == pytest.approx(10.0 * 0.95 * 1.5 * PERIOD_S, abs=1e-6)
+
+
 def test_command_ramp_is_capped_by_envelope_and_reported():
     loop = Loop(make_config(ramp_max_w_s=10.0))
     loop.settle()
