@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,15 +33,15 @@ class EmulatorReset:
 
 
 class Rig:
-    def __init__(self, chips: int, ticket: int = 256, **settings: object) -> None:
-        self.emu = HashBoardEmulator(family="BM1370", chips=chips, seed=3,
-                                     difficulty=EMU_DIFFICULTY)
+    def __init__(self, chips: int, ticket: int = 256, difficulty: float = EMU_DIFFICULTY,
+                 **settings: object) -> None:
+        self.emu = HashBoardEmulator(family="BM1370", chips=chips, seed=3, difficulty=difficulty)
         self.emu.start()
         self.clock = SystemClock()
         self.reset = EmulatorReset(self.emu)
         self.wake = threading.Event()
         values: dict[str, object] = dict(family="BM1370", chips=chips, ticket_difficulty=ticket,
-                                         nonce_difficulty=EMU_DIFFICULTY, ramp_step_mhz=25.0,
+                                         nonce_difficulty=difficulty, ramp_step_mhz=25.0,
                                          ramp_interval_s=0.01)
         values.update(settings)
         self.driver = ChainDriver(open_port(self.emu.chain_path), ChainSettings(**values),
@@ -70,7 +71,7 @@ class Rig:
 def rig_factory() -> Iterator[Callable[..., Rig]]:
     rigs: list[Rig] = []
 
-    def make(chips: int = 4, **kw: object) -> Rig:
+    def make(chips: int = 4, **kw: Any) -> Rig:
         rig = Rig(chips, **kw)
         rigs.append(rig)
         return rig
@@ -100,7 +101,9 @@ def test_four_bm1370_from_power_on_to_mining_within_3_emulated_seconds(rig_facto
 
 
 def test_128_chip_chain_enumerates_and_every_chip_is_attributed(rig_factory):
-    rig = rig_factory(128, ticket=64)
+    # ~300 nonces a second: at D = 2**-24 (256 hashes a nonce, not 4096) the emulator's search
+    # keeps up on a machine at a third of its speed, even on the pure-Python kernel
+    rig = rig_factory(128, ticket=64, difficulty=2.0**-24)
     rig.driver.set_frequency(300.0)  # 128 chips at full clock overheat the emulated board
     rig.driver.bring_up(timeout_s=5.0)
     assert rig.driver.addresses == list(range(0, 256, 2))
@@ -114,7 +117,10 @@ def test_128_chip_chain_enumerates_and_every_chip_is_attributed(rig_factory):
     snap = rig.stats()
     after = [c["nonces"] for c in rig.emu.state()["chain"]["chip"]]
     assert snap.hw_errors == 0 and snap.unattributed == 0
-    assert all(lo <= c.valid <= hi for c, lo, hi in zip(snap.chips, before, after, strict=True))
+    wrong = {i: (lo, c.valid, hi)
+             for i, (c, lo, hi) in enumerate(zip(snap.chips, before, after, strict=True))
+             if not lo <= c.valid <= hi}
+    assert not wrong, f"chip: (emitted before, counted, emitted after): {wrong}"
     assert sum(1 for n in before if n > 0) > 120  # (the chips share the work)
 
 

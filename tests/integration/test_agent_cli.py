@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import Observer
+from tests.support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EMU_DIFFICULTY = "2**-19"  # the agent takes the same notation (--nonce-difficulty)
@@ -86,36 +86,34 @@ def test_agent_mines_prints_status_and_idles_the_chain_on_sigterm(emulator, tmp_
     config.write_text(
         f'[chain]\nport = "{emulator["chain"]}"\nfamily = "BM1370"\nchips = 6\n'
         f'[board]\nport = "{emulator["board"]}"\n[log]\nstatus_period_s = 1.0\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "agent", "--config", str(config), "--target-w", "60",
-         "--nonce-difficulty", str(2.0**-19)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out, err = tmp_path / "agent.out", tmp_path / "agent.err"
+    with out.open("w") as out_file, err.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "agent", "--config", str(config), "--target-w", "60",
+             "--nonce-difficulty", str(2.0**-19)],
+            stdout=out_file, stderr=err_file, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    status = Path(emulator["status"])
+
+    def board() -> dict:
+        return json.loads(status.read_text())
+
     try:
-        deadline = time.monotonic() + 25
-        mining = False
-        while time.monotonic() < deadline:
-            state = json.loads(Path(emulator["status"]).read_text())
-            if state["nonces_emitted"] > 10 and max(state["freq_mhz"]) > 100:
-                mining = True
-                break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        assert mining, proc.stderr.read() if proc.poll() is not None else "not mining"
-        time.sleep(2.5)  # two status periods: the status line has been printed while mining
+        wait_until(lambda: (b := board())["nonces_emitted"] > 10 and max(b["freq_mhz"]) > 100,
+                   30, lambda: f"the chain mining; agent said: {err.read_text()[-2000:]}",
+                   alive=proc)
+        # the status line (every second) says so while the chain mines
+        wait_until(lambda: "mode=mining" in out.read_text(), 30, "a status line mode=mining",
+                   alive=proc)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err[-2000:]
-    assert "Traceback" not in err
-    assert "mode=mining" in out  # the status line
-    time.sleep(0.3)
-    state = json.loads(Path(emulator["status"]).read_text())
-    assert state["chain_powered"] is False
+    assert proc.returncode == 0, err.read_text()[-2000:]
+    assert "Traceback" not in err.read_text()
+    wait_until(lambda: board()["chain_powered"] is False, 10, "the chain powered off")
 
 
 def test_agent_with_flags_only_probes_the_chain_and_reports_its_chips(emulator, mosquitto,

@@ -18,7 +18,7 @@ import pytest
 
 from agent.config import config_from_mapping
 from hil.hashboard import HashBoardEmulator
-from tests.support.polling import poll_until
+from tests.support.polling import poll_until, wait_emulated
 
 DIFFICULTY = 2.0**-24
 RAMP_W_S = 15.0
@@ -79,7 +79,7 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
         assert poll_until(lambda: procs[0].poll() is not None
                           or (truth and truth[-1][1] > 0.8 * TARGET_W), 15.0), \
             log.read_text()[-3000:]
-        time.sleep(1.0)
+        wait_emulated(lambda: emu.time_s, 1.0)
         before = emu.state()
         assert procs[0].poll() is None, log.read_text()[-3000:]
         procs[0].send_signal(signal.SIGKILL)
@@ -91,7 +91,7 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
                           8.0)
         assert "took over" in log.read_text(), log.read_text()[-3000:]
         nonces = emu.state()["nonces_emitted"]
-        time.sleep(4.0)
+        wait_emulated(lambda: emu.time_s, 4.0)  # the board's seconds: it may lag the wall clock
         after = emu.state()
         assert procs[1].poll() is None, log.read_text()[-3000:]
         assert stopped_cleanly(procs[1])
@@ -181,7 +181,7 @@ def test_the_agent_started_again_with_the_same_arguments_mines_again(tmp_path: P
             procs[0].wait(timeout=5)
             if how == "power_cut":
                 emu.power_cut()
-        time.sleep(BRIDGE_TIMEOUT_MS / 1000 + 1.0)
+        wait_emulated(lambda: emu.time_s, BRIDGE_TIMEOUT_MS / 1000 + 1.0)  # the bridge's time
         bridge = emu.state()["bridge"]
         if how == "power_cut":
             assert bridge["state"] == "idle" and emu.state()["power_cuts"] == 1
@@ -194,7 +194,7 @@ def test_the_agent_started_again_with_the_same_arguments_mines_again(tmp_path: P
             log.read_text()[started:][-3000:]
         took_s = time.monotonic() - t0
         nonces = emu.state()["nonces_emitted"]
-        time.sleep(1.5)
+        wait_emulated(lambda: emu.time_s, 1.5)
         after = emu.state()
         assert procs[1].poll() is None, log.read_text()[started:][-3000:]
         assert stopped_cleanly(procs[1])

@@ -22,7 +22,7 @@ from agent.control.governor import Governor
 from agent.control.runtime import Runtime
 from hil.hashboard import HashBoardEmulator
 from hil.report import largest_change_w
-from tests.support.polling import poll_until
+from tests.support.polling import poll_until, wait_emulated
 
 EMU_DIFFICULTY = 2.0**-19  # agent.config accepts nonce_difficulty >= 1e-6
 
@@ -90,9 +90,7 @@ class AgentRig:
         return float(self.emu.state()["time_s"])
 
     def sleep_emulated(self, seconds: float) -> None:
-        end = self.emulated_s() + seconds
-        while self.emulated_s() < end:
-            time.sleep(0.02)
+        wait_emulated(self.emulated_s, seconds)
 
     @property
     def mode(self) -> str | None:
@@ -194,9 +192,9 @@ def test_heatwave_derates_and_chips_stay_below_the_hard_limit(rig_factory):
     hard = rig.config.envelope.max_chip_temp_hard_c
     for ambient in range(25, 66, 5):  # 38 emulated seconds to 65 C, then hold
         rig.emu.set_ambient_c(float(ambient))
-        time.sleep(0.7)
+        rig.sleep_emulated(4.2)  # the emulator's seconds: a lagging one gets no faster heatwave
     assert poll_until(lambda: rig.governor.limited_by == "thermal", 20)
-    time.sleep(3.0)
+    rig.sleep_emulated(18.0)
     assert max(h for _, _, h in rig.trace) < hard
     assert rig.runtime.sample.power_w < 0.5 * rig.governor.max_power_w  # derated
     assert rig.code is None  # still running

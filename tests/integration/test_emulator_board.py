@@ -8,6 +8,7 @@ import serial
 
 from firmware_bridge import asic, link
 from hil.hashboard import HashBoardEmulator
+from tests.support.polling import wait_emulated
 
 
 class BoardHost:
@@ -37,10 +38,15 @@ class BoardHost:
         return link.unpack_sensors(msg.payload)
 
 
-def chain_answers(port: serial.Serial) -> int:
+def run(emu: HashBoardEmulator, seconds: float) -> None:
+    """Let `seconds` of the emulator's own time pass (it lags the wall clock when short of CPU)."""
+    wait_emulated(lambda: emu.time_s, seconds)
+
+
+def chain_answers(emu: HashBoardEmulator, port: serial.Serial) -> int:
     port.reset_input_buffer()
     port.write(asic.cmd_read(0x00))
-    time.sleep(0.15)
+    run(emu, 0.15)
     return len(asic.ResponseParser("BM1370", reply_len=9).feed(port.read(port.in_waiting)))
 
 
@@ -58,7 +64,7 @@ def test_sensors_follow_the_plant_and_commands_drive_it():
         assert host.request(link.T_SET_FAN, link.pack_u8(20)).typ == link.T_SET_FAN | link.REPLY
         assert host.request(link.T_SET_VCORE, link.pack_u16(1100)).typ & link.REPLY
         for _ in range(6):  # 6 s emulated (fan lag 1.5 s, regulator 50 ms), heartbeating
-            time.sleep(0.25)
+            run(emu, 1.0)
             host.request(link.T_HEARTBEAT)
         s = host.sensors()
         assert abs(s["fan_rpm"] - 0.2 * 6000) < 150
@@ -71,22 +77,22 @@ def test_chain_power_and_reset_over_the_board_link():
         emu.board_path, 115200, timeout=0.05
     ) as bport, serial.Serial(emu.chain_path, 115200, timeout=0.05) as cport:
         host = BoardHost(bport)
-        assert chain_answers(cport) == 2
+        assert chain_answers(emu, cport) == 2
         emu.inject_fault("chain_hang")
-        time.sleep(0.05)
-        assert chain_answers(cport) == 0
+        run(emu, 0.05)
+        assert chain_answers(emu, cport) == 0
         assert host.request(link.T_CHAIN_RESET).typ == link.T_CHAIN_RESET | link.REPLY
-        assert chain_answers(cport) == 2
+        assert chain_answers(emu, cport) == 2
         assert host.request(link.T_CHAIN_POWER, link.pack_u8(0)).typ & link.REPLY
-        time.sleep(0.1)
-        assert chain_answers(cport) == 0
+        run(emu, 0.1)
+        assert chain_answers(emu, cport) == 0
         off = emu.state()
         assert off["asic_power_w"] == 0.0 and off["hashrate_ghs"] == 0.0
         assert host.request(link.T_CHAIN_POWER, link.pack_u8(1)).typ & link.REPLY
-        time.sleep(0.1)
-        assert chain_answers(cport) == 2
+        run(emu, 0.1)
+        assert chain_answers(emu, cport) == 2
         cport.write(asic.cmd_read(asic.REG_PLL0))
-        time.sleep(0.1)
+        run(emu, 0.1)
         pll = asic.ResponseParser("BM1370", reply_len=9).feed(cport.read(cport.in_waiting))
         assert [r.value for r in pll] == [asic.pll_value("BM1370", 50.0) | 0x80000000] * 2
 
@@ -98,13 +104,13 @@ def test_invalid_sensor_trips_the_bridge_which_idles_the_chain():
         host = BoardHost(bport)
         host.request(link.T_HEARTBEAT)
         emu.inject_fault("sensor_invalid", sensor="vr_temp", duration_s=0.5)
-        time.sleep(0.6)
+        run(emu, 0.6)
         s = host.sensors()
         assert s["trip_reason"] == link.R_SENSOR
         assert s["chain_powered"] is False
         assert emu.state()["chain_powered"] is False
         assert any(m.typ == link.T_EVENT for m in host.events)
-        time.sleep(0.1)
+        run(emu, 0.1)
         assert host.request(link.T_CHAIN_POWER, link.pack_u8(1)).typ & link.REPLY  # cause gone
         assert emu.state()["chain_powered"] is True
 
@@ -116,7 +122,7 @@ def test_watchdog_trips_when_the_host_goes_silent():
     ) as bport:
         host = BoardHost(bport)
         host.request(link.T_HEARTBEAT)
-        time.sleep(0.4)  # 4 s emulated
+        run(emu, 4.0)
         assert emu.state()["chain_powered"] is False
         assert host.sensors()["trip_reason"] == link.R_HEARTBEAT
 
@@ -127,10 +133,10 @@ def test_stuck_chip_temperature_over_the_link():
     ) as bport:
         host = BoardHost(bport)
         emu.inject_fault("sensor_stuck", sensor="chip_temp", channel=0)
-        time.sleep(0.05)
+        run(emu, 1.0)
         first = host.sensors()["chip_temps_dc"][0]
         emu.set_ambient_c(45.0)
-        time.sleep(1.0)  # 20 s emulated
+        run(emu, 20.0)
         assert host.sensors()["chip_temps_dc"] == [first]
         assert emu.state()["chip_temp_c"][0] * 10 > first + 50
 
@@ -141,12 +147,12 @@ def test_reply_faults_on_the_board_port_damage_link_frames():
     ) as bport:
         host = BoardHost(bport)
         emu.inject_fault("reply_corrupt", duration_s=0.3, port="board")
-        time.sleep(0.05)
+        run(emu, 0.05)
         bport.write(link.encode(9, link.T_HEARTBEAT))
-        time.sleep(0.1)
+        run(emu, 0.1)
         damaged = bport.read(64)
         assert len(damaged) == 7 + 6  # the heartbeat reply came, one bit flipped
         assert link.Decoder().feed(damaged) == []
         assert emu.state()["counters"]["frames_corrupted"] == 1
-        time.sleep(0.3)
+        run(emu, 0.3)
         assert host.request(link.T_HEARTBEAT).typ == link.T_HEARTBEAT | link.REPLY

@@ -20,6 +20,7 @@ from firmware_bridge import asic, bringup
 from hil.errors import FaultPlanError
 from hil.faults import FaultPlan
 from hil.hashboard import HashBoardEmulator
+from tests.support.polling import wait_until
 
 HEADER = bytes(range(80))
 DIFFICULTY = 2.0**-26
@@ -33,10 +34,9 @@ def read_for(port: serial.Serial, seconds: float) -> bytes:
     return data
 
 
-def wait_emulated(emu: HashBoardEmulator, t_s: float) -> None:
-    deadline = time.monotonic() + 10.0
-    while emu.time_s < t_s and time.monotonic() < deadline:
-        time.sleep(0.01)
+def wait_emulated_until(emu: HashBoardEmulator, t_s: float) -> None:
+    """Until the emulator's clock reads `t_s` (however it lags the wall clock)."""
+    wait_until(lambda: emu.time_s >= t_s, 30.0, f"{t_s} s of emulated time", poll_s=0.01)
 
 
 def chip_ids(port: serial.Serial, seconds: float = 0.3) -> tuple[list, asic.ResponseParser]:
@@ -54,13 +54,13 @@ def test_plan_file_silent_chip_then_corrupted_replies(tmp_path):
     )
     with HashBoardEmulator("BM1370", 3, seed=1, fault_plan=FaultPlan.load(plan)) as emu, \
             serial.Serial(emu.chain_path, 115200, timeout=0.05) as port:
-        wait_emulated(emu, 0.05)
+        wait_emulated_until(emu, 0.05)
         replies, _ = chip_ids(port)
         assert len(replies) == 2
-        wait_emulated(emu, 1.6)
+        wait_emulated_until(emu, 1.6)
         replies, parser = chip_ids(port)
         assert len(replies) < 3 and parser.crc_errors + parser.discarded_bytes > 0
-        wait_emulated(emu, 2.4)
+        wait_emulated_until(emu, 2.4)
         replies, _ = chip_ids(port)
         assert len(replies) == 3
         state = emu.state()
@@ -74,7 +74,7 @@ def test_chain_hang_lasts_until_reset(tmp_path):
     plan.write_text(json.dumps({"faults": [{"kind": "chain_hang", "at_s": 0.2}]}))
     with HashBoardEmulator("BM1370", 2, seed=1, fault_plan=FaultPlan.load(plan)) as emu, \
             serial.Serial(emu.chain_path, 115200, timeout=0.05) as port:
-        wait_emulated(emu, 0.3)
+        wait_emulated_until(emu, 0.3)
         assert chip_ids(port)[0] == []
         time.sleep(0.5)
         assert chip_ids(port)[0] == []  # still hung: only a reset ends it
@@ -165,12 +165,12 @@ def test_dropped_and_truncated_replies():
         emu.chain_path, 115200, timeout=0.05
     ) as port:
         emu.inject_fault("reply_drop", duration_s=0.3)
-        wait_emulated(emu, 0.02)
+        wait_emulated_until(emu, 0.02)
         port.write(asic.cmd_read(0x00))
         assert read_for(port, 0.15) == b""
-        wait_emulated(emu, 0.35)
+        wait_emulated_until(emu, 0.35)
         emu.inject_fault("reply_truncate", duration_s=0.3)
-        wait_emulated(emu, 0.37)
+        wait_emulated_until(emu, 0.37)
         port.write(asic.cmd_read(0x00))
         data = read_for(port, 0.15)
         assert 3 <= len(data) < 27  # every frame cut short

@@ -1,7 +1,8 @@
 """Waiting in tests without a fixed sleep: poll a condition until it holds or a deadline passes.
 
 `wait_until` fails the test (AssertionError naming what it waited for, and the timeout);
-`poll_until` hands the outcome back for the test to assert on with its own message.
+`poll_until` hands the outcome back for the test to assert on with its own message;
+`wait_emulated` waits out a span of an emulator's own clock rather than of the wall clock.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def wait_until(cond: Callable[[], T], timeout_s: float, what: str | Callable[[],
     if value := poll_until(check, timeout_s, poll_s=poll_s):
         return value
     raise AssertionError(f"timed out after {timeout_s:g} s waiting for {_text(what)}")
+
+
+def wait_emulated(now_s: Callable[[], float], seconds: float, timeout_s: float = 30.0) -> None:
+    """Wait until the emulated clock `now_s` (e.g. the emulator's `time_s`) has run `seconds`,
+    however slowly it runs against the wall clock (an emulator short of CPU lags).
+    AssertionError if it has not within `timeout_s` wall seconds."""
+    end = now_s() + seconds
+    wait_until(lambda: now_s() >= end, timeout_s,
+               lambda: f"{seconds:g} emulated s (at {now_s():.2f} s of {end:.2f} s)", poll_s=0.01)
 
 
 def _text(what: str | Callable[[], str]) -> str:
