@@ -52,10 +52,10 @@ cap_violations = 0
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import ConfigError
 from agent.grid.contract import FALLBACKS
@@ -72,6 +72,7 @@ from agent.tomlschema import (
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DEFAULT_SCENARIO = "solar_surplus"
+T = TypeVar("T")  # what a scenario reader (a board's, a site's) returns
 
 COMMAND_OPS = ("setpoint", "curtail", "resume", "standby", "ping")
 GRID_OPS = (*COMMAND_OPS, "surplus", "reserve")
@@ -524,18 +525,21 @@ def _home(raw: Any, duration_s: float) -> HomeSpec:
     return replace(spec, day=replace(_surplus("home", table, allow), wind_pct=0.0))
 
 
-def _criteria(where: str, raw: Any) -> dict[str, float]:
-    """Upper bounds on figures of the summary, by name (CRITERIA)."""
+def read_criteria(where: str, raw: Any, names: Collection[str]) -> dict[str, float]:
+    """A criteria table: bounds (>= 0) on figures of the summary, each one of `names`."""
     table = convert(dict[str, Any], raw, where)
-    reject_unknown(where, table, tuple(CRITERIA), noun="criterion")
+    reject_unknown(where, table, tuple(names), noun="criterion")
     return {name: convert(float, value, f"{where}.{name}", meta={"lo": 0.0})
             for name, value in table.items()}
 
 
-def _short(raw: Any, duration_s: float) -> Short:
-    values = read(Short, "short", raw, keys=("speed", "until_s"),
-                  allow=("speed", "until_s", "criteria"), overrides={"until_s": {"hi": duration_s}})
-    return Short(**values, criteria=_criteria("short.criteria", raw.get("criteria", {})))
+def read_short(cls: type[T], raw: Any, keys: tuple[str, ...], criteria: Collection[str],
+               overrides: Mapping[str, Mapping[str, Any]] | None = None) -> T:
+    """[short]: the dataclass `cls` from its `keys` and its `criteria` table (bounds on the
+    figures named in `criteria`)."""
+    short = build(cls, "short", raw, keys=keys, allow=(*keys, "criteria"), overrides=overrides)
+    return replace(short, criteria=read_criteria("short.criteria", raw.get("criteria", {}),
+                                                 criteria))
 
 
 def _scenario(data: Any, path: Path | None) -> Scenario:
@@ -557,20 +561,37 @@ def _scenario(data: Any, path: Path | None) -> Scenario:
     home = _home(data["home"], duration_s) if "home" in data else None
     if pool is not None:
         criteria.update(POOL_CRITERIA)
-    criteria.update(_criteria("criteria", data.get("criteria", {})))
+    criteria.update(read_criteria("criteria", data.get("criteria", {}), CRITERIA))
+    measure = build(Measure, "measure", data.get("measure", {}))
+    short = read_short(Short, data.get("short", {}), ("speed", "until_s"), CRITERIA,
+                       overrides={"until_s": {"hi": duration_s}})
     return Scenario(**head, path=path, device=device, grid=grid, ambient=tuple(ambient),
-                    faults=tuple(faults), criteria=criteria,
-                    measure=build(Measure, "measure", data.get("measure", {})),
-                    short=_short(data.get("short", {}), duration_s), pool=pool, home=home)
+                    faults=tuple(faults), criteria=criteria, measure=measure, short=short,
+                    pool=pool, home=home)
+
+
+def checked(reader: Callable[[Any, Path | None], T], data: Any, source: str,
+            path: Path | None = None) -> T:
+    """`reader`'s scenario from TOML data; its ConfigError as a ScenarioError naming `source`."""
+    try:
+        return reader(data, path)
+    except ConfigError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
+
+
+def read_file(reader: Callable[[Any, Path | None], T], path: Path) -> T:
+    """`reader`'s scenario from the file at `path`; every error a ScenarioError naming it."""
+    try:
+        data = read_toml(path)
+    except ConfigError as exc:
+        raise ScenarioError(str(exc)) from None
+    return checked(reader, data, str(path), path)
 
 
 def parse(data: dict[str, Any], source: str = "<scenario>", path: Path | None = None) -> Scenario:
     """Validate a scenario from its TOML data; raises ScenarioError naming the file and the bad
     key."""
-    try:
-        return _scenario(data, path)
-    except ConfigError as exc:
-        raise ScenarioError(f"{source}: {exc}") from None
+    return checked(_scenario, data, source, path)
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -587,12 +608,7 @@ def resolve(name_or_path: str | Path) -> Path:
 
 def load(name_or_path: str | Path) -> Scenario:
     """Read and validate a scenario file (a path, or a name from hil/scenarios/)."""
-    path = resolve(name_or_path)
-    try:
-        data = read_toml(path)
-    except ConfigError as exc:
-        raise ScenarioError(str(exc)) from None
-    return parse(data, source=str(path), path=path)
+    return read_file(_scenario, resolve(name_or_path))
 
 
 def available() -> list[Path]:

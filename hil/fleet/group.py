@@ -11,9 +11,6 @@ shard; with `ids`, each shard takes its own.
 
 from __future__ import annotations
 
-import json
-import queue
-import subprocess
 import sys
 import threading
 import time
@@ -21,59 +18,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hil.child import JsonLineChild
 from hil.fleet.fleet import FleetError
 
 ROOT = Path(__file__).resolve().parents[2]
 SUM_FIGURES = ("devices", "online", "dead", "cut", "tripped", "lagging", "power_w", "rating_w",
                "connects", "loop_errors")
-
-
-class _Shard:
-    """One child process and its control lines."""
-
-    def __init__(self, argv: Sequence[str]) -> None:
-        self.proc = subprocess.Popen(list(argv), cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        self.answers: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.online = threading.Event()
-        self._reader = threading.Thread(target=self._read, name="fleet-shard", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == "online":
-                self.online.set()
-            elif "event" not in msg:
-                self.answers.put(msg)
-
-    def ask(self, cmd: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        if self.proc.poll() is not None or self.proc.stdin is None:
-            raise FleetError(f"fleet shard exited ({self.proc.returncode})")
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        try:
-            return self.answers.get(timeout=timeout_s)
-        except queue.Empty:
-            raise FleetError(f"fleet shard did not answer {cmd['op']} in {timeout_s} s") from None
-
-    def stop(self, timeout_s: float) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self._reader.join(timeout_s)  # reads to the end of stdout, then closes it
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 class FleetGroup:
@@ -84,7 +34,7 @@ class FleetGroup:
             raise FleetError(f"processes {processes}: must be at least 1")
         self.argv = list(argv)
         self.processes = processes
-        self.shards: list[_Shard] = []
+        self.shards: list[JsonLineChild] = []
         self._lock = threading.RLock()  # a signal handler may ask while the main thread does
 
     @classmethod
@@ -98,25 +48,23 @@ class FleetGroup:
 
     def start(self) -> FleetGroup:
         for i in range(self.processes):
-            self.shards.append(_Shard([sys.executable, "-m", "agent", "fleet", *self.argv,
-                                       "--shard", f"{i}/{self.processes}",
-                                       "--status-period-s", "0"]))
+            shard = f"{i}/{self.processes}"
+            self.shards.append(JsonLineChild(
+                [sys.executable, "-m", "agent", "fleet", *self.argv, "--shard", shard,
+                 "--status-period-s", "0"], name=f"fleet shard {shard}", error=FleetError,
+                cwd=ROOT))
         return self
 
     def wait_online(self, timeout_s: float = 60.0) -> int:
         deadline = time.monotonic() + timeout_s
         for shard in self.shards:
-            if not shard.online.wait(max(0.0, deadline - time.monotonic())):
-                code = shard.proc.poll()
-                raise FleetError("fleet shard " + (f"exited ({code})" if code is not None else
-                                                   f"not online after {timeout_s} s"))
+            shard.wait_event("online", max(0.0, deadline - time.monotonic()))
         return int(self.figures()["online"])
 
     def stop(self, timeout_s: float = 30.0) -> None:
         with self._lock:
             for shard in self.shards:
-                if shard.proc.poll() is None:
-                    shard.proc.terminate()
+                shard.terminate()  # all at once, then each waited for
             for shard in self.shards:
                 shard.stop(timeout_s)
             self.shards = []

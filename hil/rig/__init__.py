@@ -23,7 +23,8 @@ Modules: `options` (options, target, errors, names, clock), `process` (emulator 
 processes), `cutter` (the broker link cut), `pools` (the lab pools and their cues),
 `agentconfig` (the agent's config file),
 `operator` (the rig as the grid operator on MQTT), `injection` (faults), `status` (console),
-`runner` (the run phases).
+`lifecycle` (what every lab run does around its scenario: folders, clock, console, teardown,
+the verdict on a child that keeps exiting; the site run's too), `runner` (the run phases).
 """
 
 from __future__ import annotations

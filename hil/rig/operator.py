@@ -36,19 +36,22 @@ def operator_key(work: Path) -> tuple[Any, Path]:
 
 
 class OperatorSender:
-    """Sends the simulator's commands with the operator module's signer over one MQTT client;
-    acks come back on a response topic and are matched by correlation data."""
+    """Sends the simulator's commands to `device` of `site` (the rig's board by default) with
+    the operator module's signer over one MQTT client; acks come back on a response topic and
+    are matched by correlation data."""
 
-    def __init__(self, op: Any, signer: Any, seq: Any, response_topic: str) -> None:
+    def __init__(self, op: Any, signer: Any, seq: Any, response_topic: str, *,
+                 site: str = SITE, device: str = DEVICE) -> None:
         self.op = op
         self.signer = signer
         self.seq = seq
         self.response_topic = response_topic
+        self.site, self.device = site, device
         self.by_correlation: dict[bytes, str] = {}
 
     def send(self, op: str, *, power_w: int | None, ramp_w_s: int | None, validity_s: float,
              fallback: str | None) -> tuple[str, int | None, int | None]:
-        signed = self.signer.build(SITE, DEVICE, op, seq=self.seq.next(self.signer.kid),
+        signed = self.signer.build(self.site, self.device, op, seq=self.seq.next(self.signer.kid),
                                    validity_s=validity_s, power_w=power_w, ramp_w_s=ramp_w_s,
                                    fallback=fallback)
         correlation = secrets.token_bytes(8)

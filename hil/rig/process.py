@@ -6,7 +6,6 @@ The broker's process is `hil.broker.Mosquitto`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,22 +15,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from hil.child import stop_process
 from hil.rig.options import EMULATION_DIFFICULTY, RigError
 from hil.scenario import Scenario
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, timeout_s: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout_s`; only the process the rig started."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(5.0)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

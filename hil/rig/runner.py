@@ -16,11 +16,11 @@ from hil.rig.agentconfig import write_agent_config
 from hil.rig.cutter import LinkCutter
 from hil.rig.home import HomeMeter
 from hil.rig.injection import FaultInjector
-from hil.rig.operator import Listener, Live, OperatorSender, connect, operator_key, subscribe
-from hil.rig.options import TRUTH_PERIOD_S, RigClock, RigError, RigOptions
+from hil.rig.lifecycle import ExitLimit, RunLifecycle
+from hil.rig.operator import Listener, OperatorSender, connect, operator_key, subscribe
+from hil.rig.options import TRUTH_PERIOD_S, RigError, RigOptions
 from hil.rig.pools import RigPools
 from hil.rig.process import AgentProcess, EmulatorProcess, log_tail
-from hil.rig.status import StatusLine
 
 #: an agent that keeps exiting by itself is a verdict, not something to restart forever
 MAX_AGENT_CRASHES = 5
@@ -29,47 +29,29 @@ POOL_COUNTS_AFTER_S = 1.5
 POOL_COUNTS_WAIT_S = 6.0
 
 
-class Rig:
+class Rig(RunLifecycle):
     """Runs one scenario end to end; see the `hil.rig` docstring."""
 
     def __init__(self, options: RigOptions) -> None:
+        super().__init__(options.out_dir, options.progress)
         self.o = options
         self.s = options.scenario
-        self.out = options.out_dir.resolve()  # the children run in the run folder
-        self.work = self.out / "rig"
-        self.clock = RigClock()
-        self.started_s = time.monotonic()  # the console's clock: it never restarts
-        self.live = Live()
-        self.status = StatusLine(options.progress)
         self.broker: Any = None
         self.cutter: LinkCutter | None = None
         self.emulator: EmulatorProcess | None = None
         self.agent: AgentProcess | None = None
         self.operator: Any = None
-        self.listener: Listener | None = None
         self.sim: GridSimulator | None = None
         self.injector: FaultInjector | None = None
         self.pools: RigPools | None = None  # the scenario's [pool] part
         self.home: HomeMeter | None = None  # the scenario's [home]: roof, house and meter
-        self.events: list[dict[str, Any]] = []
         self.skipped: list[str] = []
-        self.crashes = 0
+        self.agent_exits = ExitLimit("the agent", MAX_AGENT_CRASHES)
         self.restarts = 0
         self.rec: Recording | None = None
         self.agent_cfg: Any = None  # the agent's config as the agent reads it
         self._last_ambient: float | None = None
         self._wall_w = Series()
-
-    def now(self) -> float:
-        return self.clock.now()
-
-    def note(self, text: str) -> None:
-        self.events.append({"t_s": round(self.now(), 2), "text": text})
-        self.status.print(f"[{self.elapsed():7.1f} s] {text}", line=True)
-
-    def elapsed(self) -> float:
-        """Seconds since the rig started (warm-up included), as the console shows them."""
-        return time.monotonic() - self.started_s
 
     @property
     def faults(self) -> list[dict[str, Any]]:
@@ -77,15 +59,6 @@ class Rig:
         return self.injector.records if self.injector is not None else []
 
     # ---- phases -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Play the scenario; returns the summary (also written to DIR)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.work.mkdir(parents=True, exist_ok=True)
-        try:
-            return self._run()
-        finally:
-            self._teardown()
-
     def _run(self) -> dict[str, Any]:
         s, o = self.s, self.o
         self.clock.start()
@@ -192,20 +165,8 @@ class Rig:
 
     def _check_agent_alive(self, fatal: bool = False) -> None:
         assert self.agent is not None
-        code = self.agent.exited()
-        if code is None or self.agent.killed:
-            return
-        if fatal:
-            raise RigError(f"the agent exited with status {code} (log {self.agent.log_path}):\n"
-                           f"{log_tail(self.agent.log_path)}")
-        self.crashes += 1
-        if self.crashes > MAX_AGENT_CRASHES:
-            raise RigError(f"the agent exited by itself {self.crashes} times (last status "
-                           f"{code}); giving up (log {self.agent.log_path}):\n"
-                           f"{log_tail(self.agent.log_path)}")
-        self.note(f"agent exited by itself (status {code}); restarting it "
-                  f"({self.crashes} of at most {MAX_AGENT_CRASHES})")
-        self._restart_agent()
+        if self.agent_exits.check(self.agent, self.note, fatal=fatal):
+            self._restart_agent()
 
     def _restart_agent(self) -> None:
         assert self.agent is not None
@@ -390,7 +351,7 @@ class Rig:
         rec.faults = self.faults
         rec.events = self.events
         rec.agent_restarts = self.restarts
-        rec.agent_crashes = self.crashes
+        rec.agent_crashes = self.agent_exits.exits
         rec.meta = {
             "skipped": self.skipped,
             "agent_command": self.agent.command if self.agent else None,
@@ -423,21 +384,10 @@ class Rig:
         chips = (st or {}).get("chain", {}).get("chip") or [{}]
         rec.pool = self.pools.report(chips[0].get("ticket_difficulty"))
 
-    def _teardown(self) -> None:
-        if self.listener is not None:
-            self.listener.stop()
-        parts = [(self.agent, "stop"), (self.emulator, "stop"), (self.operator, "close"),
-                 (self.cutter, "close"), (self.broker, "close"), (self.pools, "stop"),
-                 (self.home, "close")]
-        for part, method in parts:
-            if part is None:
-                continue
-            try:
-                getattr(part, method)()
-            except Exception as exc:  # teardown goes on: every part must be stopped
-                self.status.print(f"rig teardown: {type(exc).__name__}: {exc}", line=True)
-        if self.listener is not None:
-            self.listener.join(2.0)
+    def _parts(self) -> list[tuple[Any, str]]:
+        return [(self.agent, "stop"), (self.emulator, "stop"), (self.operator, "close"),
+                (self.cutter, "close"), (self.broker, "close"), (self.pools, "stop"),
+                (self.home, "close")]
 
 
 def run_scenario(options: RigOptions) -> dict[str, Any]:

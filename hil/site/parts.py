@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -23,9 +21,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.grid.broker import parse_broker_url, release_sockets
 from agent.grid.contract import SITE_DEVICE
+from hil.child import JsonLineChild
 from hil.fleet.fleet import lab_state_dir
 from hil.rig.options import PREFIX, RigClock, RigError
-from hil.rig.process import AgentProcess, log_tail, stop_process
+from hil.rig.process import AgentProcess, log_tail
 
 
 def key_pair(work: Path, name: str) -> tuple[Path, Path]:
@@ -66,64 +65,24 @@ class FleetProcess:
             "--restart-spread-s", f"{restart_spread_s:g}", "--status-period-s", "0",
             "--control-period-s", f"{control_period_s:g}",
             *(["--processes", str(processes)] if processes > 1 else [])]
-        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop
-        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     cwd=str(work), env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.online: dict[str, Any] | None = None  # the fleet's "online" event
-        self._answers: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._lock = threading.Lock()
+        self.child = JsonLineChild(self.command, name=f"the fleet of site {site}",
+                                   error=RigError, cwd=work, log_path=self.log_path,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._sampling = threading.Event()
         self._sampler: threading.Thread | None = None
         self.stalls = 0  # figures requests the fleet did not answer in time
-        self._reader = threading.Thread(target=self._read, name=f"fleet-{site}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(msg, dict):
-                continue
-            if msg.get("event") == "online":
-                self.online = msg
-            elif "ok" in msg:
-                self._answers.put(msg)
 
     def wait_online(self, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while self.online is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                why = (f"exited ({self.proc.returncode})" if self.proc.poll() is not None
-                       else f"not online within {timeout_s:g} s")
-                raise RigError(f"the fleet of site {self.site} {why} (log {self.log_path}):\n"
-                               f"{log_tail(self.log_path)}")
-            time.sleep(0.1)
-        return self.online
+        """The fleet's "online" event (every device online)."""
+        try:
+            return self.child.wait_event("online", timeout_s)
+        except RigError as exc:
+            raise RigError(f"{exc}:\n{log_tail(self.log_path)}") from None
 
     def request(self, cmd: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
         """One request line and its answer (RigError when the fleet does not answer in time;
         an answer that comes later is dropped)."""
-        with self._lock:
-            if self.proc.poll() is not None or self.proc.stdin is None:
-                raise RigError(f"the fleet of site {self.site} exited "
-                               f"({self.proc.returncode}; log {self.log_path})")
-            while not self._answers.empty():
-                self._answers.get_nowait()  # the late answer of a request that timed out
-            self.proc.stdin.write(json.dumps(cmd) + "\n")
-            self.proc.stdin.flush()
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    answer = self._answers.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    raise RigError(f"the fleet of site {self.site} did not answer {cmd['op']} "
-                                   f"within {timeout_s:g} s") from None
-                if answer.get("op") == cmd["op"]:
-                    break
+        answer = self.child.ask(cmd, timeout_s)
         if not answer.get("ok"):
             raise RigError(f"the fleet of site {self.site} refused {cmd}: {answer.get('error')}")
         return answer
@@ -136,7 +95,7 @@ class FleetProcess:
 
         def run() -> None:
             next_s = time.monotonic()
-            while not self._sampling.is_set() and self.proc.poll() is None:
+            while not self._sampling.is_set() and self.child.proc.poll() is None:
                 try:
                     figs = self.figures()
                 except RigError:
@@ -167,16 +126,7 @@ class FleetProcess:
 
     def stop(self) -> None:
         self.stop_sampling()
-        if self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-        stop_process(self.proc, timeout_s=15.0)
-        self._reader.join(2.0)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
+        self.child.stop(timeout_s=15.0)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 

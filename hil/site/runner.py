@@ -23,7 +23,6 @@ DIR/recording.json (`hil.site.report`). Times are rig seconds (0 at scenario sta
 from __future__ import annotations
 
 import random
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -31,12 +30,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.grid.contract import SITE_DEVICE
 from hil.gridsim import GridSimulator
 from hil.report import Series
-from hil.rig.operator import Listener, Live, connect, operator_key
-from hil.rig.options import KID, PREFIX, RigClock, RigError
+from hil.rig.lifecycle import ExitLimit, RunLifecycle
+from hil.rig.operator import Listener, Live, OperatorSender, connect, operator_key
+from hil.rig.options import KID, PREFIX, RigError
 from hil.rig.process import log_tail
-from hil.rig.status import StatusLine
 from hil.site.parts import FleetProcess, MqttTap, SiteProcess, key_pair
 from hil.site.plan import site_plan
 from hil.site.report import SiteRecording, write_site_report
@@ -62,16 +62,15 @@ class SiteRunOptions:
     start_timeout_s: float = 180.0
 
 
-class SiteSender:
+class SiteSender(OperatorSender):
     """The grid operator's commands to device `site` (what `hil.gridsim` sends through), a
     setpoint within the caps of the site's latest status (a site that lost devices refuses more
-    than it can draw, as a device would); acks come back on a response topic, matched by
-    correlation data (`hil.rig.operator`)."""
+    than it can draw, as a device would)."""
 
     def __init__(self, op: Any, signer: Any, site: str, live: Live) -> None:
-        self.op, self.signer, self.site, self.live = op, signer, site, live
-        self.response_topic = f"{PREFIX}/{site}/site/ack/{op.options.client_id}"
-        self.by_correlation: dict[bytes, str] = {}
+        super().__init__(op, signer, op.seq, f"{PREFIX}/{site}/{SITE_DEVICE}/ack/"
+                         f"{op.options.client_id}", site=site, device=SITE_DEVICE)
+        self.live = live
 
     def send(self, op: str, *, power_w: int | None, ramp_w_s: int | None, validity_s: float,
              fallback: str | None) -> tuple[str, int | None, int | None]:
@@ -81,13 +80,8 @@ class SiteSender:
         if (power_w is not None and status.get("state") == "online"
                 and isinstance(max_w, int | float) and max_w > 0):
             power_w = min(power_w, int(max_w))  # as an operator reads the site's caps
-        signed = self.signer.build(self.site, "site", op, seq=self.op.seq.next(self.signer.kid),
-                                   validity_s=validity_s, power_w=power_w, ramp_w_s=ramp_w_s,
-                                   fallback=fallback)
-        correlation = secrets.token_bytes(8)
-        self.by_correlation[correlation] = signed.id.hex()
-        self.op.publish_command(signed, self.response_topic, correlation)
-        return signed.id.hex(), signed.seq, signed.exp_ms
+        return super().send(op, power_w=power_w, ramp_w_s=ramp_w_s, validity_s=validity_s,
+                            fallback=fallback)
 
 
 class BaselineSender:
@@ -123,29 +117,24 @@ class SitePass:
     end_s: float = 0.0
 
 
-class SiteRig:
+class SiteRig(RunLifecycle):
     """Runs one site scenario end to end; see the module docstring."""
 
+    name = "site rig"
+
     def __init__(self, options: SiteRunOptions) -> None:
+        super().__init__(options.out_dir, options.progress)
         self.o = options
         self.s = options.scenario
-        self.out = options.out_dir.resolve()
-        self.work = self.out / "rig"
-        self.clock = RigClock()
-        self.status = StatusLine(options.progress)
-        self.started_s = time.monotonic()
-        self.live = Live()
         self.brokers: list[Any] = []
         self.site: SiteProcess | None = None
         self.operator: Any = None
         self.baseline_op: Any = None
         self.baseline: Any = None
-        self.listener: Listener | None = None
         self.fleets: list[FleetProcess] = []
         self.taps: list[MqttTap] = []
         self._workers: list[threading.Thread] = []  # fault requests under way
-        self.events: list[dict[str, Any]] = []
-        self.site_crashes = 0
+        self.site_exits = ExitLimit("the site controller", MAX_SITE_CRASHES)
         self.site_down: list[list[float]] = []  # [killed, back online] rig seconds
         self._restart_at: float | None = None
         self._last_line = 0.0
@@ -156,10 +145,6 @@ class SiteRig:
         self.rating_w = sum(self.ratings.values())
 
     # ---- console ------------------------------------------------------------------------
-    def note(self, text: str) -> None:
-        self.events.append({"t_s": round(self.clock.now(), 2), "text": text})
-        self.status.print(f"[{time.monotonic() - self.started_s:7.1f} s] {text}", line=True)
-
     def _progress(self, passes: list[SitePass]) -> None:
         if not self.status.due():
             return
@@ -168,7 +153,7 @@ class SiteRig:
         parts = [f"{p.name} {(p.power_w.v[-1] or 0) / 1000:7.1f} kW "
                  f"({p.online.v[-1]:.0f} online)" for p in passes if p.power_w.v]
         target = passes[0].sim.sent[-1].power_w if passes[0].sim and passes[0].sim.sent else None
-        text = (f"[{time.monotonic() - self.started_s:7.1f} s] {min(100.0, 100 * t / end):3.0f}% "
+        text = (f"[{self.elapsed():7.1f} s] {min(100.0, 100 * t / end):3.0f}% "
                 f"of {end:.0f} s  target {(target or 0) / 1000:.1f} kW  " + "  ".join(parts))
         out = self.o.progress
         if out is not None and hasattr(out, "isatty") and out.isatty():
@@ -178,14 +163,6 @@ class SiteRig:
             self.status.print(text, line=True)
 
     # ---- run ----------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.work.mkdir(parents=True, exist_ok=True)
-        try:
-            return self._run()
-        finally:
-            self._teardown()
-
     def _run(self) -> dict[str, Any]:
         s = self.s
         mode = s.site.side_by_side
@@ -267,9 +244,9 @@ class SiteRig:
     def _connect_operator(self, url: str, signer: Any) -> SiteSender:
         self.operator = connect(url, signer, self.work)
         sender = SiteSender(self.operator, signer, SITE_GM, self.live)
-        base = f"{PREFIX}/{SITE_GM}/site"
+        base = f"{PREFIX}/{SITE_GM}/{SITE_DEVICE}"
         self.operator.subscribe([sender.response_topic, f"{base}/status", f"{base}/telemetry"])
-        self.listener = Listener(self.operator, sender, self.live, self.clock)  # type: ignore[arg-type]
+        self.listener = Listener(self.operator, sender, self.live, self.clock)
         self.listener.start()
         self._wait_site_online()
         return sender
@@ -287,9 +264,7 @@ class SiteRig:
                           f"{caps.get('ramp_max_w_s')} W/s")
                 return caps
             assert self.site is not None
-            if self.site.exited() is not None:
-                raise RigError(f"the site controller exited ({self.site.exited()}; log "
-                               f"{self.site.log_path}):\n{log_tail(self.site.log_path)}")
+            self.site_exits.check(self.site, self.note, fatal=True)
             time.sleep(0.1)
         assert self.site is not None
         raise RigError(f"the site controller did not come online within "
@@ -443,17 +418,10 @@ class SiteRig:
 
     def _check_site(self, passes: list[SitePass]) -> None:
         site = self.site
-        if site is None or site.killed or not any(p.name == "gridminer" for p in passes):
+        if site is None or not any(p.name == "gridminer" for p in passes):
             return
-        code = site.exited()
-        if code is None:
-            return
-        self.site_crashes += 1
-        if self.site_crashes > MAX_SITE_CRASHES:
-            raise RigError(f"the site controller exited by itself {self.site_crashes} times "
-                           f"(last status {code}; log {site.log_path}):\n{log_tail(site.log_path)}")
-        self.note(f"site controller exited by itself (status {code}); restarting it")
-        site.restart()
+        if self.site_exits.check(site, self.note):
+            site.restart()
 
     def _finish(self, passes: list[SitePass]) -> None:
         gm = next((p for p in passes if p.name == "gridminer"), None)
@@ -488,7 +456,7 @@ class SiteRig:
             regulation=[{"t0_s": r.at_s, "t1_s": r.end_s,
                          "basepoint_w": self.rating_w * r.basepoint_pct / 100.0,
                          "band_w": self.rating_w * r.band_pct / 100.0} for r in s.regulation],
-            site_down=self.site_down, site_crashes=self.site_crashes, events=self.events,
+            site_down=self.site_down, site_crashes=self.site_exits.exits, events=self.events,
             site_telemetry=[{k: m.get(k) for k in ("t_s", "power_w", "target_w", "devices",
                                                    "flex_up_w", "flex_down_w")}
                             for m in telemetry],
@@ -511,22 +479,11 @@ class SiteRig:
             rec.passes["baseline"]["given_up"] = self.baseline.core.given_up
         return rec
 
-    def _teardown(self) -> None:
-        if self.listener is not None:
-            self.listener.stop()
-        steps: list[tuple[Any, str]] = [
+    def _parts(self) -> list[tuple[Any, str]]:
+        return [
             (self.baseline, "stop"), (self.site, "stop"), *[(f, "stop") for f in self.fleets],
             (self.baseline_op, "close"), (self.operator, "close"),
             *[(t, "close") for t in self.taps], *[(b, "close") for b in self.brokers]]
-        for part, method in steps:
-            if part is None:
-                continue
-            try:
-                getattr(part, method)()
-            except Exception as exc:  # teardown goes on: every part must be stopped
-                self.status.print(f"site rig teardown: {type(exc).__name__}: {exc}", line=True)
-        if self.listener is not None:
-            self.listener.join(2.0)
 
 
 def _series(s: Series) -> dict[str, list[Any]]:

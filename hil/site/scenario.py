@@ -56,8 +56,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
-from agent.tomlschema import build, convert, fmt, key, read, read_toml, reject_unknown
-from hil.scenario import GridEvent, ScenarioError, parse
+from agent.tomlschema import build, convert, fmt, key, read_toml, reject_unknown
+from hil.scenario import (
+    GridEvent,
+    ScenarioError,
+    checked,
+    parse,
+    read_criteria,
+    read_file,
+    read_short,
+)
 
 SITE_SCENARIO_DIR = Path(__file__).parents[1] / "scenarios" / "site"
 SIDE_BY_SIDE = ("parallel", "sequential", "none")
@@ -263,13 +271,6 @@ def _faults(raw: Any, duration_s: float) -> tuple[SiteFault, ...]:
     return tuple(sorted(out, key=lambda f: f.at_s))
 
 
-def _criteria(where: str, raw: Any) -> dict[str, float]:
-    table = convert(dict[str, Any], raw, where)
-    reject_unknown(where, table, tuple(CRITERIA), noun="criterion")
-    return {name: convert(float, value, f"{where}.{name}", meta={"lo": 0.0})
-            for name, value in table.items()}
-
-
 def _scenario(data: Any, path: Path | None) -> SiteScenario:
     if not isinstance(data, Mapping):
         raise ConfigError(f"top level: expected a table, got {fmt(data)}")
@@ -284,12 +285,8 @@ def _scenario(data: Any, path: Path | None) -> SiteScenario:
     if not grid and not regulation:
         raise ConfigError("grid: a site scenario needs [[grid]] events or a [[regulation]]")
     criteria = {k: bound for k, (_, bound) in CRITERIA.items() if bound is not None}
-    criteria.update(_criteria("criteria", data.get("criteria", {})))
-    short_raw = convert(dict[str, Any], data.get("short", {}), "short")
-    short_values = read(SiteShort, "short", short_raw, keys=("speed", "devices"),
-                        allow=("speed", "devices", "criteria"))
-    short = SiteShort(**short_values,
-                      criteria=_criteria("short.criteria", short_raw.get("criteria", {})))
+    criteria.update(read_criteria("criteria", data.get("criteria", {}), CRITERIA))
+    short = read_short(SiteShort, data.get("short", {}), ("speed", "devices"), CRITERIA)
     return SiteScenario(
         name=head.name, path=path, duration_s=duration_s, description=head.description,
         warmup_s=head.warmup_s, validity_s=head.validity_s, site=site, grid=grid,
@@ -301,10 +298,7 @@ def _scenario(data: Any, path: Path | None) -> SiteScenario:
 def parse_site(data: dict[str, Any], source: str = "<site scenario>",
                path: Path | None = None) -> SiteScenario:
     """Validate a site scenario from its TOML data; ScenarioError names the file and the key."""
-    try:
-        return _scenario(data, path)
-    except ConfigError as exc:
-        raise ScenarioError(f"{source}: {exc}") from None
+    return checked(_scenario, data, source, path)
 
 
 def resolve_site(name_or_path: str | Path) -> Path | None:
@@ -327,11 +321,7 @@ def load_site(name_or_path: str | Path) -> SiteScenario:
     if path is None:
         known = ", ".join(p.stem for p in available_sites())
         raise ScenarioError(f"{name_or_path}: no such site scenario (built in: {known})")
-    try:
-        data = read_toml(path)
-    except ConfigError as exc:
-        raise ScenarioError(str(exc)) from None
-    return parse_site(data, source=str(path), path=path)
+    return read_file(_scenario, path)
 
 
 def available_sites() -> list[Path]:

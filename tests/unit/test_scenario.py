@@ -96,6 +96,10 @@ def test_unknown_criterion_is_named_with_the_known_ones():
     msg = error_of(with_({"criteria": {"tracking_rms": 2}}))
     assert "criteria.tracking_rms: unknown criterion" in msg
     assert "tracking_rms_pct" in msg
+    msg = error_of(with_({"short": {"criteria": {"regulation_score": 0.75}}}))
+    assert "short.criteria.regulation_score: unknown criterion" in msg
+    assert "short.criteria.cap_violations: -1 is out of range (must be >= 0)" in error_of(
+        with_({"short": {"criteria": {"cap_violations": -1}}}))
 
 
 def test_fault_kind_and_its_parameters_are_checked():

@@ -64,6 +64,10 @@ def test_a_site_scenario_is_told_apart_from_a_board_scenario(tmp_path):
     ({"fault": [{"at_s": 5, "kind": "site_kill", "share": 0.1}]}, "fault[0]"),
     ({"fault": [{"at_s": 5, "kind": "meteor"}]}, "fault[0].kind"),
     ({"criteria": {"tracking_rms": 1.0}}, "criteria"),
+    ({"short": {"criteria": {"regulation_score": -1}}}, "short.criteria.regulation_score"),
+    ({"short": {"criteria": {"cap_violations": 0}}}, "short.criteria.cap_violations"),
+    ({"short": {"until_s": 50}}, "short.until_s"),
+    ({"short": "fast"}, "short"),
     ({"site": None}, "site"),
 ])
 def test_bad_site_scenarios_name_the_key(change, named):
@@ -71,6 +75,23 @@ def test_bad_site_scenarios_name_the_key(change, named):
     if change.get("site", 1) is None:
         del data["site"]
     assert f"x.toml: {named}" in error_of(data)
+
+
+def test_a_bad_site_scenario_file_is_named_with_the_key(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[scenario]\nduration_s = 100\n[site]\ndevices = 3\n"
+                    "[[grid]]\nat_s = 0\nop = \"curtail\"\n[short]\ndevices = 0\n")
+    with pytest.raises(ScenarioError, match=r"broken\.toml: short\.devices: 0 is out of range"):
+        load_site(path)
+
+
+def test_the_short_criteria_override_the_site_s_bounds():
+    s = parse_site({**MINIMAL, "criteria": {"tracking_rms_pct": 1.0},
+                    "short": {"devices": 4, "criteria": {"tracking_rms_pct": 3.0}}})
+    assert s.criteria == {"tracking_rms_pct": 1.0, "ramp_violations": 0.0,
+                          "regulation_score": 0.75}
+    short = s.shortened()
+    assert short.site.devices == 4 and short.criteria["tracking_rms_pct"] == 3.0
 
 
 def test_a_regulation_segment_must_not_overlap_the_grid_events():
