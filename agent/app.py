@@ -504,6 +504,7 @@ def run_agent(config: Any) -> int:
             log.warning("COMPILED SHA-256d KERNEL NOT LOADED: %s", hashing.describe())
         driver = ChainDriver(chain_port, settings, clock, work, board=board, wake=wake,
                              reopen=reopen_chain)
+        closers.append(driver.close)  # its reader would reopen a port closed under it
         governor = Governor(config, clock)
         driver.wind_down = wind_down_for(governor)
         runtime = Runtime(clock, driver, board, governor,

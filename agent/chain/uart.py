@@ -194,11 +194,15 @@ class ChainUart:
         assert self.reopen is not None
         with contextlib.suppress(Exception):
             failed.close()
+        port: SerialPort | None = None
         try:
             port = self.reopen()
             if self._baud_wanted is not None:
                 port.baudrate = self._baud_wanted
         except Exception as exc:
+            if port is not None:  # opened, but not at the rate in force: not kept, so closed
+                with contextlib.suppress(Exception):
+                    port.close()
             self._rx.put(OSError(f"port gone, reopening it failed: {exc}"))
             return False
         self.port = port

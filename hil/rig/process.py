@@ -66,7 +66,7 @@ class EmulatorProcess:
                 raise ValueError(line)
             return info
         except ValueError:
-            stop_process(self.proc)
+            self.stop()  # its pipe and log too: the constructor fails, so no caller will
             raise RigError(f"the emulator did not start (log {self.log_path}):\n"
                            f"{log_tail(self.log_path)}") from None
 

@@ -172,6 +172,8 @@ def test_a_terminated_run_takes_its_children_with_it(tmp_path, sig) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:  # left open when the run missed a deadline
+            proc.stderr.close()
 
 
 def test_the_rig_pools_change_work_on_the_scenario_clock_and_play_the_cues():

@@ -121,25 +121,28 @@ def test_agent_with_flags_only_probes_the_chain_and_reports_its_chips(emulator, 
     keygen = gridminer("operator", "keygen", "--key", str(tmp_path / "op.pem"))
     assert keygen.returncode == 0, keygen.stderr
     obs = Observer(mosquitto, ["gridminer/s1/d1/status", "gridminer/s1/d1/telemetry"])
-    proc = subprocess.Popen(
+    # `with` closes the stderr pipe on every path, a missed deadline too (else a later test's
+    # garbage collection finds it open: a ResourceWarning there)
+    with subprocess.Popen(
         [sys.executable, "-m", "agent", "agent", "--chain", emulator["chain"],
          "--board", emulator["board"], "--broker", mosquitto.url, "--site", "s1",
          "--device", "d1", "--operator-key", str(tmp_path / "op.pub.pem"),
          "--kid", keygen.stdout.strip(), "--state-dir", str(tmp_path / "state"),
          "--nonce-difficulty", EMU_DIFFICULTY, "--insecure-no-tls"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        _, status, _ = obs.wait_for(lambda t, m, r: t.endswith("/status"), timeout_s=30)
-        assert status["state"] == "online" and status["caps"]["chips"] == 6
-        obs.wait_for(lambda t, m, r: t.endswith("/telemetry") and m.get("chips_ok") == 6,
-                     timeout_s=30)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        obs.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    ) as proc:
+        try:
+            _, status, _ = obs.wait_for(lambda t, m, r: t.endswith("/status"), timeout_s=30)
+            assert status["state"] == "online" and status["caps"]["chips"] == 6
+            obs.wait_for(lambda t, m, r: t.endswith("/telemetry") and m.get("chips_ok") == 6,
+                         timeout_s=30)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            obs.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert proc.returncode == 0, err[-2000:]
     assert "chain detected" in err and "6 x BM1370" in err
 
