@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from firmware_bridge import link
@@ -93,6 +93,9 @@ def test_decoder_survives_a_damaged_frame(data, msgs):
         bad[bit // 8] ^= 0x80 >> (bit % 8)
     else:
         bad = bad[: data.draw(st.integers(1, len(bad) - 1))]
+        # a frame cut short just where the next one begins with its missing bytes is whole again
+        # (e.g. a frame ending in a5 before a5 5a ...): the stream holds it, not the next one
+        assume(bytes(bad) + frames[k + 1][: len(frames[k]) - len(bad)] != frames[k])
     stream = b"".join(frames[:k]) + bytes(bad) + b"".join(frames[k + 1 :])
     dec = link.Decoder()
     got = [(m.seq, m.typ, m.payload) for m in dec.feed(stream)]
