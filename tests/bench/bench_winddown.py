@@ -41,6 +41,7 @@ from agent.control.runtime import Runtime  # noqa: E402
 from firmware_bridge import asic, bringup  # noqa: E402
 from hil.hashboard import HashBoardEmulator  # noqa: E402
 from hil.report import largest_change_w  # noqa: E402
+from tests.support.emulator_truth import TruthSampler  # noqa: E402
 
 DIFFICULTY = 2.0**-24
 MINING_W = 60.0
@@ -69,16 +70,8 @@ def leave_a_chain_that_cannot_be_taken_over(emu: HashBoardEmulator, folder: Path
 def bench(ramp_w_s: float) -> str:
     emu = HashBoardEmulator(family="BM1370", chips=4, seed=13, difficulty=DIFFICULTY)
     emu.start()
-    truth: list[tuple[float, float]] = []
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            state = emu.state()
-            truth.append((float(state["time_s"]), float(state["board_power_w"])))
-            time.sleep(0.02)
-
-    closers: list[Any] = []
+    sampler = TruthSampler(emu, period_s=0.02)
+    closers: list[Any] = [sampler.stop]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             leave_a_chain_that_cannot_be_taken_over(emu, Path(tmp))
@@ -103,7 +96,6 @@ def bench(ramp_w_s: float) -> str:
                           period_s=config.governor.control_period_s, status_period_s=0,
                           wake=wake, status_out=lambda _line: None)
         gaps = TickGaps(runtime)
-        sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t0, e0 = time.monotonic(), float(emu.state()["time_s"])
         gaps.times.append(t0)  # the wait before the first tick counts too
@@ -119,18 +111,16 @@ def bench(ramp_w_s: float) -> str:
         outcome = "hashing again" if driver.hashing else "NOT hashing again"
         runtime.request_stop()
         loop.join(timeout=10)
-        done.set()
-        sampler.join(timeout=2)
+        sampler.stop()
         gap = gaps.longest_s(t0, t1)
         period = runtime.period_s
         rated = governor.max_power_w
-        moved = largest_change_w(truth, e0, e1)
+        moved = largest_change_w(sampler.power(), e0, e1)
         return (f"from {running.freq_mhz:.0f} MHz, {sample_.power_w:.1f} W: {outcome} after "
                 f"{t1 - t0:.1f} s; longest tick gap {gap * 1000:.0f} ms = {gap / period:.1f} "
                 f"periods; largest change of true power over 1 s {moved:.1f} W (ramp "
                 f"{ramp_w_s:g} W/s + 1 % of rated = {ramp_w_s + 0.01 * rated:.1f} W)")
     finally:
-        done.set()
         for close in reversed(closers):
             close()
         emu.stop()

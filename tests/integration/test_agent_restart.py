@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 
 from agent.config import config_from_mapping
 from hil.hashboard import HashBoardEmulator
+from hil.report import largest_change_w
+from tests.support.emulator_truth import TruthSampler
 from tests.support.polling import poll_until, wait_emulated
 
 DIFFICULTY = 2.0**-24
@@ -61,16 +62,8 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
     assert rated_w is not None
     emu = HashBoardEmulator(family="BM1370", chips=4, seed=11, difficulty=DIFFICULTY)
     emu.start()
-    truth: list[tuple[float, float]] = []  # (emulated s, true board power W)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            state = emu.state()
-            truth.append((float(state["time_s"]), float(state["board_power_w"])))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = TruthSampler(emu)
+    truth = sampler.samples  # (emulated s, true board power W, chain powered)
     log = tmp_path / "agent.log"
     procs: list[subprocess.Popen] = []
     try:
@@ -97,8 +90,7 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
         assert stopped_cleanly(procs[1])
     finally:
         kill_left(procs)
-        done.set()
-        sampler.join(timeout=2)
+        sampler.stop()
         emu.stop()
     text = log.read_text()
     # no reset and no power cut of the running chain; it mines on (verified nonces)
@@ -107,18 +99,13 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
     assert abs(after["board_power_w"] - NEW_TARGET_W) < 0.1 * NEW_TARGET_W
     assert "mode=mining" in text.split("took over")[-1]
     # the true power never moves faster than the ramp over any 1 s window
-    stop = next(i for i in range(killed_at, len(truth)) if truth[i][0] >= after["time_s"])
+    stop = sampler.index_at(after["time_s"], killed_at)
     bound = RAMP_W_S * 1.0 + 0.01 * rated_w
-    worst = 0.0
-    for i in range(stop):
-        t0, p0 = truth[i]
-        for t1, p1 in truth[i + 1:stop]:
-            if t1 - t0 > 1.0:
-                break
-            worst = max(worst, abs(p1 - p0))
+    moves = sampler.power(0, stop)
+    worst = largest_change_w(moves, moves[0][0], moves[-1][0])
     assert worst <= bound, f"{worst:.1f} W in 1 s (bound {bound:.1f} W)"
-    assert max(p for _, p in truth[killed_at:stop]) > 0.8 * TARGET_W
-    assert min(p for _, p in truth[killed_at:stop]) > 0.8 * NEW_TARGET_W  # no drop to idle
+    assert max(p for _, p in moves[killed_at:]) > 0.8 * TARGET_W
+    assert min(p for _, p in moves[killed_at:]) > 0.8 * NEW_TARGET_W  # no drop to idle
 
 
 BRIDGE_TIMEOUT_MS = 1500  # the bridge's watchdog, shortened from 5 s: the gap below outlasts it

@@ -8,8 +8,6 @@ faster than the ramp."""
 from __future__ import annotations
 
 import signal
-import threading
-import time
 from pathlib import Path
 
 import serial
@@ -17,6 +15,7 @@ import serial
 from agent.config import config_from_mapping
 from firmware_bridge import asic, bringup
 from hil.hashboard import HashBoardEmulator
+from hil.report import largest_change_w
 from tests.integration.test_agent_restart import (
     DIFFICULTY,
     NEW_TARGET_W,
@@ -26,6 +25,7 @@ from tests.integration.test_agent_restart import (
     start_agent,
     stopped_cleanly,
 )
+from tests.support.emulator_truth import TruthSampler
 from tests.support.polling import poll_until
 
 
@@ -39,16 +39,6 @@ def disagree_on_the_clock(emu: HashBoardEmulator, freq_mhz: float) -> None:
         port.flush()
 
 
-def worst_move_w(truth: list[tuple[float, float]], window_s: float = 1.0) -> float:
-    worst = 0.0
-    for i, (t0, p0) in enumerate(truth):
-        for t1, p1 in truth[i + 1:]:
-            if t1 - t0 > window_s:
-                break
-            worst = max(worst, abs(p1 - p0))
-    return worst
-
-
 def test_a_running_chain_that_cannot_be_taken_over_is_wound_down_by_the_running_agent(
         tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
@@ -58,17 +48,8 @@ def test_a_running_chain_that_cannot_be_taken_over_is_wound_down_by_the_running_
     assert rated_w is not None
     emu = HashBoardEmulator(family="BM1370", chips=4, seed=13, difficulty=DIFFICULTY)
     emu.start()
-    truth: list[tuple[float, float, bool]] = []  # (emulated s, true board power W, powered)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            state = emu.state()
-            truth.append((float(state["time_s"]), float(state["board_power_w"]),
-                          bool(state["chain_powered"])))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = TruthSampler(emu)
+    truth = sampler.samples  # (emulated s, true board power W, chain powered)
     log = tmp_path / "agent.log"
     procs = []
     try:
@@ -101,8 +82,7 @@ def test_a_running_chain_that_cannot_be_taken_over_is_wound_down_by_the_running_
         assert stopped_cleanly(procs[1])
     finally:
         kill_left(procs)
-        done.set()
-        sampler.join(timeout=2)
+        sampler.stop()
         emu.stop()
     text = log.read_text()[started:]
     assert "the running chain cannot be taken over: the running chips disagree" in text, \
@@ -114,10 +94,11 @@ def test_a_running_chain_that_cannot_be_taken_over_is_wound_down_by_the_running_
     # one reset, the configured chips up again, and the power never cut
     assert after["chain"]["resets"] == resets + 1
     assert [chip["addr"] for chip in after["chain"]["chip"]] == bringup.chip_addresses(4)
-    stop = next(i for i in range(from_i, len(truth)) if truth[i][0] >= after["time_s"])
+    stop = sampler.index_at(after["time_s"], from_i)
     assert all(powered for _, _, powered in truth[from_i:stop])
     # down at the ramp (the wind-down), and up again at the ramp: no faster over any 1 s
-    moves = [(t, p) for t, p, _ in truth[from_i:stop]]
+    moves = sampler.power(from_i, stop)
     bound = RAMP_W_S * 1.0 + 0.01 * rated_w
-    assert worst_move_w(moves) <= bound, f"{worst_move_w(moves):.1f} W in 1 s (bound {bound})"
+    worst = largest_change_w(moves, moves[0][0], moves[-1][0])
+    assert worst <= bound, f"{worst:.1f} W in 1 s (bound {bound})"
     assert min(p for _, p in moves) < 0.5 * NEW_TARGET_W  # it went down before the reset
