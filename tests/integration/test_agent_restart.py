@@ -54,12 +54,29 @@ def kill_left(procs: list[subprocess.Popen]) -> None:
             p.wait(timeout=5)
 
 
-def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(f"[envelope]\nramp_max_w_s = {RAMP_W_S}\n\n[log]\nstatus_period_s = 1.0\n")
+def ramp_config(folder: Path, status_period_s: float) -> tuple[Path, float]:
+    """An agent config with the tests' ramp limit, and the rated power of the 4 x BM1370 board."""
+    config = folder / "agent.toml"
+    config.write_text(f"[envelope]\nramp_max_w_s = {RAMP_W_S}\n\n[log]\n"
+                      f"status_period_s = {status_period_s}\n")
     rated_w = config_from_mapping({"chain": {"port": "x", "family": "BM1370", "chips": 4},
                                    "board": {"port": "y"}}).envelope.max_power_w
     assert rated_w is not None
+    return config, rated_w
+
+
+def start_mining(emu: HashBoardEmulator, config: Path, log: Path,
+                 procs: list[subprocess.Popen], sampler: TruthSampler) -> None:
+    """Start the agent (into `procs`) and wait until the board truly draws 80 % of TARGET_W."""
+    procs.append(start_agent(emu, config, log, TARGET_W))
+    truth = sampler.samples
+    assert poll_until(lambda: procs[-1].poll() is not None
+                      or (truth and truth[-1][1] > 0.8 * TARGET_W), 15.0), \
+        log.read_text()[-3000:]
+
+
+def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> None:
+    config, rated_w = ramp_config(tmp_path, 1.0)
     emu = HashBoardEmulator(family="BM1370", chips=4, seed=11, difficulty=DIFFICULTY)
     emu.start()
     sampler = TruthSampler(emu)
@@ -68,10 +85,7 @@ def test_sigkill_and_restart_keeps_the_load_within_the_ramp(tmp_path: Path) -> N
     procs: list[subprocess.Popen] = []
     try:
         sampler.start()
-        procs.append(start_agent(emu, config, log, TARGET_W))
-        assert poll_until(lambda: procs[0].poll() is not None
-                          or (truth and truth[-1][1] > 0.8 * TARGET_W), 15.0), \
-            log.read_text()[-3000:]
+        start_mining(emu, config, log, procs, sampler)
         wait_emulated(lambda: emu.time_s, 1.0)
         before = emu.state()
         assert procs[0].poll() is None, log.read_text()[-3000:]

@@ -8,11 +8,11 @@ faster than the ramp."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import serial
 
-from agent.config import config_from_mapping
 from firmware_bridge import asic, bringup
 from hil.hashboard import HashBoardEmulator
 from hil.report import largest_change_w
@@ -20,9 +20,10 @@ from tests.integration.test_agent_restart import (
     DIFFICULTY,
     NEW_TARGET_W,
     RAMP_W_S,
-    TARGET_W,
     kill_left,
+    ramp_config,
     start_agent,
+    start_mining,
     stopped_cleanly,
 )
 from tests.support.emulator_truth import TruthSampler
@@ -41,23 +42,16 @@ def disagree_on_the_clock(emu: HashBoardEmulator, freq_mhz: float) -> None:
 
 def test_a_running_chain_that_cannot_be_taken_over_is_wound_down_by_the_running_agent(
         tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(f"[envelope]\nramp_max_w_s = {RAMP_W_S}\n\n[log]\nstatus_period_s = 0.5\n")
-    rated_w = config_from_mapping({"chain": {"port": "x", "family": "BM1370", "chips": 4},
-                                   "board": {"port": "y"}}).envelope.max_power_w
-    assert rated_w is not None
+    config, rated_w = ramp_config(tmp_path, 0.5)
     emu = HashBoardEmulator(family="BM1370", chips=4, seed=13, difficulty=DIFFICULTY)
     emu.start()
     sampler = TruthSampler(emu)
     truth = sampler.samples  # (emulated s, true board power W, chain powered)
     log = tmp_path / "agent.log"
-    procs = []
+    procs: list[subprocess.Popen] = []
     try:
         sampler.start()
-        procs.append(start_agent(emu, config, log, TARGET_W))
-        assert poll_until(lambda: procs[0].poll() is not None
-                          or (truth and truth[-1][1] > 0.8 * TARGET_W), 15.0), \
-            log.read_text()[-3000:]
+        start_mining(emu, config, log, procs, sampler)
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait(timeout=5)
         freq_mhz = max(emu.state()["freq_mhz"])
