@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,6 +56,7 @@ TRIP_CAP_CUT = 0.2  # after a thermal trip, return capped this share of max powe
 RAMP_SHARE = 0.95  # the reference ramps a little under the limit: room for model error
 CATCH_UP_PERIODS = 1.5  # a late tick moves the reference at most this many periods' ramp: a
 # stalled control thread falls behind its ramp rather than making it up in one step
+RAMP_WINDOW_S = 1.0  # nor by more than the ramp over any window this long (uneven ticks)
 CAP_MARGIN_SHARE = 0.01  # the reference stays this share of max power under the cap
 # driver states (ChainStats.state) with the chips hashing; "winding": down to the reset clock
 # before a reset (a chip fault, or a running chain found at start that cannot be taken over),
@@ -137,6 +139,7 @@ class Governor:
         self._thermal_cap_w: float | None = None
         self._last_now: float | None = None
         self._held_since_s: float | None = None  # a command that found the reference holding
+        self._ref_history: deque[tuple[float, float]] = deque()  # (t, reference) of the window
         self._last_power_w: float | None = None
         self._applied_w = 0.0
         self._limited_by: str | None = None
@@ -191,6 +194,7 @@ class Governor:
             fan_pct = self.gcfg.fan_startup_pct
         self._starting = False
         self._ref_w = power
+        self._ref_history = deque([(now_s, power)])
         self._last_now = now_s
         self._set_mode("mining", f"took over the running chain at {freq:.1f} MHz, {power:.1f} W")
         out = Actuation(freq, vcore, fan_pct, True, self._mode, power, self._mode_reason)
@@ -340,13 +344,14 @@ class Governor:
         self.correction.observe(now_s, dt, chk, self.envelope.last, ref_w=self._ref_w,
                                 starting=self._starting, hold=state == WINDING)
         goal, on = self._goal(temp, chk, hashing, reset_pending, state == WINDING)
-        ref = self._ramp(goal, ramp_dt)
+        ref = self._ramp(now_s, goal, ramp_dt)
         freq = self._feedforward_mhz(now_s, ref, temp, reset_pending)
         fan = self.fan.update(dt, temp) if on or temp is not None else self.gcfg.fan_min_pct
         proposed = Actuation(freq, self.curve_vcore(freq), fan, on, self._mode, ref,
                              self._mode_reason)
         out = self.envelope.enforce(now_s, proposed)
         self._ref_w = out.target_w
+        self._ref_history.append((now_s, out.target_w))
         self.correction.record(now_s, out, temp)
         return out
 
@@ -424,9 +429,14 @@ class Governor:
             self._set_mode(self._mode, f"down to the minimum for a chain reset ({reset_pending})")
         return goal
 
-    def _ramp(self, goal_w: float, dt: float) -> float:
-        """The ramped reference one tick closer to `goal_w`."""
+    def _ramp(self, now_s: float, goal_w: float, dt: float) -> float:
+        """The ramped reference one tick closer to `goal_w`: by at most the rate times `dt`,
+        and by at most the rate times `RAMP_WINDOW_S` from any reference that held within the
+        last `RAMP_WINDOW_S` (ticks that come unevenly must not add up to more)."""
         ref = self._ref_w
+        history = self._ref_history
+        while len(history) > 1 and history[1][0] <= now_s - RAMP_WINDOW_S:
+            history.popleft()  # history[0] is the reference that held RAMP_WINDOW_S ago
         if goal_w > ref:
             up_rate = self._cmd_ramp_w_s * RAMP_SHARE
             if ref > self.correction.validated_w + EXPLORE_MARGIN_SHARE * self.max_power_w:
@@ -436,10 +446,16 @@ class Governor:
                     # the last stretch to an unchecked cap: slower still, so that a model error
                     # the measurement cannot yet tell from its timing is small at the cap
                     up_rate = min(up_rate, CAP_APPROACH_SHARE_S * self.max_power_w)
-            return min(goal_w, ref + up_rate * dt)
+            top = min(goal_w, ref + up_rate * dt)
+            if history:
+                top = min(top, max(ref, min(r for _, r in history) + up_rate * RAMP_WINDOW_S))
+            return top
         down_rate = RAMP_SHARE * (
             self.ramp_max_w_s if self._limited_by == "thermal" else self._cmd_ramp_w_s)
-        return max(goal_w, ref - down_rate * dt)
+        bottom = max(goal_w, ref - down_rate * dt)
+        if history:
+            bottom = max(bottom, min(ref, max(r for _, r in history) - down_rate * RAMP_WINDOW_S))
+        return bottom
 
     def _feedforward_mhz(self, now_s: float, ref_w: float, temp: float | None,
                          reset_pending: str | None) -> float:
@@ -485,6 +501,7 @@ class Governor:
         self._starting = True
         out = self.envelope.enforce(now_s, self.envelope.idle(shown))
         self._ref_w = out.target_w
+        self._ref_history.append((now_s, out.target_w))
         self.correction.record(now_s, out, chk.hottest_c)
         return out
 

@@ -216,6 +216,34 @@ def test_a_late_tick_falls_behind_the_ramp_rather_than_jumping_to_catch_up():
     assert step_w == pytest.approx(10.0 * 0.95 * 1.5 * PERIOD_S, abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_ticks_that_come_unevenly_never_move_the_load_more_than_the_ramp_in_any_second(seed):
+    """A busy controller ticks late, then on time again: each tick's step is within the ramp
+    for its interval, but a second that holds one late tick and three on time must not add up
+    to more than the ramp."""
+    rng = random.Random(seed)
+    loop = Loop(make_config(ramp_max_w_s=10.0))
+    loop.settle()
+    refs: list[tuple[float, float]] = []
+    for target in (6.0, 20.0, 8.0):
+        loop.gov.set_target(target, ramp_w_s=10.0)
+        for _ in range(40):
+            dt = rng.choice((0.07, 0.1, 0.13, 0.13, 0.3))
+            loop.plant.step(dt)
+            loop.clock.advance(dt)
+            now = loop.clock.monotonic()
+            out = loop.gov.update(now, loop.plant.sample(), loop.chain)
+            loop.plant.apply(out)
+            assert out.mode == "mining", out.mode_reason
+            refs.append((now, out.target_w))
+    # the reference holds from one tick to the next: a window (a, a + 1 s] that starts just
+    # before tick k sees the reference of tick k - 1 at its start
+    worst_w = max(abs(refs[m][1] - refs[k - 1][1]) for k in range(1, len(refs))
+                  for m in range(k, len(refs)) if refs[m][0] - refs[k][0] < 1.0)
+    assert worst_w <= 10.0 * 0.95 + 1e-6
+    assert max(r for _, r in refs) > 19.0 and min(r for _, r in refs) < 6.5  # it did move
+
+
 def test_command_ramp_is_capped_by_envelope_and_reported():
     loop = Loop(make_config(ramp_max_w_s=10.0))
     loop.settle()
