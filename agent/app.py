@@ -495,7 +495,8 @@ def run_agent(config: Any) -> int:
         acknowledge_old_trip(board)
         sample, running = find_running_chain(config, chain_port, board, clock)
         config = detect_chain(config, chain_port, board, clock, running, sample, info)
-        settings = ChainSettings.from_config(config.chain, config.envelope)
+        settings = ChainSettings.from_config(config.chain, config.envelope,
+                                             chips_probed="chips" in config.chain_unpinned)
         work, stop_work = work_source(config, clock, wake)  # [[pool]]s, else local work
         closers.append(stop_work)
         if hashing.COMPILED:

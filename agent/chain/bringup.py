@@ -91,7 +91,7 @@ class BringUp:
                 self.deadline_s = max(self.deadline_s, now + self.settings.enum_timeout_s)
                 return False
             expected = self.settings.chips
-            if expected and len(self.chip_ids) >= expected:
+            if expected and len(self.chip_ids) >= expected and not self.settings.chips_probed:
                 # all there: stop as soon as the line has been quiet for a moment
                 quiet_until = last_frame_s + self.settings.enum_settle_s
                 self.deadline_s = min(self.deadline_s, quiet_until)
@@ -142,7 +142,12 @@ class BringUp:
                 self._fail(f"chip {i} {where} is {what}, but the config says "
                            f"{self.family} (0x{want:04X})")
         n = len(found)
-        if expected and n != expected:
+        if expected and n > expected and self.settings.chips_probed:
+            # a chip that was silent when the chain was probed answers now: the chain is whole
+            # (the envelope and power model keep the probed count, the safe side, until a restart)
+            log.warning("%s: %d chips answer, %d answered the probe at start; mining with all",
+                        self.name, n, expected)
+        elif expected and n != expected:
             if not (self.ever_up and self.settings.accept_fewer_on_recovery and n < expected):
                 self._fail(f"expected {expected} {self.family} chips {where}, found {n}")
             # a silent chip still relays and takes its address: configure the whole chain

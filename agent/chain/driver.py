@@ -244,7 +244,7 @@ class ChainDriver:
         self.stats_.advance(now, self.freq_mhz, self.hashing)
         return self.stats_.snapshot(
             now, self.state, self.family, self.freq_mhz, self.target_freq_mhz,
-            self.settings.chips or len(self.addresses), self.reset_pending,
+            max(self.settings.chips or 0, len(self.addresses)), self.reset_pending,
         )
 
     def next_deadline_s(self, now: float) -> float:

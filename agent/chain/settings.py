@@ -45,6 +45,8 @@ class ChainSettings:
     retry_s: float = 0.5  # a re-initialisation that failed is tried again after this; doubles
     retry_max_s: float = 30.0  # ... up to this, while it keeps failing
     accept_fewer_on_recovery: bool = True  # a re-init may go on with the chips that answer
+    chips_probed: bool = False  # `chips` is what answered the start's probe: a chip silent then
+    # may answer later, so a bring-up that finds more takes them all
 
     def __post_init__(self) -> None:
         if self.family not in PROFILES:

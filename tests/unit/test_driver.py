@@ -290,6 +290,28 @@ def test_recovery_goes_on_with_fewer_chips_but_keeps_every_address(caplog):
     assert drv.stats(clock.monotonic()).chips[3].valid == 1
 
 
+def test_a_chip_silent_when_the_chain_was_probed_is_taken_when_it_answers_again(caplog):
+    """The agent counted the chips at start (no `chips` in its config) while one was silent:
+    when a later bring-up finds the whole chain, it mines with all of it, instead of failing
+    "expected 3, found 4" until a restart. A count the config gives is still enforced."""
+    def on_four_chips(**kw: Any) -> tuple[FakeClock, ChainDriver]:
+        clock = FakeClock()
+        port = FakeChainPort("BM1370", 4)
+        settings = ChainSettings(family="BM1370", chips=3, nonce_difficulty=EASY, **kw)
+        return clock, ChainDriver(port, settings, clock, LocalWorkSource(clock),
+                                  board=FakeBoard(port), threaded=False)
+
+    clock, drv = on_four_chips(chips_probed=True)
+    drv.bring_up()
+    run_until(drv, clock, lambda: drv.hashing)
+    assert "4 chips answer, 3 answered the probe at start" in caplog.text
+    assert drv.addresses == [0, 64, 128, 192]
+    assert drv.stats(clock.monotonic()).chips_expected == 4
+    clock, drv = on_four_chips(start_attempts=1)
+    with pytest.raises(ChainError, match="expected 3 BM1370 chips on chain, found 4"):
+        drv.bring_up()
+
+
 def test_first_bring_up_retries_before_giving_up():
     _clock, port, drv = make(2)
     real_reset = port.reset
