@@ -494,9 +494,10 @@ def run_agent(config: Any) -> int:
         info = read_bridge(config, board)
         acknowledge_old_trip(board)
         sample, running = find_running_chain(config, chain_port, board, clock)
+        chips_probed = "chips" in config.chain_unpinned  # the count comes from the probe below
         config = detect_chain(config, chain_port, board, clock, running, sample, info)
         settings = ChainSettings.from_config(config.chain, config.envelope,
-                                             chips_probed="chips" in config.chain_unpinned)
+                                             chips_probed=chips_probed)
         work, stop_work = work_source(config, clock, wake)  # [[pool]]s, else local work
         closers.append(stop_work)
         if hashing.COMPILED:

@@ -91,7 +91,7 @@ class BringUp:
                 self.deadline_s = max(self.deadline_s, now + self.settings.enum_timeout_s)
                 return False
             expected = self.settings.chips
-            if expected and len(self.chip_ids) >= expected and not self.settings.chips_probed:
+            if expected and len(self.chip_ids) >= expected:
                 # all there: stop as soon as the line has been quiet for a moment
                 quiet_until = last_frame_s + self.settings.enum_settle_s
                 self.deadline_s = min(self.deadline_s, quiet_until)

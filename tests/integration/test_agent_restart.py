@@ -209,3 +209,31 @@ def test_the_agent_started_again_with_the_same_arguments_mines_again(tmp_path: P
     assert "governor mode starting -> mining" in text
     if how != "power_cut":
         assert "the bridge latched heartbeat_timeout before this agent started" in text
+
+
+def test_a_chip_silent_at_the_start_probe_is_mined_with_once_it_answers(tmp_path: Path) -> None:
+    """Flags only: the agent counts the chips at start. One was silent then (a fault, a chip
+    not yet up), so it counts 3; once that chip answers, the next bring-up (here after a chain
+    hang) mines with all 4 rather than failing "expected 3, found 4" until a restart."""
+    emu = HashBoardEmulator(family="BM1370", chips=4, seed=14, difficulty=DIFFICULTY)
+    emu.start()
+    log = tmp_path / "agent.log"
+    procs: list[subprocess.Popen] = []
+    try:
+        silent_until = emu.time_s + 6.0
+        emu.inject_fault("chip_silent", chip=1, duration_s=6.0)
+        procs.append(launch(restart_args(emu, tmp_path, "flags"), log))
+        assert poll_until(lambda: procs[0].poll() is not None
+                          or "running with 3 x BM1370" in log.read_text(), 15.0), \
+            log.read_text()[-3000:]
+        wait_emulated(lambda: emu.time_s, max(0.0, silent_until - emu.time_s) + 0.5)
+        emu.inject_fault("chain_hang")
+        assert poll_until(lambda: procs[0].poll() is not None
+                          or "4 chips answer, 3 answered the probe" in log.read_text(), 30.0), \
+            log.read_text()[-3000:]
+        assert poll_until(lambda: mining_at_target(emu, procs[0]), 20.0), log.read_text()[-3000:]
+        assert procs[0].poll() is None, log.read_text()[-3000:]
+        assert "found 4" not in log.read_text()
+    finally:
+        kill_left(procs)
+        emu.stop()
