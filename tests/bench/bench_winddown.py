@@ -42,6 +42,7 @@ from firmware_bridge import asic, bringup  # noqa: E402
 from hil.hashboard import HashBoardEmulator  # noqa: E402
 from hil.report import largest_change_w  # noqa: E402
 from tests.support.emulator_truth import TruthSampler  # noqa: E402
+from tests.support.polling import poll_until  # noqa: E402
 
 DIFFICULTY = 2.0**-24
 MINING_W = 60.0
@@ -55,9 +56,7 @@ def leave_a_chain_that_cannot_be_taken_over(emu: HashBoardEmulator, folder: Path
             [sys.executable, "-m", "agent", "agent", "--chain", emu.chain_path, "--board",
              emu.board_path, "--family", "BM1370", "--chips", "4", "--nonce-difficulty",
              repr(DIFFICULTY), "--target-w", str(MINING_W)], stdout=log, stderr=log)
-    end = time.monotonic() + 60.0
-    while emu.state()["board_power_w"] < 0.9 * MINING_W and time.monotonic() < end:
-        time.sleep(0.1)
+    poll_until(lambda: emu.state()["board_power_w"] >= 0.9 * MINING_W, 60.0, poll_s=0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=5)
     freq_mhz = max(emu.state()["freq_mhz"]) - 6.25
@@ -103,10 +102,13 @@ def bench(ramp_w_s: float) -> str:
         loop = threading.Thread(target=runtime.run, daemon=True)
         loop.start()
         seen: set[str] = set()
-        end = t0 + 120.0
-        while not ({"winding", "starting"} <= seen and driver.hashing) and time.monotonic() < end:
+
+        def through_and_hashing() -> bool:
+            """The driver went through winding and starting, and hashes again."""
             seen.add(driver.state)
-            time.sleep(0.01)
+            return {"winding", "starting"} <= seen and driver.hashing
+
+        poll_until(through_and_hashing, 120.0, poll_s=0.01)
         t1, e1 = time.monotonic(), float(emu.state()["time_s"])
         outcome = "hashing again" if driver.hashing else "NOT hashing again"
         runtime.request_stop()

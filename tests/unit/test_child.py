@@ -17,7 +17,7 @@ from hil.errors import HilError
 # JSON; "slow" is answered only when the next request comes (after that one's answer is due);
 # "quit" exits with status 3; the end of stdin is ignored (only a signal stops it).
 CHILD = r"""
-import json, sys, time
+import json, signal, sys
 print("starting", file=sys.stderr, flush=True)
 late = None
 for line in sys.stdin:
@@ -37,8 +37,7 @@ for line in sys.stdin:
         print(json.dumps({"ok": True, "op": op, "n": cmd.get("n", 0)}), flush=True)
     else:
         print(json.dumps({"ok": False, "op": op, "error": "unknown op"}), flush=True)
-while True:
-    time.sleep(1)
+signal.pause()  # the end of stdin: wait for a signal
 """
 
 
