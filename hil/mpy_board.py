@@ -23,6 +23,8 @@ import time
 import tty
 from pathlib import Path
 
+from hil.child import stop_process
+
 
 def default_micropython() -> str:
     """The unix port next to the running Python (the venv's `micropython`), else from PATH."""
@@ -86,7 +88,7 @@ class MpyBoard:
                 else:
                     self._write(ma, data)
         if not self._stop.is_set():
-            self._kill()
+            stop_process(self.proc, 2.0)
 
     @staticmethod
     def _write(fd: int, data: bytes) -> None:
@@ -95,20 +97,11 @@ class MpyBoard:
                 n = os.write(fd, data)
                 data = data[n:]
 
-    def _kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(2)
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
-        self._kill()
+        stop_process(self.proc, 2.0)
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -35,8 +35,6 @@ def emulator(tmp_path):
         yield info, status
     finally:
         stop_process(proc, 10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_operator_setpoint_moves_the_emulated_chain(mosquitto, emulator, tmp_path) -> None:

@@ -105,8 +105,6 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
                 stop_process(agent, 20)
             ha.close()
             stop_process(emu, 10)
-            if emu.stdout is not None:
-                emu.stdout.close()
 
 
 def _power_near(home: Home, power_w: float, tol_w: float = 2.5) -> bool:

@@ -104,8 +104,6 @@ def emulator(tmp_path) -> Iterator[tuple[dict[str, str], Path]]:
         yield json.loads(proc.stdout.readline()), status
     finally:
         stop_process(proc, 10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "pure-python"])

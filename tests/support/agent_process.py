@@ -3,11 +3,12 @@ end-to-end test and tests/bench/bench_grid.py; and stopping such a process."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import IO, Any
+
+from hil import child
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,10 +32,8 @@ def start_agent(folder: Path, chain: str, board: str, broker_url: str, operator_
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL if it is still running after `timeout_s`."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    """SIGTERM, then SIGKILL if it is still running after `timeout_s`; then close its pipes."""
+    child.stop_process(proc, timeout_s)
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
