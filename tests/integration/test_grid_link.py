@@ -3,11 +3,13 @@ killed, telemetry buffered across the outage and delivered in order with `lost` 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 
 from agent.grid.session import GridPolicy
 from tests.integration.conftest import CAPS, Observer, plain_settings
+from tests.support.agent_process import stop_process
 from tests.support.polling import wait_until
 
 
@@ -104,12 +106,13 @@ def test_killed_agent_leaves_its_will_and_comes_back_with_the_next_bd(mosquitto,
             proc = subprocess.Popen([sys.executable, "-c", DEVICE_SCRIPT, mosquitto.url,
                                      str(tmp_path / "state")], cwd=root, stdout=subprocess.PIPE,
                                     text=True)
-            assert proc.stdout is not None
-            assert proc.stdout.readline().split() == ["up", str(bd)]
-            obs.wait_for(is_status("online", bd))
-            proc.kill()  # kill -9: no DISCONNECT, the broker publishes the Will
-            proc.wait(5)
-            proc.stdout.close()
+            try:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().split() == ["up", str(bd)]
+                obs.wait_for(is_status("online", bd))
+                proc.kill()  # kill -9: no DISCONNECT, the broker publishes the Will
+            finally:
+                stop_process(proc, 5)
             _, will, _ = obs.wait_for(is_status("offline", bd))
             assert will["caps"] == {"min_w": 1, "max_w": 2, "ramp_max_w_s": 3}
     finally:
@@ -235,9 +238,10 @@ link.stop()
     finally:
         sender.loop_stop()
         sender.disconnect()
-        proc.stdin.close()
-        proc.wait(10)
-        proc.stdout.close()
+        proc.stdin.close()  # the end of its input: it stops its link and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        stop_process(proc, 5)
     assert counts[-1] == (1, 5), counts  # only the small one arrived
     assert grown_kib < 8 * 1024, f"peak memory grew by {grown_kib} KiB"
 
