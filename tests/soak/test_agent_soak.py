@@ -163,7 +163,7 @@ class Truth:
 
 class Commands:
     """A signed setpoint every COMMAND_S, the targets in turn, each from a fresh operator
-    connection (as the CLI sends them); acks counted by result."""
+    connection (as the CLI sends them); acks counted by result (a rejection with its reason)."""
 
     def __init__(self, broker: Mosquitto, folder: Path, targets_w: tuple[float, float]) -> None:
         self.broker, self.folder, self.targets_w = broker, folder, targets_w
@@ -195,7 +195,11 @@ class Commands:
             return "unanswered"
         finally:
             op.close()
-        return str(replies[0].ack.get("result")) if replies else "unanswered"
+        if not replies:
+            return "unanswered"
+        ack = replies[0].ack
+        result = str(ack.get("result"))
+        return f"{result} ({ack.get('reason')})" if result == "rejected" else result
 
     def stop(self) -> None:
         self._done.set()
@@ -383,6 +387,11 @@ def test_the_agent_comes_back_from_everything_for_hours(tmp_path: Path) -> None:
     assert hottest_c < env.max_chip_temp_hard_c
     assert top_mhz <= env.max_freq_mhz + 1e-6 and top_mv <= env.max_vcore_mv + 1e-6
     assert results.get("accepted", 0) >= 0.5 * sum(results.values())
+    # a setpoint above the caps of a board with a chip out is refused as the contract says;
+    # any other refusal of a well-formed, fresh, signed command is a defect
+    refused = {r: n for r, n in results.items()
+               if r.startswith("rejected") and r != "rejected (out_of_range)"}
+    assert not refused, refused
     for life in lives:
         assert max(life.fds) <= life.fds[0] + 1, life
         assert max(life.threads) <= life.threads[0] + 1, life
