@@ -152,9 +152,11 @@ class SiteRig(RunLifecycle):
         t = self.clock.now()
         parts = [f"{p.name} {(p.power_w.v[-1] or 0) / 1000:7.1f} kW "
                  f"({p.online.v[-1]:.0f} online)" for p in passes if p.power_w.v]
-        target = passes[0].sim.sent[-1].power_w if passes[0].sim and passes[0].sim.sent else None
+        last = passes[0].sim.sent[-1] if passes[0].sim and passes[0].sim.sent else None
+        target = ("-" if last is None else f"{last.power_w / 1000:.1f} kW"
+                  if last.power_w is not None else last.op)  # resume, curtail, standby
         text = (f"[{self.elapsed():7.1f} s] {min(100.0, 100 * t / end):3.0f}% "
-                f"of {end:.0f} s  target {(target or 0) / 1000:.1f} kW  " + "  ".join(parts))
+                f"of {end:.0f} s  target {target}  " + "  ".join(parts))
         out = self.o.progress
         if out is not None and hasattr(out, "isatty") and out.isatty():
             self.status.print(text)
