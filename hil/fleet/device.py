@@ -109,6 +109,7 @@ class VirtualDevice:
         plant.vcore_set_mv = act.vcore_mv if on else 0.0
         plant.freq_mhz = act.freq_mhz if on else 0.0
         plant.fan_pct = act.fan_pct
+        plant.actuated()
         self.governor.applied(freq_mhz=act.freq_mhz if on else None, vcore_mv=act.vcore_mv,
                               fan_pct=act.fan_pct, chain_power_on=on)
         if "vcore_first" in act.limits:

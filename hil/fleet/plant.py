@@ -25,7 +25,8 @@ HOT_SPREAD = 1.05  # the hottest chip's rise above ambient, against the mean chi
 
 
 class LumpedPlant:
-    """One miner's physics; inputs are attributes, `step(dt_s)` advances, `sample(ts_s)` reads."""
+    """One miner's physics; inputs are attributes (`actuated()` after setting them), `step(dt_s)`
+    advances, `sample(ts_s)` reads."""
 
     def __init__(self, family: str, chips: int, gain: float, rng: random.Random,
                  ambient_c: float = 25.0) -> None:
@@ -105,6 +106,14 @@ class LumpedPlant:
         else:
             self.power_w = want_w
         self.energy_j += self.power_w * dt_s
+
+    def actuated(self) -> None:
+        """The inputs just changed: the load moves to them at once, as a board's draw follows
+        its chips' clock, unless the unit lags (`lag_s`: then `step` moves it)."""
+        if self.trip_reason is not None or self.dead:
+            self.chain_powered = False
+        if self.lag_s <= 0:
+            self.power_w = self._board_power_w(self._chip_power_w())
 
     def sample(self, ts_s: float) -> BoardSample:
         """What the board's sensors report now (noisy, as the bridge firmware sends them)."""
