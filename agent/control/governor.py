@@ -139,7 +139,7 @@ class Governor:
         self._thermal_cap_w: float | None = None
         self._last_now: float | None = None
         self._held_since_s: float | None = None  # a command that found the reference holding
-        self._ref_history: deque[tuple[float, float]] = deque()  # (t, reference delivered)
+        self._ref_history: deque[tuple[float, float]] = deque()  # (t, reference) of the window
         self._last_power_w: float | None = None
         self._applied_w = 0.0
         self._limited_by: str | None = None
@@ -351,19 +351,9 @@ class Governor:
                              self._mode_reason)
         out = self.envelope.enforce(now_s, proposed)
         self._ref_w = out.target_w
-        self._ref_history.append((now_s, self._delivered_w(out, temp)))
+        self._ref_history.append((now_s, out.target_w))
         self.correction.record(now_s, out, temp)
         return out
-
-    def _delivered_w(self, out: Actuation, temp: float | None) -> float:
-        """The reference `out` delivers, which the ramp window counts from: its own, unless its
-        frequency waits for the voltage ("vcore_first"): then the (corrected) power at the
-        frequency it holds. The rest of the move reaches the chips only at the next tick,
-        however late that comes."""
-        if "vcore_first" not in out.limits:
-            return out.target_w
-        held_w = self.model.power_w(out.freq_mhz, out.vcore_mv, temp) + self.correction.offset_w
-        return min(out.target_w, held_w)
 
     def _restart_if_reinitialised(self, state: str | None) -> None:
         """The driver re-initialises a chain that was on (a hang, a dead chip, a power cut by the
