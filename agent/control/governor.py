@@ -57,6 +57,8 @@ RAMP_SHARE = 0.95  # the reference ramps a little under the limit: room for mode
 CATCH_UP_PERIODS = 1.5  # a late tick moves the reference at most this many periods' ramp: a
 # stalled control thread falls behind its ramp rather than making it up in one step
 RAMP_WINDOW_S = 1.0  # nor by more than the ramp over any window this long (uneven ticks)
+HELD_LATE_S = 0.5 * RAMP_WINDOW_S  # a clock that follows its voltage later than this (a stalled
+# loop) counts its move again when it goes (`_count_late_held_move`)
 CAP_MARGIN_SHARE = 0.01  # the reference stays this share of max power under the cap
 # driver states (ChainStats.state) with the chips hashing; "winding": down to the reset clock
 # before a reset (a chip fault, or a running chain found at start that cannot be taken over),
@@ -140,6 +142,7 @@ class Governor:
         self._last_now: float | None = None
         self._held_since_s: float | None = None  # a command that found the reference holding
         self._ref_history: deque[tuple[float, float]] = deque()  # (t, reference) of the window
+        self._held: tuple[float, float] | None = None  # (t, W the chips had) of a vcore_first tick
         self._last_power_w: float | None = None
         self._applied_w = 0.0
         self._limited_by: str | None = None
@@ -195,6 +198,7 @@ class Governor:
         self._starting = False
         self._ref_w = power
         self._ref_history = deque([(now_s, power)])
+        self._held = None
         self._last_now = now_s
         self._set_mode("mining", f"took over the running chain at {freq:.1f} MHz, {power:.1f} W")
         out = Actuation(freq, vcore, fan_pct, True, self._mode, power, self._mode_reason)
@@ -344,6 +348,7 @@ class Governor:
         self.correction.observe(now_s, dt, chk, self.envelope.last, ref_w=self._ref_w,
                                 starting=self._starting, hold=state == WINDING)
         goal, on = self._goal(temp, chk, hashing, reset_pending, state == WINDING)
+        self._count_late_held_move(now_s)
         ref = self._ramp(now_s, goal, ramp_dt)
         freq = self._feedforward_mhz(now_s, ref, temp, reset_pending)
         fan = self.fan.update(dt, temp) if on or temp is not None else self.gcfg.fan_min_pct
@@ -352,8 +357,24 @@ class Governor:
         out = self.envelope.enforce(now_s, proposed)
         self._ref_w = out.target_w
         self._ref_history.append((now_s, out.target_w))
+        self._held = (now_s, self._held_w(out, temp)) if "vcore_first" in out.limits else None
         self.correction.record(now_s, out, temp)
         return out
+
+    def _held_w(self, out: Actuation, temp: float | None) -> float:
+        """The (corrected) load of `out`, whose frequency waits for the voltage: the rest of the
+        move to its reference reaches the chips at the next tick."""
+        held_w = self.model.power_w(out.freq_mhz, out.vcore_mv, temp) + self.correction.offset_w
+        return min(out.target_w, held_w)
+
+    def _count_late_held_move(self, now_s: float) -> None:
+        """The ramp window counted a voltage-first move when the voltage went; if this tick,
+        which brings its clock, comes late (a stalled loop), the chips held the lower load until
+        now: the window counts from that load too, so the held move and the next ones do not
+        land within one window."""
+        held, self._held = self._held, None
+        if held is not None and now_s - held[0] > HELD_LATE_S:
+            self._ref_history.append((now_s, held[1]))
 
     def _restart_if_reinitialised(self, state: str | None) -> None:
         """The driver re-initialises a chain that was on (a hang, a dead chip, a power cut by the
@@ -502,6 +523,7 @@ class Governor:
         out = self.envelope.enforce(now_s, self.envelope.idle(shown))
         self._ref_w = out.target_w
         self._ref_history.append((now_s, out.target_w))
+        self._held = None
         self.correction.record(now_s, out, chk.hottest_c)
         return out
 

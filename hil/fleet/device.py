@@ -78,6 +78,7 @@ class VirtualDevice:
         self.sample: BoardSample | None = None
         self.energy_wh = 0.0
         self.tick_due_s: float | None = None  # the next control tick (monotonic)
+        self.timer_s: float | None = None  # when the fleet loop's timer for it runs
         self.tick_requested = False  # a command changed the target: tick at once
         self._last_tick_s: float | None = None
 

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 from hil.fleet.device import VirtualDevice
@@ -129,7 +130,7 @@ class FleetLoop:
         dev.link.on_inbound = lambda: self._inbound.append(dev)
         dev.link.start()
         dev.tick_due_s = first_tick_s
-        self.at(first_tick_s, lambda now: self._device_timer(dev, now))
+        self._schedule(dev, first_tick_s)
         self._schedule_connect(dev)
 
     def remove(self, dev: VirtualDevice) -> None:
@@ -216,12 +217,22 @@ class FleetLoop:
             self._poll(0.0)  # the rest of the burst, if it came in meanwhile
         for dev in served:
             if dev.tick_requested:
-                self._guarded(dev, dev.tick)
+                self._guarded(dev, partial(self._commanded_tick, dev))
         for dev in served:
             self._guarded(dev, dev.service)
             if dev.tick_requested:  # the pass started a scheduled command
-                self._guarded(dev, dev.tick)
+                self._guarded(dev, partial(self._commanded_tick, dev))
             self._sync(dev)
+
+    def _commanded_tick(self, dev: VirtualDevice, now: float) -> None:
+        """A tick out of the device's phase, on a new target; if its clock waits for the voltage,
+        the tick that brings it comes when the voltage has settled, as in the agent's runtime,
+        not at the next phase."""
+        due = dev.tick(now)
+        if dev.tick_due_s is None or due < dev.tick_due_s:
+            dev.tick_due_s = due
+            if dev.timer_s is None or due < dev.timer_s:
+                self._schedule(dev, due)
 
     def _guarded(self, dev: VirtualDevice, step: Callable[[float], object]) -> None:
         """`step(now)` for one device; its failure is counted and logged, not the loop's."""
@@ -339,7 +350,12 @@ class FleetLoop:
             service_in = dev.period_s
         self._sync(dev)
         tick_due = dev.tick_due_s if dev.tick_due_s is not None else now + dev.period_s
-        self.at(min(tick_due, now + max(service_in, 0.05)), lambda t: self._device_timer(dev, t))
+        self._schedule(dev, min(tick_due, now + max(service_in, 0.05)))
+
+    def _schedule(self, dev: VirtualDevice, due_s: float) -> None:
+        """The device's one timer, at `due_s`: a timer scheduled for it before is dropped."""
+        dev.timer_s = due_s
+        self.at(due_s, lambda now: self._device_timer(dev, now) if dev.timer_s == due_s else None)
 
     def _stop_devices(self) -> None:
         for dev in list(self.devices.values()):

@@ -22,6 +22,7 @@ from agent.clock import FakeClock
 from agent.config import config_from_mapping
 from agent.control.envelope import Actuation
 from agent.control.governor import Governor
+from agent.control.runtime import VCORE_SETTLE_S
 
 PERIOD_S = 0.1
 
@@ -242,6 +243,45 @@ def test_ticks_that_come_unevenly_never_move_the_load_more_than_the_ramp_in_any_
                   for m in range(k, len(refs)) if refs[m][0] - refs[k][0] < 1.0)
     assert worst_w <= 10.0 * 0.95 + 1e-6
     assert max(r for _, r in refs) > 19.0 and min(r for _, r in refs) < 6.5  # it did move
+
+
+@pytest.mark.parametrize("late_s, stall_s", [(0.3, 0.6), (0.2, 2.5)])
+def test_a_stall_between_the_voltage_and_the_frequency_step_keeps_the_load_within_the_ramp(
+        late_s, stall_s):
+    """Up a step the voltage goes first and the frequency follows a tick later (the runtime
+    ticks again after VCORE_SETTLE_S). When that tick comes late (a stalled control thread, a
+    fleet's busy loop) the load moves only then: the ticks after it must count the ramp from
+    the load the chips had, not from the reference that waited for the voltage."""
+    cfg = config_from_mapping({"chain": {"port": "x"}, "board": {"port": "y"},
+                               "envelope": {"max_power_w": 20.0, "ramp_max_w_s": 40.0},
+                               "governor": {"control_period_s": 0.25}})
+    loop = Loop(cfg, Plant(freq_slew_mhz_s=1e9))  # the load follows the clock at once
+    loop.settle()
+    loop.gov.set_target(6.0, ramp_w_s=10.0)
+    loop.run(4.0)
+    loop.gov.set_target(20.0, ramp_w_s=10.0)
+    loop.clock.advance(late_s)
+    trace: list[tuple[float, float]] = []
+
+    def tick() -> float:
+        out = loop.gov.update(loop.clock.monotonic(), loop.plant.sample(), loop.chain)
+        loop.plant.apply(out)
+        return VCORE_SETTLE_S if "vcore_first" in out.limits else 0.25
+
+    def advance(seconds: float) -> None:
+        for _ in range(round(seconds / 0.01)):
+            loop.plant.step(0.01)
+            loop.clock.advance(0.01)
+            trace.append((loop.clock.monotonic(), loop.plant.power_w))
+
+    assert tick() == VCORE_SETTLE_S  # the voltage first ...
+    advance(stall_s)  # ... and the frequency's tick stalled
+    for _ in range(40):
+        advance(tick())
+    worst_w = max(pb - pa for i, (ta, pa) in enumerate(trace) for tb, pb in trace[i:]
+                  if tb - ta <= 1.0)
+    assert worst_w <= 10.0  # the command's ramp
+    assert trace[-1][1] > 19.0  # it did climb
 
 
 def test_command_ramp_is_capped_by_envelope_and_reported():
