@@ -433,10 +433,11 @@ class SiteController:
         return max(1, int(min(share, min(r.ramp_max_w_s for r in online))))
 
     def _units(self, now_s: float) -> tuple[list[Unit], float, list[DeviceRecord]]:
-        """The dispatchable devices (a lagging one capped at what it drew), the power of the
-        answering ones that are not (tripped, refusing commands), and the lost ones (offline,
-        silent, tripped): their share went to the others, so they are told to stand by, and
-        when they come back they are started as the others are, one batch at a time."""
+        """The dispatchable devices (a lagging one capped at what it drew), the power no share
+        moves (answering devices that are not dispatchable: tripped, refusing commands; and the
+        own draw of those standing by), and the lost ones (offline, silent, tripped): their
+        share went to the others, so they are told to stand by, and when they come back they are
+        started as the others are, one batch at a time."""
         settings = self.settings
         units: list[Unit] = []
         fixed_w = 0.0
@@ -471,6 +472,9 @@ class SiteController:
                 else:
                     fixed_w += rec.power_w or 0.0
                 continue
+            if not on and rec.mode == "standby" and (rec.power_w or 0.0) < rec.min_w:
+                # a board standing by still draws (fans, controller) once its chain is down
+                fixed_w += rec.power_w or 0.0
             switched_s = self.book.switched_s.get(device, -math.inf)
             dwelt = now_s - switched_s >= settings.dwell_s
             # a device carrying load keeps it unless another is clearly more efficient

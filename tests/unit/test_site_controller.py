@@ -142,6 +142,35 @@ def test_model_error_is_trimmed_away(tmp_path) -> None:
     assert rig.controller.trim_w > 50
 
 
+def test_the_draw_of_boards_standing_by_is_no_error_that_grows_with_the_load(tmp_path) -> None:
+    """Boards standing by still draw (fans, controller): counted as the load no share moves, it
+    is not learnt by the trim as a share of the target, which would leave the site short once
+    the target is higher and more boards are on."""
+    class Idling(FakeFleet):
+        def advance(self, dt_s: float) -> None:
+            super().advance(dt_s)
+            for dev in self.devices.values():
+                if dev.mode == "standby":  # down at its ramp, to its own draw
+                    dev.power_w = max(dev.power_w, 10.0)
+
+    devices = {f"d{i}": SimDevice(100, 1000, 500, 20 + i, 10.0, 0.0, mode="standby")
+               for i in range(10)}
+    rig = SiteSim(tmp_path, fleet=Idling(devices), ramp_w_s=4000.0).online()
+    rig.send(power_w=1500)
+    rig.run(40.0)
+    assert rig.fleet.power_w == pytest.approx(1500, abs=15)  # 8 boards standing by: 80 W
+    rig.send(power_w=5000)
+    rig.run(6.0)
+    assert rig.fleet.power_w == pytest.approx(5000, abs=25)
+    rig.run(20.0)
+    # and down again: a board winding down to standby is no idle draw yet (no undershoot)
+    rig.powers.clear()
+    rig.send(power_w=1500)
+    rig.run(20.0)
+    assert min(rig.powers) >= 1500 - 25
+    assert rig.fleet.power_w == pytest.approx(1500, abs=15)
+
+
 def test_start_ups_are_spread(tmp_path) -> None:
     devices = {f"d{i}": SimDevice(400, 1000, 500, 20 + i, 0.0, 0.0, mode="standby")
                for i in range(12)}
